@@ -1,0 +1,36 @@
+package server
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Config is everything one Blixard node needs to run.
+type Config struct {
+	ID        uint64 // raft node ID, non-zero, unique for the life of the cluster
+	DataDir   string // holds wal/, snap/ and state.db
+	Listen    string // host:port serving peers and clients
+	Advertise string // address peers and workers use to reach this node; defaults to Listen
+
+	Bootstrap bool   // start a new single-member cluster
+	Join      string // address of any member to join through
+
+	Worker       bool // register this node as a worker
+	CPUMillis    int64
+	MemoryMiB    int64
+	DiskMiB      int64
+	Labels       map[string]string
+	Capabilities []string
+
+	TickInterval      time.Duration // raft tick; default 100ms
+	ElectionTicks     int           // default 10
+	HeartbeatTicks    int           // default 1
+	SnapshotEvery     uint64        // applied entries between snapshots; default 10000
+	SnapshotKeep      uint64        // entries kept behind a snapshot; default 5000
+	CheckpointEvery   time.Duration // state DB checkpoint interval; default 100ms
+	HeartbeatInterval time.Duration // worker heartbeat period; default 1s
+	WorkerTTL         time.Duration // missed-heartbeat limit before down; default 5s
+	UsageInterval     time.Duration // worker usage report period; default 10s
+
+	Logger *slog.Logger
+}
