@@ -13,9 +13,10 @@ import (
 type LogStorage interface {
 	raft.Storage
 	// Save makes hs, ents and snap durable with at most one fsync and then
-	// makes them visible through raft.Storage. An empty snap or hs is
-	// skipped. It is called once per Ready.
-	Save(hs raftpb.HardState, ents []raftpb.Entry, snap raftpb.Snapshot) error
+	// makes them visible through raft.Storage. A nil or empty snap or hs
+	// is skipped. (raft v3.7's raftpb types are protobuf-go messages: always
+	// pointers, never copied by value.) It is called once per Ready.
+	Save(hs *raftpb.HardState, ents []*raftpb.Entry, snap *raftpb.Snapshot) error
 	// CreateSnapshot durably records a snapshot of the applied state at
 	// index and then compacts the log, keeping up to keep entries before
 	// index so slow followers can catch up without a snapshot.
@@ -38,7 +39,7 @@ type StateStore interface {
 // Transport carries raft messages to peers. Send must not block on the
 // network: a slow or dead peer is reported through Reporter instead.
 type Transport interface {
-	Send(msgs []raftpb.Message)
+	Send(msgs []*raftpb.Message)
 	AddPeer(id uint64, addr string)
 	RemovePeer(id uint64)
 }

@@ -1,5 +1,3 @@
-// Package storage owns Blixard's files on disk: the raft write-ahead log,
-// snapshot files, and the bbolt database holding the state tables.
 package storage
 
 // Change is one state-table record to write (Value != nil) or delete

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync/atomic"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	rpcpb "github.com/blixard/blixard/api/blixardrpc"
+)
+
+// hostPortProblem says what is wrong with s as a host:port, or "" if
+// nothing is. needHost rejects an empty host (":7000"); routable also
+// rejects the unspecified addresses 0.0.0.0 and ::, which other machines
+// cannot dial.
+func hostPortProblem(s string, needHost, routable bool) string {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "must be HOST:PORT"
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return "needs a port between 1 and 65535"
+	}
+	if host == "" && (needHost || routable) {
+		return "needs a host"
+	}
+	if routable && isUnspecifiedHost(host) {
+		return "must be an address other nodes can dial, not " + host
+	}
+	return ""
+}
+
+func isUnspecifiedHost(host string) bool {
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
+}
+
+// addrSource names where --addr came from, for error messages.
+func (a *app) addrSource(cmd *cobra.Command) string {
+	if f := cmd.Flags().Lookup("addr"); f != nil && f.Changed {
+		return "--addr"
+	}
+	if a.envAddrSet {
+		return envAddr
+	}
+	return "--addr"
+}
+
+// call dials the node at --addr and runs one RPC under --timeout, mapping
+// any error to its one-line form.
+func call[T any](a *app, cmd *cobra.Command, rpc func(context.Context, rpcpb.ClusterClient) (T, error)) (T, error) {
+	var zero T
+	if p := hostPortProblem(a.addr, false, false); p != "" {
+		src := a.addrSource(cmd)
+		hint := "pass --addr HOST:PORT of a running node, e.g. --addr 127.0.0.1:7000"
+		if src == envAddr {
+			hint = "fix " + envAddr + " or pass --addr HOST:PORT, e.g. --addr 127.0.0.1:7000"
+		}
+		return zero, usageError(fmt.Sprintf("%s %s (got %q)", src, p, a.addr), hint)
+	}
+	// reached records whether a TCP connection to the node was ever made,
+	// which tells "nothing there" from an Unavailable sent by the node.
+	var reached atomic.Bool
+	dialer := func(ctx context.Context, target string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", target)
+		if err == nil {
+			reached.Store(true)
+		}
+		return c, err
+	}
+	conn, err := grpc.NewClient(a.addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(dialer))
+	if err != nil {
+		return zero, usageError(fmt.Sprintf("bad address %q: %v", a.addr, err), "pass --addr HOST:PORT of a running node")
+	}
+	defer conn.Close()
+
+	ctx, cancel := context.WithTimeout(cmd.Context(), a.timeout)
+	defer cancel()
+	resp, err := rpc(ctx, rpcpb.NewClusterClient(conn))
+	if err != nil {
+		return zero, rpcError(err, a.addr, a.timeout, reached.Load())
+	}
+	return resp, nil
+}
+
+// writeJSON prints v as indented JSON.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return failure("cannot write output: "+err.Error(), "check where stdout goes")
+	}
+	return nil
+}
+
+// newTable returns a writer that aligns tab-separated columns; Flush it.
+func newTable(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+}
+
+func flushTable(tw *tabwriter.Writer) error {
+	if err := tw.Flush(); err != nil {
+		return failure("cannot write output: "+err.Error(), "check where stdout goes")
+	}
+	return nil
+}

@@ -1,0 +1,320 @@
+// Package e2e runs real `blixard` processes on loopback and checks what an
+// operator would see. Nothing here sleeps: every wait polls a condition
+// with a deadline and says what it last saw when it gives up.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var blixardBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "blixard-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	blixardBin = filepath.Join(dir, "blixard")
+	build := exec.Command("go", "build", "-race", "-o", blixardBin, "../cmd/blixard")
+	if os.Getenv("BLIXARD_E2E_NORACE") != "" {
+		build = exec.Command("go", "build", "-o", blixardBin, "../cmd/blixard")
+	}
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building blixard:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type node struct {
+	t       *testing.T
+	id      uint64
+	addr    string
+	dir     string
+	logPath string
+	args    []string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	exitErr error
+}
+
+// fastTimers keep elections and worker liveness quick on loopback.
+var fastTimers = []string{"--tick", "50ms", "--heartbeat-interval", "200ms", "--worker-ttl", "2s"}
+
+type cluster struct {
+	t      *testing.T
+	nodes  map[uint64]*node
+	others []*node // processes expected to be refused; not members
+}
+
+func newCluster(t *testing.T) *cluster {
+	c := &cluster{t: t, nodes: map[uint64]*node{}}
+	t.Cleanup(func() {
+		for _, n := range c.nodes {
+			n.kill()
+		}
+		for _, n := range c.others {
+			n.kill()
+		}
+		if t.Failed() {
+			for _, n := range c.nodes {
+				b, _ := os.ReadFile(n.logPath)
+				lines := strings.Split(string(b), "\n")
+				if len(lines) > 40 {
+					lines = lines[len(lines)-40:]
+				}
+				t.Logf("---- last log lines of node %d ----\n%s", n.id, strings.Join(lines, "\n"))
+			}
+		}
+	})
+	return c
+}
+
+// add creates a member node; extra are flags such as --bootstrap or --join.
+func (c *cluster) add(id uint64, extra ...string) *node {
+	c.t.Helper()
+	n := c.spawn(id, extra...)
+	c.nodes[id] = n
+	return n
+}
+
+// addRefused starts a node the cluster is expected to refuse.
+func (c *cluster) addRefused(id uint64, extra ...string) *node {
+	c.t.Helper()
+	n := c.spawn(id, extra...)
+	c.others = append(c.others, n)
+	return n
+}
+
+func (c *cluster) spawn(id uint64, extra ...string) *node {
+	c.t.Helper()
+	dir := filepath.Join(c.t.TempDir(), fmt.Sprintf("node%d", id))
+	n := &node{t: c.t, id: id, addr: freeAddr(c.t), dir: dir, logPath: dir + ".log"}
+	n.args = append([]string{"node", "--id", strconv.FormatUint(id, 10), "--data-dir", dir, "--listen", n.addr, "--log-level", "debug"}, fastTimers...)
+	n.args = append(n.args, extra...)
+	n.start()
+	return n
+}
+
+func (n *node) start() {
+	n.t.Helper()
+	f, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.cmd = exec.Command(blixardBin, n.args...)
+	n.cmd.Stdout, n.cmd.Stderr = f, f
+	if err := n.cmd.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	n.exited = make(chan struct{})
+	go func() {
+		n.exitErr = n.cmd.Wait()
+		f.Close()
+		close(n.exited)
+	}()
+}
+
+// restart starts the node again from its data dir, without bootstrap/join.
+func (n *node) restart() {
+	n.t.Helper()
+	var args []string
+	for i := 0; i < len(n.args); i++ {
+		switch n.args[i] {
+		case "--bootstrap":
+		case "--join":
+			i++
+		default:
+			args = append(args, n.args[i])
+		}
+	}
+	n.args = args
+	n.start()
+}
+
+func (n *node) running() bool {
+	select {
+	case <-n.exited:
+		return false
+	default:
+		return n.cmd != nil
+	}
+}
+
+// kill9 is a crash: no shutdown code runs.
+func (n *node) kill9() {
+	n.t.Helper()
+	if !n.running() {
+		return
+	}
+	_ = n.cmd.Process.Signal(syscall.SIGKILL)
+	<-n.exited
+}
+
+func (n *node) kill() { n.kill9() }
+
+// stop asks for a graceful shutdown and waits for it.
+func (n *node) stop(timeout time.Duration) {
+	n.t.Helper()
+	if !n.running() {
+		return
+	}
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.exited:
+	case <-time.After(timeout):
+		n.t.Fatalf("node %d did not stop within %v of SIGTERM", n.id, timeout)
+	}
+}
+
+func (n *node) logs() string {
+	b, _ := os.ReadFile(n.logPath)
+	return string(b)
+}
+
+// cli runs the blixard CLI against addr and returns stdout, stderr and err.
+func cli(addr string, args ...string) (string, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, blixardBin, append([]string{"--addr", addr, "--timeout", "3s"}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+// waitFor polls cond until it holds or timeout passes; cond returns a
+// description of what it saw, used in the failure message.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var seen string
+	for {
+		ok, s := cond()
+		if ok {
+			return
+		}
+		seen = s
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s; last saw: %s", timeout, what, seen)
+		}
+		// Poll pacing, not a synchronisation sleep: the condition above
+		// is what the test waits for.
+		<-time.After(50 * time.Millisecond)
+	}
+}
+
+type memberJSON struct {
+	ID           uint64 `json:"id"`
+	Addr         string `json:"addr"`
+	Role         string `json:"role"`
+	State        string `json:"state"`
+	AppliedIndex uint64 `json:"applied_index"`
+}
+
+type statusJSON struct {
+	NodeID       uint64       `json:"node_id"`
+	Leader       uint64       `json:"leader"`
+	Term         uint64       `json:"term"`
+	CommitIndex  uint64       `json:"commit_index"`
+	AppliedIndex uint64       `json:"applied_index"`
+	Members      []memberJSON `json:"members"`
+}
+
+func status(addr string) (statusJSON, string) {
+	out, errOut, err := cli(addr, "--output", "json", "cluster", "status")
+	var st statusJSON
+	if err != nil {
+		return st, fmt.Sprintf("status via %s failed: %v: %s", addr, err, strings.TrimSpace(errOut))
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return st, fmt.Sprintf("bad status JSON %q: %v", out, err)
+	}
+	return st, out
+}
+
+// waitVoters waits until the leader reports exactly ids as voters.
+func (c *cluster) waitVoters(via *node, ids ...uint64) statusJSON {
+	c.t.Helper()
+	var last statusJSON
+	want := fmt.Sprint(ids)
+	waitFor(c.t, 60*time.Second, "voters "+want, func() (bool, string) {
+		st, raw := status(via.addr)
+		last = st
+		if st.Leader == 0 {
+			return false, raw
+		}
+		var voters []uint64
+		for _, m := range st.Members {
+			if m.Role == "voter" {
+				voters = append(voters, m.ID)
+			}
+		}
+		return fmt.Sprint(voters) == want && len(voters) == len(st.Members), raw
+	})
+	return last
+}
+
+func put(addr, key, value string) error {
+	_, errOut, err := cli(addr, "kv", "put", key, value)
+	if err != nil {
+		return fmt.Errorf("put %s via %s: %v: %s", key, addr, err, strings.TrimSpace(errOut))
+	}
+	return nil
+}
+
+func get(addr, key string, serializable bool) (string, error) {
+	args := []string{"--output", "json", "kv", "get", key}
+	if serializable {
+		args = append(args, "--serializable")
+	}
+	out, errOut, err := cli(addr, args...)
+	if err != nil {
+		return "", fmt.Errorf("get %s via %s: %v: %s", key, addr, err, strings.TrimSpace(errOut))
+	}
+	var r struct {
+		Value string `json:"value"`
+		Found bool   `json:"found"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		return "", fmt.Errorf("bad kv JSON %q: %v", out, err)
+	}
+	return r.Value, nil
+}
+
+// threeNodes starts a bootstrapped 3-voter cluster.
+func threeNodes(t *testing.T, extra ...string) *cluster {
+	c := newCluster(t)
+	n1 := c.add(1, append([]string{"--bootstrap"}, extra...)...)
+	c.add(2, append([]string{"--join", n1.addr}, extra...)...)
+	c.add(3, append([]string{"--join", n1.addr}, extra...)...)
+	c.waitVoters(n1, 1, 2, 3)
+	return c
+}

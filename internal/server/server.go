@@ -1,0 +1,607 @@
+// Package server assembles one Blixard node: storage, the raft node, the
+// peer transport, the gRPC API, the worker agent and the leader's duties.
+// It owns every goroutine it starts and stops them all in Stop.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/blixard/blixard/api/blixardpb"
+	rpcpb "github.com/blixard/blixard/api/blixardrpc"
+	"github.com/blixard/blixard/internal/clock"
+	"github.com/blixard/blixard/internal/raftnode"
+	"github.com/blixard/blixard/internal/state"
+	"github.com/blixard/blixard/internal/storage"
+	"github.com/blixard/blixard/internal/transport"
+	"github.com/blixard/blixard/internal/worker"
+)
+
+func (c *Config) setDefaults() {
+	if c.Advertise == "" {
+		c.Advertise = c.Listen
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.TickInterval, 100*time.Millisecond)
+	def(&c.CheckpointEvery, 100*time.Millisecond)
+	def(&c.HeartbeatInterval, time.Second)
+	def(&c.WorkerTTL, 5*time.Second)
+	def(&c.UsageInterval, 10*time.Second)
+	if c.ElectionTicks == 0 {
+		c.ElectionTicks = 10
+	}
+	if c.HeartbeatTicks == 0 {
+		c.HeartbeatTicks = 1
+	}
+	if c.SnapshotEvery == 0 {
+		c.SnapshotEvery = 10000
+	}
+	if c.SnapshotKeep == 0 {
+		c.SnapshotKeep = 5000
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate reports the first thing wrong with cfg, naming the field.
+func (c *Config) Validate() error {
+	switch {
+	case c.ID == 0:
+		return errors.New("id: must be a positive integer")
+	case c.DataDir == "":
+		return errors.New("data-dir: is required")
+	case c.Listen == "":
+		return errors.New("listen: is required (host:port)")
+	case c.Bootstrap && c.Join != "":
+		return errors.New("bootstrap and join: give one, not both")
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("listen: %q is not host:port: %w", c.Listen, err)
+	}
+	return nil
+}
+
+// Server is one running node.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	clock  clock.Clock
+	logs   *storage.LogStore
+	db     *storage.StateDB
+	sm     *state.Machine
+	node   *raftnode.Node
+	tr     *transport.Transport
+	grpc   *grpc.Server
+	lis    net.Listener
+	mon    *worker.Monitor
+	conns  *connPool
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	stopOnce sync.Once
+	removedc chan struct{} // closed when this node learns it was removed
+	remOnce  sync.Once
+}
+
+// Run starts a node from cfg and blocks until ctx is cancelled, then shuts
+// down gracefully (a leader first hands leadership to another voter).
+func Run(ctx context.Context, cfg Config) error {
+	s, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := s.Start(ctx); err != nil {
+		s.Stop()
+		return err
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case <-s.node.Done():
+		runErr = s.node.Err()
+		if runErr == nil {
+			runErr = errors.New("raft node stopped unexpectedly")
+		}
+	case <-s.removedc:
+		runErr = fmt.Errorf("node %d was removed from the cluster; its data dir can no longer be used: start a new node with a new --id and an empty --data-dir", cfg.ID)
+	}
+	s.Stop()
+	return runErr
+}
+
+// New opens storage and builds the node without starting it.
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("data-dir: %w", err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), clock: clock.Real{}, removedc: make(chan struct{})}
+	var err error
+	if s.logs, err = storage.OpenLogStore(cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("open raft log in %s: %w", cfg.DataDir, err)
+	}
+	if s.db, err = storage.OpenStateDB(filepath.Join(cfg.DataDir, "state.db")); err != nil {
+		s.logs.Close()
+		return nil, fmt.Errorf("open state database in %s: %w", cfg.DataDir, err)
+	}
+	s.sm = state.New()
+	s.mon = worker.NewMonitor(cfg.WorkerTTL)
+	s.conns = newConnPool()
+
+	var peers []raft.Peer
+	fresh, err := isFresh(s.logs)
+	if err != nil {
+		s.closeStorage()
+		return nil, err
+	}
+	if fresh && cfg.Bootstrap {
+		peers = []raft.Peer{{ID: cfg.ID, Context: state.EncodeMemberContext(cfg.ID, cfg.Advertise, pb.MemberRole_MEMBER_ROLE_VOTER)}}
+	}
+	if fresh && !cfg.Bootstrap && cfg.Join == "" {
+		s.closeStorage()
+		return nil, fmt.Errorf("data-dir %s holds no node: pass --bootstrap to start a new cluster or --join HOST:PORT to join one", cfg.DataDir)
+	}
+	if !fresh && (cfg.Bootstrap || cfg.Join != "") {
+		s.log.Info("data dir already holds a node; restarting it and ignoring --bootstrap/--join")
+	}
+	s.tr = transport.New(transport.Config{
+		ID:       cfg.ID,
+		Handler:  transport.HandlerFunc(func(ctx context.Context, m *raftpb.Message) error { return s.node.Process(ctx, m) }),
+		Reporter: reporter{s},
+		Logger:   s.log.With("component", "transport"),
+	})
+	core, err := raftnode.NewCore(raftnode.Config{
+		ID:             cfg.ID,
+		ElectionTicks:  cfg.ElectionTicks,
+		HeartbeatTicks: cfg.HeartbeatTicks,
+		SnapshotEvery:  cfg.SnapshotEvery,
+		SnapshotKeep:   cfg.SnapshotKeep,
+		Logger:         s.log.With("component", "raft"),
+	}, s.logs, s.db, s.sm, s.tr, peers)
+	if err != nil {
+		s.tr.Stop()
+		s.closeStorage()
+		return nil, err
+	}
+	s.node = raftnode.NewNode(core, raftnode.NodeConfig{
+		Clock:           s.clock,
+		TickInterval:    cfg.TickInterval,
+		CheckpointEvery: cfg.CheckpointEvery,
+		OnChange:        s.onChange,
+	})
+	if !fresh || cfg.Join == "" {
+		cfg.Join = ""
+	}
+	s.cfg = cfg
+	return s, nil
+}
+
+// reporter forwards transport reports once the node exists.
+type reporter struct{ s *Server }
+
+func (r reporter) ReportUnreachable(id uint64) { r.s.node.ReportUnreachable(id) }
+func (r reporter) ReportSnapshot(id uint64, st raft.SnapshotStatus) {
+	r.s.node.ReportSnapshot(id, st)
+}
+
+func isFresh(ls *storage.LogStore) (bool, error) {
+	hs, _, err := ls.InitialState()
+	if err != nil {
+		return false, fmt.Errorf("read raft state: %w", err)
+	}
+	last, err := ls.LastIndex()
+	if err != nil {
+		return false, fmt.Errorf("read raft log: %w", err)
+	}
+	snap, err := ls.Snapshot()
+	if err != nil {
+		return false, fmt.Errorf("read raft snapshot: %w", err)
+	}
+	return raft.IsEmptyHardState(hs) && last == 0 && raft.IsEmptySnap(snap), nil
+}
+
+// Addr is the address the node listens on (useful with port 0).
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// Node exposes the raft node (tests and benchmarks).
+func (s *Server) Node() *raftnode.Node { return s.node }
+
+// State exposes the replicated state (tests).
+func (s *Server) State() *state.Machine { return s.sm }
+
+// Start listens, starts raft, joins if asked, and starts the worker.
+func (s *Server) Start(ctx context.Context) error {
+	lis, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another node using it? pick another --listen)", s.cfg.Listen, err)
+	}
+	s.lis = lis
+	if s.cfg.Advertise == s.cfg.Listen {
+		// With port 0 the real port is only known now.
+		if _, port, _ := net.SplitHostPort(s.cfg.Listen); port == "0" {
+			s.cfg.Advertise = lis.Addr().String()
+		}
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.grpc = grpc.NewServer(transport.ServerOptions()...)
+	s.tr.Register(s.grpc)
+	rpcpb.RegisterClusterServer(s.grpc, &api{s: s})
+	s.goRun(func() {
+		if err := s.grpc.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			s.log.Error("grpc server stopped", "err", err)
+		}
+	})
+	s.syncPeers()
+	s.node.Start()
+	if s.cfg.Join != "" {
+		if err := s.join(ctx); err != nil {
+			return err
+		}
+	}
+	s.goRun(s.leaderDuties)
+	if s.cfg.Worker {
+		w := &pb.Worker{
+			Id:           s.cfg.ID,
+			Addr:         s.cfg.Advertise,
+			Capacity:     &pb.Resources{CpuMillis: s.cfg.CPUMillis, MemoryMib: s.cfg.MemoryMiB, DiskMib: s.cfg.DiskMiB},
+			Labels:       s.cfg.Labels,
+			Capabilities: s.cfg.Capabilities,
+		}
+		sampler := &worker.ProcSampler{}
+		agent := worker.NewAgent(worker.AgentConfig{
+			Worker:            w,
+			Clock:             s.clock,
+			HeartbeatInterval: s.cfg.HeartbeatInterval,
+			UsageInterval:     s.cfg.UsageInterval,
+			Usage:             sampler.Sample,
+			Logger:            s.log.With("component", "worker"),
+		}, localCluster{s})
+		s.goRun(func() { agent.Run(s.ctx) })
+	}
+	s.log.Info("node started", "listen", s.Addr(), "advertise", s.cfg.Advertise, "data_dir", s.cfg.DataDir)
+	return nil
+}
+
+func (s *Server) goRun(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
+// join asks the cluster at cfg.Join to add this node as a learner,
+// retrying while the cluster is unreachable or busy, and failing at once
+// when it refuses (duplicate or removed ID).
+func (s *Server) join(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	backoff := 100 * time.Millisecond
+	for {
+		cc, err := s.conns.get(s.cfg.Join)
+		if err != nil {
+			return fmt.Errorf("join %s: %w", s.cfg.Join, err)
+		}
+		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := rpcpb.NewClusterClient(cc).Join(rctx, &pb.JoinRequest{Id: s.cfg.ID, Addr: s.cfg.Advertise})
+		rcancel()
+		if err == nil {
+			for _, m := range resp.Members {
+				if m.Id != s.cfg.ID {
+					s.tr.AddPeer(m.Id, m.Addr)
+				}
+			}
+			s.log.Info("joined cluster", "via", s.cfg.Join, "members", len(resp.Members))
+			return nil
+		}
+		switch status.Code(err) {
+		case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
+			s.log.Info("join not possible yet; retrying", "via", s.cfg.Join, "err", err)
+		default:
+			return fmt.Errorf("join refused by %s: %s", s.cfg.Join, status.Convert(err).Message())
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("join %s: gave up: %w (last error: %v)", s.cfg.Join, ctx.Err(), err)
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// onChange runs on the raft goroutine after leader or membership changes.
+func (s *Server) onChange(out raftnode.Output) {
+	if out.MembershipChanged {
+		s.syncPeers()
+	}
+	if out.Removed {
+		s.remOnce.Do(func() { close(s.removedc) })
+	}
+}
+
+// syncPeers points the transport at every current member. Peers are only
+// dropped when removed, so addresses learned from a join response survive
+// until the state catches up.
+func (s *Server) syncPeers() {
+	for _, m := range s.sm.Members() {
+		if m.Id != s.cfg.ID && m.Addr != "" {
+			s.tr.AddPeer(m.Id, m.Addr)
+		}
+	}
+	for _, id := range s.sm.Removed() {
+		if id != s.cfg.ID {
+			s.tr.RemovePeer(id)
+		}
+	}
+}
+
+// Stop shuts the node down: leadership handed over, worker stopped, API
+// closed, raft checkpointed and stopped, storage closed. Safe to call twice.
+func (s *Server) Stop() {
+	s.stopOnce.Do(func() {
+		if s.ctx != nil {
+			s.transferLeadershipAway()
+			s.cancel()
+		}
+		if s.grpc != nil {
+			done := make(chan struct{})
+			go func() { s.grpc.GracefulStop(); close(done) }()
+			t := time.NewTimer(2 * time.Second)
+			select {
+			case <-done:
+			case <-t.C:
+				s.grpc.Stop()
+				<-done
+			}
+			t.Stop()
+		}
+		s.node.Stop()
+		s.tr.Stop()
+		s.wg.Wait()
+		s.conns.close()
+		s.closeStorage()
+		s.log.Info("node stopped")
+	})
+}
+
+func (s *Server) closeStorage() {
+	if s.db != nil {
+		if err := s.db.Close(); err != nil {
+			s.log.Error("closing state database", "err", err)
+		}
+	}
+	if s.logs != nil {
+		if err := s.logs.Close(); err != nil {
+			s.log.Error("closing raft log", "err", err)
+		}
+	}
+}
+
+// transferLeadershipAway hands leadership to the most caught-up voter
+// before a leader shuts down, so the cluster does not wait out an
+// election timeout.
+func (s *Server) transferLeadershipAway() {
+	if !s.node.IsLeader() || s.node.IsRemoved() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	st, _, err := s.node.Status(ctx)
+	if err != nil {
+		return
+	}
+	var best uint64
+	var bestMatch uint64
+	for id, pr := range st.Progress {
+		if id == s.cfg.ID || pr.IsLearner || !pr.RecentActive {
+			continue
+		}
+		if best == 0 || pr.Match > bestMatch {
+			best, bestMatch = id, pr.Match
+		}
+	}
+	if best == 0 {
+		return
+	}
+	s.log.Info("transferring leadership before shutdown", "to", best)
+	if err := s.node.TransferLeader(ctx, best); err != nil {
+		s.log.Warn("leadership transfer before shutdown failed", "to", best, "err", err)
+	}
+}
+
+// leaderDuties runs the leader's periodic work: worker liveness. It also
+// notices, on any node, that the node was removed while cut off.
+func (s *Server) leaderDuties() {
+	t := s.clock.NewTicker(s.cfg.HeartbeatInterval / 2)
+	defer t.Stop()
+	var ledTerm uint64
+	var leaderless time.Time
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C():
+		}
+		now := s.clock.Now()
+		if !s.node.IsLeader() {
+			ledTerm = 0
+			if s.node.Leader() == 0 {
+				if leaderless.IsZero() {
+					leaderless = now
+				} else if now.Sub(leaderless) > 3*time.Duration(s.cfg.ElectionTicks)*s.cfg.TickInterval {
+					s.checkRemoved()
+					leaderless = now
+				}
+			} else {
+				leaderless = time.Time{}
+			}
+			continue
+		}
+		leaderless = time.Time{}
+		if term := s.node.Term(); term != ledTerm {
+			ledTerm = term
+			s.mon.Reset(now, s.sm.Workers())
+			continue
+		}
+		for _, tr := range s.mon.Check(now, s.sm.Workers()) {
+			s.goRun(func() { s.proposeWorkerState(tr) })
+		}
+	}
+}
+
+func (s *Server) proposeWorkerState(tr worker.Transition) {
+	defer s.mon.Done(tr.WorkerID)
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	cmd := &pb.Command{Op: &pb.Command_SetWorkerState{SetWorkerState: &pb.SetWorkerState{WorkerId: tr.WorkerID, State: tr.To, NowUnixNano: s.clock.Now().UnixNano()}}}
+	if _, err := s.propose(ctx, cmd); err != nil {
+		s.log.Warn("proposing worker state failed", "worker", tr.WorkerID, "to", tr.To, "err", err)
+		return
+	}
+	s.log.Info("worker state changed", "worker", tr.WorkerID, "to", tr.To)
+}
+
+// checkRemoved asks the other members whether this node was removed; a
+// removed node stops instead of lingering leaderless forever.
+func (s *Server) checkRemoved() {
+	for _, m := range s.sm.Members() {
+		if m.Id == s.cfg.ID {
+			continue
+		}
+		cc, err := s.conns.get(m.Addr)
+		if err != nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, time.Second)
+		st, err := rpcpb.NewClusterClient(cc).Status(ctx, &pb.StatusRequest{Local: true})
+		cancel()
+		if err != nil {
+			continue
+		}
+		for _, id := range st.Removed {
+			if id == s.cfg.ID {
+				s.log.Warn("a peer reports this node was removed from the cluster", "peer", m.Id)
+				s.remOnce.Do(func() { close(s.removedc) })
+				return
+			}
+		}
+	}
+}
+
+func (s *Server) propose(ctx context.Context, cmd *pb.Command) (proto.Message, error) {
+	b, err := proto.Marshal(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("encode command: %w", err)
+	}
+	return s.node.Propose(ctx, b)
+}
+
+// leaderClient returns a client for the current leader, or an error
+// saying why there is none.
+func (s *Server) leaderClient() (rpcpb.ClusterClient, error) {
+	lead := s.node.Leader()
+	if lead == 0 {
+		return nil, raftnode.ErrNoLeader
+	}
+	m, ok := s.sm.Member(lead)
+	if !ok || m.Addr == "" {
+		return nil, fmt.Errorf("leader %d has no known address yet: %w", lead, raftnode.ErrNoLeader)
+	}
+	cc, err := s.conns.get(m.Addr)
+	if err != nil {
+		return nil, err
+	}
+	return rpcpb.NewClusterClient(cc), nil
+}
+
+// localCluster is the worker agent's view of its own node.
+type localCluster struct{ s *Server }
+
+func (l localCluster) Register(ctx context.Context, w *pb.Worker) error {
+	_, err := l.s.propose(ctx, &pb.Command{Op: &pb.Command_RegisterWorker{RegisterWorker: &pb.RegisterWorker{Worker: w, NowUnixNano: l.s.clock.Now().UnixNano()}}})
+	return err
+}
+
+func (l localCluster) Heartbeat(ctx context.Context, id uint64) (*pb.HeartbeatResponse, error) {
+	if l.s.node.IsLeader() {
+		return l.s.heartbeat(ctx, id)
+	}
+	c, err := l.s.leaderClient()
+	if err != nil {
+		return nil, err
+	}
+	return c.Heartbeat(ctx, &pb.HeartbeatRequest{WorkerId: id})
+}
+
+func (l localCluster) ReportUsage(ctx context.Context, st *pb.WorkerStatus) error {
+	_, err := l.s.propose(ctx, &pb.Command{Op: &pb.Command_ReportWorkerUsage{ReportWorkerUsage: &pb.ReportWorkerUsage{Status: st}}})
+	return err
+}
+
+// heartbeat is the leader's handling of one worker heartbeat.
+func (s *Server) heartbeat(_ context.Context, id uint64) (*pb.HeartbeatResponse, error) {
+	if !s.node.IsLeader() {
+		return nil, status.Error(codes.Unavailable, "not the leader; send heartbeats to the leader")
+	}
+	s.mon.Seen(id, s.clock.Now())
+	_, registered := s.sm.Worker(id)
+	resp := &pb.HeartbeatResponse{Leader: s.cfg.ID, LeaderAddr: s.cfg.Advertise, Registered: registered}
+	return resp, nil
+}
+
+// connPool caches one client connection per address.
+type connPool struct {
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func newConnPool() *connPool { return &connPool{conns: map[string]*grpc.ClientConn{}} }
+
+func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cc, ok := p.conns[addr]; ok {
+		return cc, nil
+	}
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", addr, err)
+	}
+	p.conns[addr] = cc
+	return cc, nil
+}
+
+func (p *connPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, cc := range p.conns {
+		cc.Close()
+	}
+	p.conns = map[string]*grpc.ClientConn{}
+}

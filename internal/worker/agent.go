@@ -1,0 +1,117 @@
+package worker
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	pb "github.com/blixard/blixard/api/blixardpb"
+	"github.com/blixard/blixard/internal/clock"
+)
+
+// Cluster is what the agent needs from its node.
+type Cluster interface {
+	// Register proposes the worker's registration (idempotent).
+	Register(ctx context.Context, w *pb.Worker) error
+	// Heartbeat tells the leader this worker is alive.
+	Heartbeat(ctx context.Context, id uint64) (*pb.HeartbeatResponse, error)
+	// ReportUsage proposes a usage report.
+	ReportUsage(ctx context.Context, st *pb.WorkerStatus) error
+}
+
+// AgentConfig configures an Agent.
+type AgentConfig struct {
+	Worker            *pb.Worker // id, addr, capacity, labels, capabilities
+	Clock             clock.Clock
+	HeartbeatInterval time.Duration
+	UsageInterval     time.Duration
+	Usage             func() *pb.WorkerStatus // sampled at UsageInterval; nil disables reports
+	Logger            *slog.Logger
+}
+
+// Agent registers a worker and keeps it alive in the leader's eyes.
+type Agent struct {
+	cfg     AgentConfig
+	cluster Cluster
+}
+
+// NewAgent returns an agent; Run drives it.
+func NewAgent(cfg AgentConfig, c Cluster) *Agent {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.HeartbeatInterval == 0 {
+		cfg.HeartbeatInterval = time.Second
+	}
+	if cfg.UsageInterval == 0 {
+		cfg.UsageInterval = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{cfg: cfg, cluster: c}
+}
+
+// Run registers the worker, then heartbeats and reports usage until ctx
+// ends. Failures are logged and retried on the next beat: a worker never
+// gives up on its cluster.
+func (a *Agent) Run(ctx context.Context) {
+	hb := a.cfg.Clock.NewTicker(a.cfg.HeartbeatInterval)
+	defer hb.Stop()
+	us := a.cfg.Clock.NewTicker(a.cfg.UsageInterval)
+	defer us.Stop()
+	registered := a.register(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hb.C():
+			if !registered {
+				registered = a.register(ctx)
+				continue
+			}
+			resp, err := a.call(ctx, func(c context.Context) (*pb.HeartbeatResponse, error) {
+				return a.cluster.Heartbeat(c, a.cfg.Worker.GetId())
+			})
+			if err != nil {
+				a.cfg.Logger.Debug("heartbeat failed", "err", err)
+				continue
+			}
+			if !resp.GetRegistered() {
+				registered = a.register(ctx)
+			}
+		case <-us.C():
+			if a.cfg.Usage == nil || !registered {
+				continue
+			}
+			st := a.cfg.Usage()
+			st.WorkerId = a.cfg.Worker.GetId()
+			st.ReportedAtUnixNano = a.cfg.Clock.Now().UnixNano()
+			if _, err := a.call(ctx, func(c context.Context) (*pb.HeartbeatResponse, error) {
+				return nil, a.cluster.ReportUsage(c, st)
+			}); err != nil {
+				a.cfg.Logger.Debug("usage report failed", "err", err)
+			}
+		}
+	}
+}
+
+func (a *Agent) register(ctx context.Context) bool {
+	_, err := a.call(ctx, func(c context.Context) (*pb.HeartbeatResponse, error) {
+		return nil, a.cluster.Register(c, a.cfg.Worker)
+	})
+	if err != nil {
+		a.cfg.Logger.Info("worker registration failed; will retry", "err", err)
+		return false
+	}
+	a.cfg.Logger.Info("worker registered", "id", a.cfg.Worker.GetId())
+	return true
+}
+
+// call bounds one request by a few heartbeat periods so a dead leader
+// cannot stall the agent.
+func (a *Agent) call(ctx context.Context, f func(context.Context) (*pb.HeartbeatResponse, error)) (*pb.HeartbeatResponse, error) {
+	c, cancel := context.WithTimeout(ctx, 3*a.cfg.HeartbeatInterval+time.Second)
+	defer cancel()
+	return f(c)
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs Blixard's whole test suite. It sets up what the tests need first, so
+# a fresh machine runs everything and skips nothing:
+#   - system packages (installed with apt-get when missing, as root)
+#   - Go modules (downloaded through the Go module proxy)
+# Usage: scripts/test.sh            # everything (CI runs exactly this)
+#        BLIXARD_TEST_SHORT=1 ...   # skip the slow end-to-end suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# System packages the tests use. Each entry: "command package".
+need=()
+for pair in "gcc gcc" "git git"; do
+  cmd=${pair% *} pkg=${pair#* }
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  step "installing system packages: ${need[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: missing ${need[*]} and not root — install them with: sudo apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+command -v go >/dev/null 2>&1 || { echo "error: go is not installed — install Go 1.26 or newer (https://go.dev/doc/install)" >&2; exit 1; }
+
+step "go mod download"
+go mod download
+
+step "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "error: gofmt would change: $unformatted — run: gofmt -w ." >&2
+  exit 1
+fi
+
+step "go vet"
+go vet ./...
+
+step "unit and package tests (race detector)"
+go test -race -count=1 -timeout 15m $(go list ./... | grep -v /e2e)
+
+if [ -z "${BLIXARD_TEST_SHORT:-}" ]; then
+  step "end-to-end tests: real blixard processes on loopback"
+  go test -count=1 -timeout 20m ./e2e/
+fi
+step "all tests passed"
