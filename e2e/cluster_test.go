@@ -25,7 +25,7 @@ func TestThreeNodeFormationAndReplication(t *testing.T) {
 	}
 }
 
-func leaderOf(t *testing.T, c *cluster) *node {
+func leaderOf(t testing.TB, c *cluster) *node {
 	t.Helper()
 	var lead uint64
 	waitFor(t, 30*time.Second, "a leader", func() (bool, string) {

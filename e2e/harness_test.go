@@ -37,13 +37,16 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "building blixard:", err)
 		os.Exit(1)
 	}
+	// The race runtime sleeps a second at exit by default so late reports
+	// can print; CLI calls would each pay it.
+	os.Setenv("GORACE", "atexit_sleep_ms=0 halt_on_error=1")
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
 
 // freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -54,7 +57,7 @@ func freeAddr(t *testing.T) string {
 }
 
 type node struct {
-	t       *testing.T
+	t       testing.TB
 	id      uint64
 	addr    string
 	dir     string
@@ -69,19 +72,25 @@ type node struct {
 var fastTimers = []string{"--tick", "50ms", "--heartbeat-interval", "200ms", "--worker-ttl", "2s"}
 
 type cluster struct {
-	t      *testing.T
+	t      testing.TB
+	timers []string // raft/worker timing flags for every node
 	nodes  map[uint64]*node
 	others []*node // processes expected to be refused; not members
 }
 
-func newCluster(t *testing.T) *cluster {
-	c := &cluster{t: t, nodes: map[uint64]*node{}}
+func newCluster(t testing.TB) *cluster {
+	c := &cluster{t: t, nodes: map[uint64]*node{}, timers: fastTimers}
 	t.Cleanup(func() {
 		for _, n := range c.nodes {
 			n.kill()
 		}
 		for _, n := range c.others {
 			n.kill()
+		}
+		for _, n := range append(c.others, mapNodes(c.nodes)...) {
+			if strings.Contains(n.logs(), "WARNING: DATA RACE") {
+				t.Errorf("node %d hit a data race; see %s", n.id, n.logPath)
+			}
 		}
 		if t.Failed() {
 			for _, n := range c.nodes {
@@ -95,6 +104,14 @@ func newCluster(t *testing.T) *cluster {
 		}
 	})
 	return c
+}
+
+func mapNodes(m map[uint64]*node) []*node {
+	var out []*node
+	for _, n := range m {
+		out = append(out, n)
+	}
+	return out
 }
 
 // add creates a member node; extra are flags such as --bootstrap or --join.
@@ -117,7 +134,7 @@ func (c *cluster) spawn(id uint64, extra ...string) *node {
 	c.t.Helper()
 	dir := filepath.Join(c.t.TempDir(), fmt.Sprintf("node%d", id))
 	n := &node{t: c.t, id: id, addr: freeAddr(c.t), dir: dir, logPath: dir + ".log"}
-	n.args = append([]string{"node", "--id", strconv.FormatUint(id, 10), "--data-dir", dir, "--listen", n.addr, "--log-level", "debug"}, fastTimers...)
+	n.args = append([]string{"node", "--id", strconv.FormatUint(id, 10), "--data-dir", dir, "--listen", n.addr, "--log-level", "debug"}, c.timers...)
 	n.args = append(n.args, extra...)
 	n.start()
 	return n
@@ -212,7 +229,7 @@ func cli(addr string, args ...string) (string, string, error) {
 
 // waitFor polls cond until it holds or timeout passes; cond returns a
 // description of what it saw, used in the failure message.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var seen string

@@ -144,6 +144,9 @@ func New(cfg Config) (*Server, error) {
 	if s.logs, err = storage.OpenLogStore(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("open raft log in %s: %w", cfg.DataDir, err)
 	}
+	for _, w := range s.logs.Warnings() {
+		s.log.Warn("raft log repaired at open", "detail", w)
+	}
 	if s.db, err = storage.OpenStateDB(filepath.Join(cfg.DataDir, "state.db")); err != nil {
 		s.logs.Close()
 		return nil, fmt.Errorf("open state database in %s: %w", cfg.DataDir, err)
