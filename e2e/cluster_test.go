@@ -107,6 +107,17 @@ func TestFollowerCatchesUpBySnapshotAfterCompaction(t *testing.T) {
 	if v, err := get(follower.addr, "k000", true); err != nil || v != "0" {
 		t.Fatalf("k000 after snapshot catch-up: value %q err %v", v, err)
 	}
+
+	// A new member joining after compaction is seeded by a snapshot too.
+	n4 := c.add(4, "--join", lead.addr, "--snapshot-every", "20", "--snapshot-keep", "5")
+	c.waitVoters(lead, 1, 2, 3, 4)
+	waitFor(t, 30*time.Second, "new member to have k119", func() (bool, string) {
+		v, err := get(n4.addr, "k119", true)
+		return err == nil && v == "119", fmt.Sprintf("value %q err %v", v, err)
+	})
+	if !strings.Contains(n4.logs(), "installed snapshot") {
+		t.Fatalf("new member was not seeded by a snapshot")
+	}
 }
 
 func TestJoinRemoveAndRefusals(t *testing.T) {
@@ -196,6 +207,22 @@ func TestWorkerDownAndBackUp(t *testing.T) {
 func TestGracefulLeaderShutdownTransfersLeadership(t *testing.T) {
 	c := threeNodes(t)
 	lead := leaderOf(t, c)
+	// An operator can move leadership by hand, asking any node.
+	var target *node
+	for _, n := range c.nodes {
+		if n != lead {
+			target = n
+			break
+		}
+	}
+	out, errOut, err := cli(lead.addr, "--output", "json", "cluster", "transfer-leader", fmt.Sprint(target.id))
+	if err != nil {
+		t.Fatalf("transfer-leader: %v: %s", err, errOut)
+	}
+	if st, raw := status(lead.addr); st.Leader != target.id {
+		t.Fatalf("after transfer-leader %d (%s) status says leader %d: %s", target.id, out, st.Leader, raw)
+	}
+	lead = target
 	lead.stop(20 * time.Second)
 	if !strings.Contains(lead.logs(), "transferring leadership before shutdown") {
 		t.Fatalf("leader did not transfer leadership before shutdown; log:\n%s", lead.logs())

@@ -257,7 +257,7 @@ func (o *nodeOptions) config(fs *pflag.FlagSet, d deps) (server.Config, []string
 	if !o.worker {
 		for _, name := range []string{"cpu", "memory", "disk", "labels", "capabilities"} {
 			if changed(name) {
-				return cfg, nil, usageError(fmt.Sprintf("--%s only applies to workers", name), fmt.Sprintf("add --worker, or drop --%s", name))
+				return cfg, nil, usageError(fmt.Sprintf("--%s only applies to workers", name), fmt.Sprintf("drop --worker=false, or drop --%s", name))
 			}
 		}
 	}

@@ -69,8 +69,8 @@ func TestNodeFlagValidation(t *testing.T) {
 		{"join empty", withOut("--bootstrap", "--join="), []string{`--join must be HOST:PORT (got "")`}},
 		{"join no host", withOut("--bootstrap", "--join", ":7000"), []string{"--join needs a host"}},
 		{"join self", withOut("--bootstrap", "--join", "127.0.0.1:7001"), []string{"--join points at this node itself"}},
-		{"cpu without worker", with("--cpu", "2"), []string{"--cpu only applies to workers", "--worker"}},
-		{"labels without worker", with("--labels", "a=b"), []string{"--labels only applies to workers"}},
+		{"cpu without worker", with("--worker=false", "--cpu", "2"), []string{"--cpu only applies to workers", "--worker=false"}},
+		{"labels without worker", with("--worker=false", "--labels", "a=b"), []string{"--labels only applies to workers"}},
 		{"cpu zero", with("--worker", "--cpu", "0"), []string{`--cpu must be a positive number of cores, e.g. 2 or 0.5 (got "0")`}},
 		{"cpu negative", with("--worker", "--cpu", "-1"), []string{`--cpu must be a positive number of cores`, `(got "-1")`}},
 		{"cpu not a number", with("--worker", "--cpu", "lots"), []string{`--cpu must be a positive number of cores`, `(got "lots")`}},
@@ -191,7 +191,7 @@ func TestNodeDefaults(t *testing.T) {
 func TestNodeNonWorkerSkipsDetection(t *testing.T) {
 	h := newHarness(t)
 	h.deps.memTotalMiB = func() (int64, error) { t.Fatal("memory detected for a non-worker"); return 0, nil }
-	if code := h.run("node", "--id", "1", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:7001", "--bootstrap"); code != exitOK {
+	if code := h.run("node", "--id", "1", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:7001", "--bootstrap", "--worker=false"); code != exitOK {
 		t.Fatalf("exit code %d, stderr %q", code, h.stderr.String())
 	}
 	if got := h.startedConfigs()[0]; got.Worker || got.CPUMillis != 0 || got.MemoryMiB != 0 {
