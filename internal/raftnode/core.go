@@ -59,18 +59,27 @@ type Config struct {
 	Logger            *slog.Logger
 }
 
+// Defaults for Config's zero values.
+const (
+	DefaultElectionTicks  = 10
+	DefaultHeartbeatTicks = 1
+	DefaultSnapshotEvery  = 10000
+	DefaultSnapshotKeep   = 5000
+)
+
 func (c *Config) setDefaults() {
+	def := func(v *uint64, d uint64) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.SnapshotEvery, DefaultSnapshotEvery)
+	def(&c.SnapshotKeep, DefaultSnapshotKeep)
 	if c.ElectionTicks == 0 {
-		c.ElectionTicks = 10
+		c.ElectionTicks = DefaultElectionTicks
 	}
 	if c.HeartbeatTicks == 0 {
-		c.HeartbeatTicks = 1
-	}
-	if c.SnapshotEvery == 0 {
-		c.SnapshotEvery = 10000
-	}
-	if c.SnapshotKeep == 0 {
-		c.SnapshotKeep = 5000
+		c.HeartbeatTicks = DefaultHeartbeatTicks
 	}
 	if c.PromoteEveryTicks == 0 {
 		c.PromoteEveryTicks = 5

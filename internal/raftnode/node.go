@@ -231,37 +231,47 @@ func (n *Node) ProposeConfChange(ctx context.Context, typ raftpb.ConfChangeType,
 }
 
 func (n *Node) submit(ctx context.Context, mk func(id uint64) proposal) (proto.Message, error) {
+	a, err := n.await(ctx, "proposal", func(ctx context.Context, id uint64) error {
+		select {
+		case n.propc <- mk(id):
+			return nil
+		case <-n.stopc:
+			return n.stoppedErr()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	return a.Result, err
+}
+
+// await registers a waiter, hands the request to the loop with send, and
+// waits for its completion. A request raft dropped for lack of a leader
+// was certainly not appended, so it is sent again once a leader appears.
+func (n *Node) await(ctx context.Context, what string, send func(ctx context.Context, id uint64) error) (Applied, error) {
 	ctx, cancel := n.withMaxWait(ctx)
 	defer cancel()
 	for {
 		id := n.nextID.Add(1)
 		w, leaderCh := n.register(id)
-		select {
-		case n.propc <- mk(id):
-		case <-n.stopc:
+		if err := send(ctx, id); err != nil {
 			n.unregister(id)
-			return nil, n.stoppedErr()
-		case <-ctx.Done():
-			n.unregister(id)
-			return nil, fmt.Errorf("proposal not sent: %w", ctx.Err())
+			return Applied{}, fmt.Errorf("%s not sent: %w", what, err)
 		}
 		select {
 		case a := <-w.done:
 			if errors.Is(a.Err, ErrNoLeader) {
-				// Raft dropped it before appending: safe to try again
-				// once a leader appears.
 				if err := n.waitLeaderChange(ctx, leaderCh); err != nil {
-					return nil, fmt.Errorf("%w (%v)", ErrNoLeader, err)
+					return Applied{}, fmt.Errorf("%w (%v)", ErrNoLeader, err)
 				}
 				continue
 			}
-			return a.Result, a.Err
+			return a, a.Err
 		case <-n.donec:
 			n.unregister(id)
-			return nil, n.stoppedErr()
+			return Applied{}, n.stoppedErr()
 		case <-ctx.Done():
 			n.unregister(id)
-			return nil, fmt.Errorf("proposal outcome unknown: %w; retry it", ctx.Err())
+			return Applied{}, fmt.Errorf("%s outcome unknown: %w; retry it", what, ctx.Err())
 		}
 	}
 }
@@ -309,36 +319,14 @@ func (n *Node) complete(a Applied) {
 // before the call (a linearizable read point), then returns; the caller
 // reads local state.
 func (n *Node) ReadIndex(ctx context.Context) error {
-	ctx, cancel := n.withMaxWait(ctx)
-	defer cancel()
-	for {
-		id := n.nextID.Add(1)
-		w, leaderCh := n.register(id)
-		if err := n.call(ctx, func() {
+	_, err := n.await(ctx, "linearizable read", func(ctx context.Context, id uint64) error {
+		return n.call(ctx, func() {
 			if err := n.core.ReadIndex(id); err != nil {
 				n.complete(Applied{ID: id, Err: err})
 			}
-		}); err != nil {
-			n.unregister(id)
-			return err
-		}
-		select {
-		case a := <-w.done:
-			if errors.Is(a.Err, ErrNoLeader) {
-				if err := n.waitLeaderChange(ctx, leaderCh); err != nil {
-					return fmt.Errorf("%w (%v)", ErrNoLeader, err)
-				}
-				continue
-			}
-			return a.Err
-		case <-n.donec:
-			n.unregister(id)
-			return n.stoppedErr()
-		case <-ctx.Done():
-			n.unregister(id)
-			return fmt.Errorf("linearizable read: %w; retry it", ctx.Err())
-		}
-	}
+		})
+	})
+	return err
 }
 
 // Status returns raft's status and the applied index, read on the loop.

@@ -47,17 +47,9 @@ func (c *Config) setDefaults() {
 	def(&c.WorkerTTL, 5*time.Second)
 	def(&c.UsageInterval, 10*time.Second)
 	if c.ElectionTicks == 0 {
-		c.ElectionTicks = 10
+		c.ElectionTicks = raftnode.DefaultElectionTicks
 	}
-	if c.HeartbeatTicks == 0 {
-		c.HeartbeatTicks = 1
-	}
-	if c.SnapshotEvery == 0 {
-		c.SnapshotEvery = 10000
-	}
-	if c.SnapshotKeep == 0 {
-		c.SnapshotKeep = 5000
-	}
+	// Heartbeat ticks and snapshot settings default inside raftnode.
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
