@@ -126,6 +126,122 @@ func (WorkerState) EnumDescriptor() ([]byte, []int) {
 	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{1}
 }
 
+type TaskState int32
+
+const (
+	TaskState_TASK_STATE_UNSPECIFIED TaskState = 0
+	TaskState_TASK_STATE_PENDING     TaskState = 1
+	TaskState_TASK_STATE_ASSIGNED    TaskState = 2
+	TaskState_TASK_STATE_RUNNING     TaskState = 3
+	TaskState_TASK_STATE_SUCCEEDED   TaskState = 4
+	TaskState_TASK_STATE_FAILED      TaskState = 5
+	TaskState_TASK_STATE_CANCELLED   TaskState = 6
+	TaskState_TASK_STATE_TIMED_OUT   TaskState = 7
+	TaskState_TASK_STATE_LOST        TaskState = 8
+)
+
+// Enum value maps for TaskState.
+var (
+	TaskState_name = map[int32]string{
+		0: "TASK_STATE_UNSPECIFIED",
+		1: "TASK_STATE_PENDING",
+		2: "TASK_STATE_ASSIGNED",
+		3: "TASK_STATE_RUNNING",
+		4: "TASK_STATE_SUCCEEDED",
+		5: "TASK_STATE_FAILED",
+		6: "TASK_STATE_CANCELLED",
+		7: "TASK_STATE_TIMED_OUT",
+		8: "TASK_STATE_LOST",
+	}
+	TaskState_value = map[string]int32{
+		"TASK_STATE_UNSPECIFIED": 0,
+		"TASK_STATE_PENDING":     1,
+		"TASK_STATE_ASSIGNED":    2,
+		"TASK_STATE_RUNNING":     3,
+		"TASK_STATE_SUCCEEDED":   4,
+		"TASK_STATE_FAILED":      5,
+		"TASK_STATE_CANCELLED":   6,
+		"TASK_STATE_TIMED_OUT":   7,
+		"TASK_STATE_LOST":        8,
+	}
+)
+
+func (x TaskState) Enum() *TaskState {
+	p := new(TaskState)
+	*p = x
+	return p
+}
+
+func (x TaskState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TaskState) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_blixardpb_blixard_proto_enumTypes[2].Descriptor()
+}
+
+func (TaskState) Type() protoreflect.EnumType {
+	return &file_api_blixardpb_blixard_proto_enumTypes[2]
+}
+
+func (x TaskState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TaskState.Descriptor instead.
+func (TaskState) EnumDescriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{2}
+}
+
+type PlacementPolicy int32
+
+const (
+	PlacementPolicy_PLACEMENT_POLICY_UNSPECIFIED PlacementPolicy = 0 // bin-pack
+	PlacementPolicy_PLACEMENT_POLICY_BINPACK     PlacementPolicy = 1
+	PlacementPolicy_PLACEMENT_POLICY_SPREAD      PlacementPolicy = 2
+)
+
+// Enum value maps for PlacementPolicy.
+var (
+	PlacementPolicy_name = map[int32]string{
+		0: "PLACEMENT_POLICY_UNSPECIFIED",
+		1: "PLACEMENT_POLICY_BINPACK",
+		2: "PLACEMENT_POLICY_SPREAD",
+	}
+	PlacementPolicy_value = map[string]int32{
+		"PLACEMENT_POLICY_UNSPECIFIED": 0,
+		"PLACEMENT_POLICY_BINPACK":     1,
+		"PLACEMENT_POLICY_SPREAD":      2,
+	}
+)
+
+func (x PlacementPolicy) Enum() *PlacementPolicy {
+	p := new(PlacementPolicy)
+	*p = x
+	return p
+}
+
+func (x PlacementPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PlacementPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_blixardpb_blixard_proto_enumTypes[3].Descriptor()
+}
+
+func (PlacementPolicy) Type() protoreflect.EnumType {
+	return &file_api_blixardpb_blixard_proto_enumTypes[3]
+}
+
+func (x PlacementPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PlacementPolicy.Descriptor instead.
+func (PlacementPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{3}
+}
+
 // Member is one node of the raft group.
 type Member struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -258,8 +374,12 @@ type Worker struct {
 	State                  WorkerState            `protobuf:"varint,6,opt,name=state,proto3,enum=blixard.v1.WorkerState" json:"state,omitempty"`
 	RegisteredAtUnixNano   int64                  `protobuf:"varint,7,opt,name=registered_at_unix_nano,json=registeredAtUnixNano,proto3" json:"registered_at_unix_nano,omitempty"`
 	StateChangedAtUnixNano int64                  `protobuf:"varint,8,opt,name=state_changed_at_unix_nano,json=stateChangedAtUnixNano,proto3" json:"state_changed_at_unix_nano,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// unschedulable is set by the worker itself when its executor keeps
+	// failing; the scheduler places nothing on it.
+	Unschedulable       bool   `protobuf:"varint,9,opt,name=unschedulable,proto3" json:"unschedulable,omitempty"`
+	UnschedulableReason string `protobuf:"bytes,10,opt,name=unschedulable_reason,json=unschedulableReason,proto3" json:"unschedulable_reason,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Worker) Reset() {
@@ -346,6 +466,20 @@ func (x *Worker) GetStateChangedAtUnixNano() int64 {
 		return x.StateChangedAtUnixNano
 	}
 	return 0
+}
+
+func (x *Worker) GetUnschedulable() bool {
+	if x != nil {
+		return x.Unschedulable
+	}
+	return false
+}
+
+func (x *Worker) GetUnschedulableReason() string {
+	if x != nil {
+		return x.UnschedulableReason
+	}
+	return ""
 }
 
 // WorkerStatus is the low-rate usage report of a worker.
@@ -487,6 +621,513 @@ func (x *KV) GetModIndex() uint64 {
 	return 0
 }
 
+type TaskSpec struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Name               string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Command            string                 `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
+	Args               []string               `protobuf:"bytes,3,rep,name=args,proto3" json:"args,omitempty"`
+	Env                map[string]string      `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Workdir            string                 `protobuf:"bytes,5,opt,name=workdir,proto3" json:"workdir,omitempty"`
+	Resources          *Resources             `protobuf:"bytes,6,opt,name=resources,proto3" json:"resources,omitempty"`
+	TimeoutMs          int64                  `protobuf:"varint,7,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`         // 0: no timeout
+	KillGraceMs        int64                  `protobuf:"varint,8,opt,name=kill_grace_ms,json=killGraceMs,proto3" json:"kill_grace_ms,omitempty"` // SIGTERM to SIGKILL; 0: default 10s
+	MaxRetries         int32                  `protobuf:"varint,9,opt,name=max_retries,json=maxRetries,proto3" json:"max_retries,omitempty"`
+	RetryBackoffBaseMs int64                  `protobuf:"varint,10,opt,name=retry_backoff_base_ms,json=retryBackoffBaseMs,proto3" json:"retry_backoff_base_ms,omitempty"`                              // 0: default 1s
+	RetryBackoffMaxMs  int64                  `protobuf:"varint,11,opt,name=retry_backoff_max_ms,json=retryBackoffMaxMs,proto3" json:"retry_backoff_max_ms,omitempty"`                                 // 0: default 1m
+	Priority           int32                  `protobuf:"varint,12,opt,name=priority,proto3" json:"priority,omitempty"`                                                                                // higher runs first
+	Constraints        map[string]string      `protobuf:"bytes,13,rep,name=constraints,proto3" json:"constraints,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // worker labels that must match
+	Node               uint64                 `protobuf:"varint,14,opt,name=node,proto3" json:"node,omitempty"`                                                                                        // run only on this worker; 0: any
+	Policy             PlacementPolicy        `protobuf:"varint,15,opt,name=policy,proto3,enum=blixard.v1.PlacementPolicy" json:"policy,omitempty"`
+	User               string                 `protobuf:"bytes,16,opt,name=user,proto3" json:"user,omitempty"` // run as this user; empty: the node's user
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *TaskSpec) Reset() {
+	*x = TaskSpec{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskSpec) ProtoMessage() {}
+
+func (x *TaskSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskSpec.ProtoReflect.Descriptor instead.
+func (*TaskSpec) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TaskSpec) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TaskSpec) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *TaskSpec) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *TaskSpec) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *TaskSpec) GetWorkdir() string {
+	if x != nil {
+		return x.Workdir
+	}
+	return ""
+}
+
+func (x *TaskSpec) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *TaskSpec) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *TaskSpec) GetKillGraceMs() int64 {
+	if x != nil {
+		return x.KillGraceMs
+	}
+	return 0
+}
+
+func (x *TaskSpec) GetMaxRetries() int32 {
+	if x != nil {
+		return x.MaxRetries
+	}
+	return 0
+}
+
+func (x *TaskSpec) GetRetryBackoffBaseMs() int64 {
+	if x != nil {
+		return x.RetryBackoffBaseMs
+	}
+	return 0
+}
+
+func (x *TaskSpec) GetRetryBackoffMaxMs() int64 {
+	if x != nil {
+		return x.RetryBackoffMaxMs
+	}
+	return 0
+}
+
+func (x *TaskSpec) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *TaskSpec) GetConstraints() map[string]string {
+	if x != nil {
+		return x.Constraints
+	}
+	return nil
+}
+
+func (x *TaskSpec) GetNode() uint64 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *TaskSpec) GetPolicy() PlacementPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return PlacementPolicy_PLACEMENT_POLICY_UNSPECIFIED
+}
+
+func (x *TaskSpec) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type TaskResult struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ExitCode        int32                  `protobuf:"varint,1,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Signal          string                 `protobuf:"bytes,2,opt,name=signal,proto3" json:"signal,omitempty"`
+	TimedOut        bool                   `protobuf:"varint,3,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
+	OomKilled       bool                   `protobuf:"varint,4,opt,name=oom_killed,json=oomKilled,proto3" json:"oom_killed,omitempty"`
+	Cancelled       bool                   `protobuf:"varint,5,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
+	StdoutTail      []byte                 `protobuf:"bytes,6,opt,name=stdout_tail,json=stdoutTail,proto3" json:"stdout_tail,omitempty"`
+	StderrTail      []byte                 `protobuf:"bytes,7,opt,name=stderr_tail,json=stderrTail,proto3" json:"stderr_tail,omitempty"`
+	PeakMemoryBytes int64                  `protobuf:"varint,8,opt,name=peak_memory_bytes,json=peakMemoryBytes,proto3" json:"peak_memory_bytes,omitempty"`
+	CpuTimeMs       int64                  `protobuf:"varint,9,opt,name=cpu_time_ms,json=cpuTimeMs,proto3" json:"cpu_time_ms,omitempty"`
+	Error           string                 `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"` // the process could not be started
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *TaskResult) Reset() {
+	*x = TaskResult{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskResult) ProtoMessage() {}
+
+func (x *TaskResult) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskResult.ProtoReflect.Descriptor instead.
+func (*TaskResult) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TaskResult) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *TaskResult) GetSignal() string {
+	if x != nil {
+		return x.Signal
+	}
+	return ""
+}
+
+func (x *TaskResult) GetTimedOut() bool {
+	if x != nil {
+		return x.TimedOut
+	}
+	return false
+}
+
+func (x *TaskResult) GetOomKilled() bool {
+	if x != nil {
+		return x.OomKilled
+	}
+	return false
+}
+
+func (x *TaskResult) GetCancelled() bool {
+	if x != nil {
+		return x.Cancelled
+	}
+	return false
+}
+
+func (x *TaskResult) GetStdoutTail() []byte {
+	if x != nil {
+		return x.StdoutTail
+	}
+	return nil
+}
+
+func (x *TaskResult) GetStderrTail() []byte {
+	if x != nil {
+		return x.StderrTail
+	}
+	return nil
+}
+
+func (x *TaskResult) GetPeakMemoryBytes() int64 {
+	if x != nil {
+		return x.PeakMemoryBytes
+	}
+	return 0
+}
+
+func (x *TaskResult) GetCpuTimeMs() int64 {
+	if x != nil {
+		return x.CpuTimeMs
+	}
+	return 0
+}
+
+func (x *TaskResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type Attempt struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Number             uint32                 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	WorkerId           uint64                 `protobuf:"varint,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	State              TaskState              `protobuf:"varint,3,opt,name=state,proto3,enum=blixard.v1.TaskState" json:"state,omitempty"` // assigned, running, or a final state, or lost
+	AssignedAtUnixNano int64                  `protobuf:"varint,4,opt,name=assigned_at_unix_nano,json=assignedAtUnixNano,proto3" json:"assigned_at_unix_nano,omitempty"`
+	StartedAtUnixNano  int64                  `protobuf:"varint,5,opt,name=started_at_unix_nano,json=startedAtUnixNano,proto3" json:"started_at_unix_nano,omitempty"`
+	FinishedAtUnixNano int64                  `protobuf:"varint,6,opt,name=finished_at_unix_nano,json=finishedAtUnixNano,proto3" json:"finished_at_unix_nano,omitempty"`
+	Result             *TaskResult            `protobuf:"bytes,7,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *Attempt) Reset() {
+	*x = Attempt{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Attempt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Attempt) ProtoMessage() {}
+
+func (x *Attempt) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Attempt.ProtoReflect.Descriptor instead.
+func (*Attempt) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Attempt) GetNumber() uint32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *Attempt) GetWorkerId() uint64 {
+	if x != nil {
+		return x.WorkerId
+	}
+	return 0
+}
+
+func (x *Attempt) GetState() TaskState {
+	if x != nil {
+		return x.State
+	}
+	return TaskState_TASK_STATE_UNSPECIFIED
+}
+
+func (x *Attempt) GetAssignedAtUnixNano() int64 {
+	if x != nil {
+		return x.AssignedAtUnixNano
+	}
+	return 0
+}
+
+func (x *Attempt) GetStartedAtUnixNano() int64 {
+	if x != nil {
+		return x.StartedAtUnixNano
+	}
+	return 0
+}
+
+func (x *Attempt) GetFinishedAtUnixNano() int64 {
+	if x != nil {
+		return x.FinishedAtUnixNano
+	}
+	return 0
+}
+
+func (x *Attempt) GetResult() *TaskResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+type Task struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Id                string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Spec              *TaskSpec              `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	State             TaskState              `protobuf:"varint,3,opt,name=state,proto3,enum=blixard.v1.TaskState" json:"state,omitempty"`
+	IdempotencyKey    string                 `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	Attempts          []*Attempt             `protobuf:"bytes,5,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	CreatedAtUnixNano int64                  `protobuf:"varint,6,opt,name=created_at_unix_nano,json=createdAtUnixNano,proto3" json:"created_at_unix_nano,omitempty"`
+	// not_before_unix_nano delays a retry (backoff).
+	NotBeforeUnixNano int64  `protobuf:"varint,7,opt,name=not_before_unix_nano,json=notBeforeUnixNano,proto3" json:"not_before_unix_nano,omitempty"`
+	RetriesUsed       uint32 `protobuf:"varint,8,opt,name=retries_used,json=retriesUsed,proto3" json:"retries_used,omitempty"`
+	Losses            uint32 `protobuf:"varint,9,opt,name=losses,proto3" json:"losses,omitempty"`
+	CancelRequested   bool   `protobuf:"varint,10,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
+	// seq orders tasks of equal priority first-in first-out (raft index of
+	// the submission).
+	Seq                uint64 `protobuf:"varint,11,opt,name=seq,proto3" json:"seq,omitempty"`
+	FinishedAtUnixNano int64  `protobuf:"varint,12,opt,name=finished_at_unix_nano,json=finishedAtUnixNano,proto3" json:"finished_at_unix_nano,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *Task) Reset() {
+	*x = Task{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Task) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Task) ProtoMessage() {}
+
+func (x *Task) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Task.ProtoReflect.Descriptor instead.
+func (*Task) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Task) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Task) GetSpec() *TaskSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *Task) GetState() TaskState {
+	if x != nil {
+		return x.State
+	}
+	return TaskState_TASK_STATE_UNSPECIFIED
+}
+
+func (x *Task) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *Task) GetAttempts() []*Attempt {
+	if x != nil {
+		return x.Attempts
+	}
+	return nil
+}
+
+func (x *Task) GetCreatedAtUnixNano() int64 {
+	if x != nil {
+		return x.CreatedAtUnixNano
+	}
+	return 0
+}
+
+func (x *Task) GetNotBeforeUnixNano() int64 {
+	if x != nil {
+		return x.NotBeforeUnixNano
+	}
+	return 0
+}
+
+func (x *Task) GetRetriesUsed() uint32 {
+	if x != nil {
+		return x.RetriesUsed
+	}
+	return 0
+}
+
+func (x *Task) GetLosses() uint32 {
+	if x != nil {
+		return x.Losses
+	}
+	return 0
+}
+
+func (x *Task) GetCancelRequested() bool {
+	if x != nil {
+		return x.CancelRequested
+	}
+	return false
+}
+
+func (x *Task) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Task) GetFinishedAtUnixNano() int64 {
+	if x != nil {
+		return x.FinishedAtUnixNano
+	}
+	return 0
+}
+
 // StateSnapshot is the whole replicated state; it is the data of a raft
 // snapshot.
 type StateSnapshot struct {
@@ -496,13 +1137,14 @@ type StateSnapshot struct {
 	Workers        []*Worker              `protobuf:"bytes,3,rep,name=workers,proto3" json:"workers,omitempty"`
 	WorkerStatuses []*WorkerStatus        `protobuf:"bytes,4,rep,name=worker_statuses,json=workerStatuses,proto3" json:"worker_statuses,omitempty"`
 	Kvs            []*KV                  `protobuf:"bytes,5,rep,name=kvs,proto3" json:"kvs,omitempty"`
+	Tasks          []*Task                `protobuf:"bytes,6,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StateSnapshot) Reset() {
 	*x = StateSnapshot{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[5]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +1156,7 @@ func (x *StateSnapshot) String() string {
 func (*StateSnapshot) ProtoMessage() {}
 
 func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[5]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +1169,7 @@ func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateSnapshot.ProtoReflect.Descriptor instead.
 func (*StateSnapshot) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{5}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StateSnapshot) GetMembers() []*Member {
@@ -565,6 +1207,13 @@ func (x *StateSnapshot) GetKvs() []*KV {
 	return nil
 }
 
+func (x *StateSnapshot) GetTasks() []*Task {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Op:
@@ -574,6 +1223,13 @@ type Command struct {
 	//	*Command_ReportWorkerUsage
 	//	*Command_Put
 	//	*Command_Delete
+	//	*Command_SubmitTask
+	//	*Command_PlaceTasks
+	//	*Command_TaskStarted
+	//	*Command_TaskFinished
+	//	*Command_CancelTask
+	//	*Command_SetWorkerSchedulable
+	//	*Command_ReconcileWorker
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -581,7 +1237,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[6]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -593,7 +1249,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[6]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -606,7 +1262,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{6}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Command) GetOp() isCommand_Op {
@@ -661,6 +1317,69 @@ func (x *Command) GetDelete() *Delete {
 	return nil
 }
 
+func (x *Command) GetSubmitTask() *SubmitTask {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SubmitTask); ok {
+			return x.SubmitTask
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPlaceTasks() *PlaceTasks {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PlaceTasks); ok {
+			return x.PlaceTasks
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetTaskStarted() *TaskStarted {
+	if x != nil {
+		if x, ok := x.Op.(*Command_TaskStarted); ok {
+			return x.TaskStarted
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetTaskFinished() *TaskFinished {
+	if x != nil {
+		if x, ok := x.Op.(*Command_TaskFinished); ok {
+			return x.TaskFinished
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCancelTask() *CancelTask {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CancelTask); ok {
+			return x.CancelTask
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetWorkerSchedulable() *SetWorkerSchedulable {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetWorkerSchedulable); ok {
+			return x.SetWorkerSchedulable
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetReconcileWorker() *ReconcileWorker {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ReconcileWorker); ok {
+			return x.ReconcileWorker
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -685,6 +1404,34 @@ type Command_Delete struct {
 	Delete *Delete `protobuf:"bytes,14,opt,name=delete,proto3,oneof"`
 }
 
+type Command_SubmitTask struct {
+	SubmitTask *SubmitTask `protobuf:"bytes,15,opt,name=submit_task,json=submitTask,proto3,oneof"`
+}
+
+type Command_PlaceTasks struct {
+	PlaceTasks *PlaceTasks `protobuf:"bytes,16,opt,name=place_tasks,json=placeTasks,proto3,oneof"`
+}
+
+type Command_TaskStarted struct {
+	TaskStarted *TaskStarted `protobuf:"bytes,17,opt,name=task_started,json=taskStarted,proto3,oneof"`
+}
+
+type Command_TaskFinished struct {
+	TaskFinished *TaskFinished `protobuf:"bytes,18,opt,name=task_finished,json=taskFinished,proto3,oneof"`
+}
+
+type Command_CancelTask struct {
+	CancelTask *CancelTask `protobuf:"bytes,19,opt,name=cancel_task,json=cancelTask,proto3,oneof"`
+}
+
+type Command_SetWorkerSchedulable struct {
+	SetWorkerSchedulable *SetWorkerSchedulable `protobuf:"bytes,20,opt,name=set_worker_schedulable,json=setWorkerSchedulable,proto3,oneof"`
+}
+
+type Command_ReconcileWorker struct {
+	ReconcileWorker *ReconcileWorker `protobuf:"bytes,21,opt,name=reconcile_worker,json=reconcileWorker,proto3,oneof"`
+}
+
 func (*Command_RegisterWorker) isCommand_Op() {}
 
 func (*Command_SetWorkerState) isCommand_Op() {}
@@ -694,6 +1441,519 @@ func (*Command_ReportWorkerUsage) isCommand_Op() {}
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
+
+func (*Command_SubmitTask) isCommand_Op() {}
+
+func (*Command_PlaceTasks) isCommand_Op() {}
+
+func (*Command_TaskStarted) isCommand_Op() {}
+
+func (*Command_TaskFinished) isCommand_Op() {}
+
+func (*Command_CancelTask) isCommand_Op() {}
+
+func (*Command_SetWorkerSchedulable) isCommand_Op() {}
+
+func (*Command_ReconcileWorker) isCommand_Op() {}
+
+type SubmitTask struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Spec           *TaskSpec              `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	IdempotencyKey string                 `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	NowUnixNano    int64                  `protobuf:"varint,3,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SubmitTask) Reset() {
+	*x = SubmitTask{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitTask) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitTask) ProtoMessage() {}
+
+func (x *SubmitTask) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitTask.ProtoReflect.Descriptor instead.
+func (*SubmitTask) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SubmitTask) GetSpec() *TaskSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *SubmitTask) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *SubmitTask) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
+
+type Placement struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"` // the new attempt's number
+	WorkerId      uint64                 `protobuf:"varint,3,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Placement) Reset() {
+	*x = Placement{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Placement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Placement) ProtoMessage() {}
+
+func (x *Placement) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Placement.ProtoReflect.Descriptor instead.
+func (*Placement) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Placement) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *Placement) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *Placement) GetWorkerId() uint64 {
+	if x != nil {
+		return x.WorkerId
+	}
+	return 0
+}
+
+// PlaceTasks is one scheduler pass: many placements in one entry.
+type PlaceTasks struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Placements    []*Placement           `protobuf:"bytes,1,rep,name=placements,proto3" json:"placements,omitempty"`
+	NowUnixNano   int64                  `protobuf:"varint,2,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlaceTasks) Reset() {
+	*x = PlaceTasks{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlaceTasks) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlaceTasks) ProtoMessage() {}
+
+func (x *PlaceTasks) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlaceTasks.ProtoReflect.Descriptor instead.
+func (*PlaceTasks) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *PlaceTasks) GetPlacements() []*Placement {
+	if x != nil {
+		return x.Placements
+	}
+	return nil
+}
+
+func (x *PlaceTasks) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
+
+type TaskStarted struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	WorkerId      uint64                 `protobuf:"varint,3,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	NowUnixNano   int64                  `protobuf:"varint,4,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskStarted) Reset() {
+	*x = TaskStarted{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskStarted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskStarted) ProtoMessage() {}
+
+func (x *TaskStarted) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskStarted.ProtoReflect.Descriptor instead.
+func (*TaskStarted) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TaskStarted) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *TaskStarted) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *TaskStarted) GetWorkerId() uint64 {
+	if x != nil {
+		return x.WorkerId
+	}
+	return 0
+}
+
+func (x *TaskStarted) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
+
+type TaskFinished struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	WorkerId      uint64                 `protobuf:"varint,3,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Result        *TaskResult            `protobuf:"bytes,4,opt,name=result,proto3" json:"result,omitempty"`
+	NowUnixNano   int64                  `protobuf:"varint,5,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskFinished) Reset() {
+	*x = TaskFinished{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskFinished) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskFinished) ProtoMessage() {}
+
+func (x *TaskFinished) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskFinished.ProtoReflect.Descriptor instead.
+func (*TaskFinished) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TaskFinished) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *TaskFinished) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *TaskFinished) GetWorkerId() uint64 {
+	if x != nil {
+		return x.WorkerId
+	}
+	return 0
+}
+
+func (x *TaskFinished) GetResult() *TaskResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *TaskFinished) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
+
+type CancelTask struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	NowUnixNano   int64                  `protobuf:"varint,2,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelTask) Reset() {
+	*x = CancelTask{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelTask) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelTask) ProtoMessage() {}
+
+func (x *CancelTask) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelTask.ProtoReflect.Descriptor instead.
+func (*CancelTask) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CancelTask) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *CancelTask) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
+
+type SetWorkerSchedulable struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      uint64                 `protobuf:"varint,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Schedulable   bool                   `protobuf:"varint,2,opt,name=schedulable,proto3" json:"schedulable,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	NowUnixNano   int64                  `protobuf:"varint,4,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetWorkerSchedulable) Reset() {
+	*x = SetWorkerSchedulable{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetWorkerSchedulable) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetWorkerSchedulable) ProtoMessage() {}
+
+func (x *SetWorkerSchedulable) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetWorkerSchedulable.ProtoReflect.Descriptor instead.
+func (*SetWorkerSchedulable) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SetWorkerSchedulable) GetWorkerId() uint64 {
+	if x != nil {
+		return x.WorkerId
+	}
+	return 0
+}
+
+func (x *SetWorkerSchedulable) GetSchedulable() bool {
+	if x != nil {
+		return x.Schedulable
+	}
+	return false
+}
+
+func (x *SetWorkerSchedulable) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *SetWorkerSchedulable) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
+
+// ReconcileWorker is sent by a worker after it restarts: attempts it
+// owned but no longer runs are lost.
+type ReconcileWorker struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId       uint64                 `protobuf:"varint,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	RunningTaskIds []string               `protobuf:"bytes,2,rep,name=running_task_ids,json=runningTaskIds,proto3" json:"running_task_ids,omitempty"`
+	NowUnixNano    int64                  `protobuf:"varint,3,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ReconcileWorker) Reset() {
+	*x = ReconcileWorker{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReconcileWorker) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReconcileWorker) ProtoMessage() {}
+
+func (x *ReconcileWorker) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReconcileWorker.ProtoReflect.Descriptor instead.
+func (*ReconcileWorker) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ReconcileWorker) GetWorkerId() uint64 {
+	if x != nil {
+		return x.WorkerId
+	}
+	return 0
+}
+
+func (x *ReconcileWorker) GetRunningTaskIds() []string {
+	if x != nil {
+		return x.RunningTaskIds
+	}
+	return nil
+}
+
+func (x *ReconcileWorker) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
 
 type RegisterWorker struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -705,7 +1965,7 @@ type RegisterWorker struct {
 
 func (x *RegisterWorker) Reset() {
 	*x = RegisterWorker{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[7]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +1977,7 @@ func (x *RegisterWorker) String() string {
 func (*RegisterWorker) ProtoMessage() {}
 
 func (x *RegisterWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[7]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +1990,7 @@ func (x *RegisterWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterWorker.ProtoReflect.Descriptor instead.
 func (*RegisterWorker) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{7}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RegisterWorker) GetWorker() *Worker {
@@ -758,7 +2018,7 @@ type SetWorkerState struct {
 
 func (x *SetWorkerState) Reset() {
 	*x = SetWorkerState{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[8]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +2030,7 @@ func (x *SetWorkerState) String() string {
 func (*SetWorkerState) ProtoMessage() {}
 
 func (x *SetWorkerState) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[8]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +2043,7 @@ func (x *SetWorkerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetWorkerState.ProtoReflect.Descriptor instead.
 func (*SetWorkerState) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{8}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SetWorkerState) GetWorkerId() uint64 {
@@ -816,7 +2076,7 @@ type ReportWorkerUsage struct {
 
 func (x *ReportWorkerUsage) Reset() {
 	*x = ReportWorkerUsage{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[9]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +2088,7 @@ func (x *ReportWorkerUsage) String() string {
 func (*ReportWorkerUsage) ProtoMessage() {}
 
 func (x *ReportWorkerUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[9]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +2101,7 @@ func (x *ReportWorkerUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportWorkerUsage.ProtoReflect.Descriptor instead.
 func (*ReportWorkerUsage) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{9}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ReportWorkerUsage) GetStatus() *WorkerStatus {
@@ -861,7 +2121,7 @@ type Put struct {
 
 func (x *Put) Reset() {
 	*x = Put{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[10]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +2133,7 @@ func (x *Put) String() string {
 func (*Put) ProtoMessage() {}
 
 func (x *Put) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[10]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +2146,7 @@ func (x *Put) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Put.ProtoReflect.Descriptor instead.
 func (*Put) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{10}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Put) GetKey() string {
@@ -912,7 +2172,7 @@ type Delete struct {
 
 func (x *Delete) Reset() {
 	*x = Delete{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[11]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +2184,7 @@ func (x *Delete) String() string {
 func (*Delete) ProtoMessage() {}
 
 func (x *Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[11]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +2197,7 @@ func (x *Delete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delete.ProtoReflect.Descriptor instead.
 func (*Delete) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{11}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Delete) GetKey() string {
@@ -960,7 +2220,7 @@ type MemberContext struct {
 
 func (x *MemberContext) Reset() {
 	*x = MemberContext{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +2232,7 @@ func (x *MemberContext) String() string {
 func (*MemberContext) ProtoMessage() {}
 
 func (x *MemberContext) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +2245,7 @@ func (x *MemberContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberContext.ProtoReflect.Descriptor instead.
 func (*MemberContext) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{12}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *MemberContext) GetMember() *Member {
@@ -1018,7 +2278,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +2290,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +2303,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{13}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RaftBatch) GetMessages() [][]byte {
@@ -1061,7 +2321,7 @@ type SendAck struct {
 
 func (x *SendAck) Reset() {
 	*x = SendAck{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +2333,7 @@ func (x *SendAck) String() string {
 func (*SendAck) ProtoMessage() {}
 
 func (x *SendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +2346,7 @@ func (x *SendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendAck.ProtoReflect.Descriptor instead.
 func (*SendAck) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{14}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{26}
 }
 
 type SnapshotChunk struct {
@@ -1106,7 +2366,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +2378,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +2391,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{15}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SnapshotChunk) GetHeader() []byte {
@@ -1186,7 +2446,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +2458,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +2471,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{16}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StatusRequest) GetLocal() bool {
@@ -1236,7 +2496,7 @@ type MemberStatus struct {
 
 func (x *MemberStatus) Reset() {
 	*x = MemberStatus{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +2508,7 @@ func (x *MemberStatus) String() string {
 func (*MemberStatus) ProtoMessage() {}
 
 func (x *MemberStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +2521,7 @@ func (x *MemberStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberStatus.ProtoReflect.Descriptor instead.
 func (*MemberStatus) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{17}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MemberStatus) GetId() uint64 {
@@ -1315,7 +2575,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +2587,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +2600,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{18}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatusResponse) GetNodeId() uint64 {
@@ -1402,7 +2662,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1414,7 +2674,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1427,7 +2687,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{19}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *JoinRequest) GetId() uint64 {
@@ -1453,7 +2713,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +2725,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +2738,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{20}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -1497,7 +2757,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +2769,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +2782,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{21}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RemoveMemberRequest) GetId() uint64 {
@@ -1540,7 +2800,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1552,7 +2812,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1565,7 +2825,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{22}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{34}
 }
 
 type TransferLeaderRequest struct {
@@ -1577,7 +2837,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +2849,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +2862,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{23}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *TransferLeaderRequest) GetId() uint64 {
@@ -1621,7 +2881,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1633,7 +2893,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1646,7 +2906,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{24}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TransferLeaderResponse) GetLeader() uint64 {
@@ -1664,7 +2924,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1676,7 +2936,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1689,7 +2949,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{25}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{37}
 }
 
 type WorkerInfo struct {
@@ -1704,7 +2964,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1716,7 +2976,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1729,7 +2989,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{26}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *WorkerInfo) GetWorker() *Worker {
@@ -1762,7 +3022,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1774,7 +3034,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +3047,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{27}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
@@ -1806,7 +3066,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1818,7 +3078,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1831,7 +3091,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{28}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *HeartbeatRequest) GetWorkerId() uint64 {
@@ -1855,7 +3115,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +3127,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +3140,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{29}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *HeartbeatResponse) GetLeader() uint64 {
@@ -1914,7 +3174,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1926,7 +3186,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1939,7 +3199,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{30}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PutRequest) GetKey() string {
@@ -1965,7 +3225,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1977,7 +3237,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1990,7 +3250,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{31}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PutResponse) GetIndex() uint64 {
@@ -2011,7 +3271,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2023,7 +3283,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,7 +3296,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{32}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetRequest) GetKey() string {
@@ -2064,7 +3324,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2076,7 +3336,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2089,7 +3349,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{33}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetResponse) GetFound() bool {
@@ -2113,6 +3373,444 @@ func (x *GetResponse) GetModIndex() uint64 {
 	return 0
 }
 
+type SubmitTaskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Spec  *TaskSpec              `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	// idempotency_key: a retried submit with the same key returns the same
+	// task instead of creating another. Empty: the server makes one up.
+	IdempotencyKey string `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SubmitTaskRequest) Reset() {
+	*x = SubmitTaskRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitTaskRequest) ProtoMessage() {}
+
+func (x *SubmitTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitTaskRequest.ProtoReflect.Descriptor instead.
+func (*SubmitTaskRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *SubmitTaskRequest) GetSpec() *TaskSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *SubmitTaskRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+type TaskResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskResponse) Reset() {
+	*x = TaskResponse{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskResponse) ProtoMessage() {}
+
+func (x *TaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskResponse.ProtoReflect.Descriptor instead.
+func (*TaskResponse) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *TaskResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+type GetTaskRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTaskRequest) Reset() {
+	*x = GetTaskRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTaskRequest) ProtoMessage() {}
+
+func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
+func (*GetTaskRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *GetTaskRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ListTasksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         TaskState              `protobuf:"varint,1,opt,name=state,proto3,enum=blixard.v1.TaskState" json:"state,omitempty"` // UNSPECIFIED: all
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTasksRequest) Reset() {
+	*x = ListTasksRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTasksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTasksRequest) ProtoMessage() {}
+
+func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
+func (*ListTasksRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *ListTasksRequest) GetState() TaskState {
+	if x != nil {
+		return x.State
+	}
+	return TaskState_TASK_STATE_UNSPECIFIED
+}
+
+type ListTasksResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tasks         []*Task                `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTasksResponse) Reset() {
+	*x = ListTasksResponse{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTasksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTasksResponse) ProtoMessage() {}
+
+func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
+func (*ListTasksResponse) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *ListTasksResponse) GetTasks() []*Task {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+type CancelTaskRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelTaskRequest) Reset() {
+	*x = CancelTaskRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelTaskRequest) ProtoMessage() {}
+
+func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelTaskRequest.ProtoReflect.Descriptor instead.
+func (*CancelTaskRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *CancelTaskRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type WaitTaskRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitTaskRequest) Reset() {
+	*x = WaitTaskRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitTaskRequest) ProtoMessage() {}
+
+func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitTaskRequest.ProtoReflect.Descriptor instead.
+func (*WaitTaskRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *WaitTaskRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type TaskLogsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"` // 0: the latest
+	Stderr        bool                   `protobuf:"varint,3,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	Follow        bool                   `protobuf:"varint,4,opt,name=follow,proto3" json:"follow,omitempty"`
+	Offset        int64                  `protobuf:"varint,5,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskLogsRequest) Reset() {
+	*x = TaskLogsRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskLogsRequest) ProtoMessage() {}
+
+func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskLogsRequest.ProtoReflect.Descriptor instead.
+func (*TaskLogsRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *TaskLogsRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *TaskLogsRequest) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *TaskLogsRequest) GetStderr() bool {
+	if x != nil {
+		return x.Stderr
+	}
+	return false
+}
+
+func (x *TaskLogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *TaskLogsRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+type LogChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogChunk) Reset() {
+	*x = LogChunk{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogChunk) ProtoMessage() {}
+
+func (x *LogChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
+func (*LogChunk) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *LogChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_api_blixardpb_blixard_proto protoreflect.FileDescriptor
 
 const file_api_blixardpb_blixard_proto_rawDesc = "" +
@@ -2128,7 +3826,7 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"cpu_millis\x18\x01 \x01(\x03R\tcpuMillis\x12\x1d\n" +
 	"\n" +
 	"memory_mib\x18\x02 \x01(\x03R\tmemoryMib\x12\x19\n" +
-	"\bdisk_mib\x18\x03 \x01(\x03R\adiskMib\"\x98\x03\n" +
+	"\bdisk_mib\x18\x03 \x01(\x03R\adiskMib\"\xf1\x03\n" +
 	"\x06Worker\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x121\n" +
@@ -2137,7 +3835,10 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\fcapabilities\x18\x05 \x03(\tR\fcapabilities\x12-\n" +
 	"\x05state\x18\x06 \x01(\x0e2\x17.blixard.v1.WorkerStateR\x05state\x125\n" +
 	"\x17registered_at_unix_nano\x18\a \x01(\x03R\x14registeredAtUnixNano\x12:\n" +
-	"\x1astate_changed_at_unix_nano\x18\b \x01(\x03R\x16stateChangedAtUnixNano\x1a9\n" +
+	"\x1astate_changed_at_unix_nano\x18\b \x01(\x03R\x16stateChangedAtUnixNano\x12$\n" +
+	"\runschedulable\x18\t \x01(\bR\runschedulable\x121\n" +
+	"\x14unschedulable_reason\x18\n" +
+	" \x01(\tR\x13unschedulableReason\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcc\x01\n" +
@@ -2151,21 +3852,135 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x02KV\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x1b\n" +
-	"\tmod_index\x18\x03 \x01(\x04R\bmodIndex\"\xf9\x01\n" +
+	"\tmod_index\x18\x03 \x01(\x04R\bmodIndex\"\xce\x05\n" +
+	"\bTaskSpec\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\acommand\x18\x02 \x01(\tR\acommand\x12\x12\n" +
+	"\x04args\x18\x03 \x03(\tR\x04args\x12/\n" +
+	"\x03env\x18\x04 \x03(\v2\x1d.blixard.v1.TaskSpec.EnvEntryR\x03env\x12\x18\n" +
+	"\aworkdir\x18\x05 \x01(\tR\aworkdir\x123\n" +
+	"\tresources\x18\x06 \x01(\v2\x15.blixard.v1.ResourcesR\tresources\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\a \x01(\x03R\ttimeoutMs\x12\"\n" +
+	"\rkill_grace_ms\x18\b \x01(\x03R\vkillGraceMs\x12\x1f\n" +
+	"\vmax_retries\x18\t \x01(\x05R\n" +
+	"maxRetries\x121\n" +
+	"\x15retry_backoff_base_ms\x18\n" +
+	" \x01(\x03R\x12retryBackoffBaseMs\x12/\n" +
+	"\x14retry_backoff_max_ms\x18\v \x01(\x03R\x11retryBackoffMaxMs\x12\x1a\n" +
+	"\bpriority\x18\f \x01(\x05R\bpriority\x12G\n" +
+	"\vconstraints\x18\r \x03(\v2%.blixard.v1.TaskSpec.ConstraintsEntryR\vconstraints\x12\x12\n" +
+	"\x04node\x18\x0e \x01(\x04R\x04node\x123\n" +
+	"\x06policy\x18\x0f \x01(\x0e2\x1b.blixard.v1.PlacementPolicyR\x06policy\x12\x12\n" +
+	"\x04user\x18\x10 \x01(\tR\x04user\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
+	"\x10ConstraintsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbf\x02\n" +
+	"\n" +
+	"TaskResult\x12\x1b\n" +
+	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
+	"\x06signal\x18\x02 \x01(\tR\x06signal\x12\x1b\n" +
+	"\ttimed_out\x18\x03 \x01(\bR\btimedOut\x12\x1d\n" +
+	"\n" +
+	"oom_killed\x18\x04 \x01(\bR\toomKilled\x12\x1c\n" +
+	"\tcancelled\x18\x05 \x01(\bR\tcancelled\x12\x1f\n" +
+	"\vstdout_tail\x18\x06 \x01(\fR\n" +
+	"stdoutTail\x12\x1f\n" +
+	"\vstderr_tail\x18\a \x01(\fR\n" +
+	"stderrTail\x12*\n" +
+	"\x11peak_memory_bytes\x18\b \x01(\x03R\x0fpeakMemoryBytes\x12\x1e\n" +
+	"\vcpu_time_ms\x18\t \x01(\x03R\tcpuTimeMs\x12\x14\n" +
+	"\x05error\x18\n" +
+	" \x01(\tR\x05error\"\xb2\x02\n" +
+	"\aAttempt\x12\x16\n" +
+	"\x06number\x18\x01 \x01(\rR\x06number\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\x04R\bworkerId\x12+\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x15.blixard.v1.TaskStateR\x05state\x121\n" +
+	"\x15assigned_at_unix_nano\x18\x04 \x01(\x03R\x12assignedAtUnixNano\x12/\n" +
+	"\x14started_at_unix_nano\x18\x05 \x01(\x03R\x11startedAtUnixNano\x121\n" +
+	"\x15finished_at_unix_nano\x18\x06 \x01(\x03R\x12finishedAtUnixNano\x12.\n" +
+	"\x06result\x18\a \x01(\v2\x16.blixard.v1.TaskResultR\x06result\"\xd4\x03\n" +
+	"\x04Task\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12(\n" +
+	"\x04spec\x18\x02 \x01(\v2\x14.blixard.v1.TaskSpecR\x04spec\x12+\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x15.blixard.v1.TaskStateR\x05state\x12'\n" +
+	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x12/\n" +
+	"\battempts\x18\x05 \x03(\v2\x13.blixard.v1.AttemptR\battempts\x12/\n" +
+	"\x14created_at_unix_nano\x18\x06 \x01(\x03R\x11createdAtUnixNano\x12/\n" +
+	"\x14not_before_unix_nano\x18\a \x01(\x03R\x11notBeforeUnixNano\x12!\n" +
+	"\fretries_used\x18\b \x01(\rR\vretriesUsed\x12\x16\n" +
+	"\x06losses\x18\t \x01(\rR\x06losses\x12)\n" +
+	"\x10cancel_requested\x18\n" +
+	" \x01(\bR\x0fcancelRequested\x12\x10\n" +
+	"\x03seq\x18\v \x01(\x04R\x03seq\x121\n" +
+	"\x15finished_at_unix_nano\x18\f \x01(\x03R\x12finishedAtUnixNano\"\xa1\x02\n" +
 	"\rStateSnapshot\x12,\n" +
 	"\amembers\x18\x01 \x03(\v2\x12.blixard.v1.MemberR\amembers\x12'\n" +
 	"\x0fremoved_members\x18\x02 \x03(\x04R\x0eremovedMembers\x12,\n" +
 	"\aworkers\x18\x03 \x03(\v2\x12.blixard.v1.WorkerR\aworkers\x12A\n" +
 	"\x0fworker_statuses\x18\x04 \x03(\v2\x18.blixard.v1.WorkerStatusR\x0eworkerStatuses\x12 \n" +
-	"\x03kvs\x18\x05 \x03(\v2\x0e.blixard.v1.KVR\x03kvs\"\xc8\x02\n" +
+	"\x03kvs\x18\x05 \x03(\v2\x0e.blixard.v1.KVR\x03kvs\x12&\n" +
+	"\x05tasks\x18\x06 \x03(\v2\x10.blixard.v1.TaskR\x05tasks\"\x9c\x06\n" +
 	"\aCommand\x12E\n" +
 	"\x0fregister_worker\x18\n" +
 	" \x01(\v2\x1a.blixard.v1.RegisterWorkerH\x00R\x0eregisterWorker\x12F\n" +
 	"\x10set_worker_state\x18\v \x01(\v2\x1a.blixard.v1.SetWorkerStateH\x00R\x0esetWorkerState\x12O\n" +
 	"\x13report_worker_usage\x18\f \x01(\v2\x1d.blixard.v1.ReportWorkerUsageH\x00R\x11reportWorkerUsage\x12#\n" +
 	"\x03put\x18\r \x01(\v2\x0f.blixard.v1.PutH\x00R\x03put\x12,\n" +
-	"\x06delete\x18\x0e \x01(\v2\x12.blixard.v1.DeleteH\x00R\x06deleteB\x04\n" +
-	"\x02opJ\x04\b\x01\x10\x02\"`\n" +
+	"\x06delete\x18\x0e \x01(\v2\x12.blixard.v1.DeleteH\x00R\x06delete\x129\n" +
+	"\vsubmit_task\x18\x0f \x01(\v2\x16.blixard.v1.SubmitTaskH\x00R\n" +
+	"submitTask\x129\n" +
+	"\vplace_tasks\x18\x10 \x01(\v2\x16.blixard.v1.PlaceTasksH\x00R\n" +
+	"placeTasks\x12<\n" +
+	"\ftask_started\x18\x11 \x01(\v2\x17.blixard.v1.TaskStartedH\x00R\vtaskStarted\x12?\n" +
+	"\rtask_finished\x18\x12 \x01(\v2\x18.blixard.v1.TaskFinishedH\x00R\ftaskFinished\x129\n" +
+	"\vcancel_task\x18\x13 \x01(\v2\x16.blixard.v1.CancelTaskH\x00R\n" +
+	"cancelTask\x12X\n" +
+	"\x16set_worker_schedulable\x18\x14 \x01(\v2 .blixard.v1.SetWorkerSchedulableH\x00R\x14setWorkerSchedulable\x12H\n" +
+	"\x10reconcile_worker\x18\x15 \x01(\v2\x1b.blixard.v1.ReconcileWorkerH\x00R\x0freconcileWorkerB\x04\n" +
+	"\x02opJ\x04\b\x01\x10\x02\"\x83\x01\n" +
+	"\n" +
+	"SubmitTask\x12(\n" +
+	"\x04spec\x18\x01 \x01(\v2\x14.blixard.v1.TaskSpecR\x04spec\x12'\n" +
+	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\x12\"\n" +
+	"\rnow_unix_nano\x18\x03 \x01(\x03R\vnowUnixNano\"[\n" +
+	"\tPlacement\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x1b\n" +
+	"\tworker_id\x18\x03 \x01(\x04R\bworkerId\"g\n" +
+	"\n" +
+	"PlaceTasks\x125\n" +
+	"\n" +
+	"placements\x18\x01 \x03(\v2\x15.blixard.v1.PlacementR\n" +
+	"placements\x12\"\n" +
+	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"\x81\x01\n" +
+	"\vTaskStarted\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x1b\n" +
+	"\tworker_id\x18\x03 \x01(\x04R\bworkerId\x12\"\n" +
+	"\rnow_unix_nano\x18\x04 \x01(\x03R\vnowUnixNano\"\xb2\x01\n" +
+	"\fTaskFinished\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x1b\n" +
+	"\tworker_id\x18\x03 \x01(\x04R\bworkerId\x12.\n" +
+	"\x06result\x18\x04 \x01(\v2\x16.blixard.v1.TaskResultR\x06result\x12\"\n" +
+	"\rnow_unix_nano\x18\x05 \x01(\x03R\vnowUnixNano\"I\n" +
+	"\n" +
+	"CancelTask\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\"\n" +
+	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"\x91\x01\n" +
+	"\x14SetWorkerSchedulable\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\x04R\bworkerId\x12 \n" +
+	"\vschedulable\x18\x02 \x01(\bR\vschedulable\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\"\n" +
+	"\rnow_unix_nano\x18\x04 \x01(\x03R\vnowUnixNano\"|\n" +
+	"\x0fReconcileWorker\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\x04R\bworkerId\x12(\n" +
+	"\x10running_task_ids\x18\x02 \x03(\tR\x0erunningTaskIds\x12\"\n" +
+	"\rnow_unix_nano\x18\x03 \x01(\x03R\vnowUnixNano\"`\n" +
 	"\x0eRegisterWorker\x12*\n" +
 	"\x06worker\x18\x01 \x01(\v2\x12.blixard.v1.WorkerR\x06worker\x12\"\n" +
 	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"\x80\x01\n" +
@@ -2254,7 +4069,30 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\vGetResponse\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x1b\n" +
-	"\tmod_index\x18\x03 \x01(\x04R\bmodIndex*Y\n" +
+	"\tmod_index\x18\x03 \x01(\x04R\bmodIndex\"f\n" +
+	"\x11SubmitTaskRequest\x12(\n" +
+	"\x04spec\x18\x01 \x01(\v2\x14.blixard.v1.TaskSpecR\x04spec\x12'\n" +
+	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\"4\n" +
+	"\fTaskResponse\x12$\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.blixard.v1.TaskR\x04task\" \n" +
+	"\x0eGetTaskRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"?\n" +
+	"\x10ListTasksRequest\x12+\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x15.blixard.v1.TaskStateR\x05state\";\n" +
+	"\x11ListTasksResponse\x12&\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x10.blixard.v1.TaskR\x05tasks\"#\n" +
+	"\x11CancelTaskRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"!\n" +
+	"\x0fWaitTaskRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x83\x01\n" +
+	"\x0fTaskLogsRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x16\n" +
+	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x12\x16\n" +
+	"\x06follow\x18\x04 \x01(\bR\x06follow\x12\x16\n" +
+	"\x06offset\x18\x05 \x01(\x03R\x06offset\"\x1e\n" +
+	"\bLogChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data*Y\n" +
 	"\n" +
 	"MemberRole\x12\x1b\n" +
 	"\x17MEMBER_ROLE_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -2263,7 +4101,21 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\vWorkerState\x12\x1c\n" +
 	"\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12WORKER_STATE_READY\x10\x01\x12\x15\n" +
-	"\x11WORKER_STATE_DOWN\x10\x02B*Z(github.com/blixard/blixard/api/blixardpbb\x06proto3"
+	"\x11WORKER_STATE_DOWN\x10\x02*\xea\x01\n" +
+	"\tTaskState\x12\x1a\n" +
+	"\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12TASK_STATE_PENDING\x10\x01\x12\x17\n" +
+	"\x13TASK_STATE_ASSIGNED\x10\x02\x12\x16\n" +
+	"\x12TASK_STATE_RUNNING\x10\x03\x12\x18\n" +
+	"\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n" +
+	"\x11TASK_STATE_FAILED\x10\x05\x12\x18\n" +
+	"\x14TASK_STATE_CANCELLED\x10\x06\x12\x18\n" +
+	"\x14TASK_STATE_TIMED_OUT\x10\a\x12\x13\n" +
+	"\x0fTASK_STATE_LOST\x10\b*n\n" +
+	"\x0fPlacementPolicy\x12 \n" +
+	"\x1cPLACEMENT_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18PLACEMENT_POLICY_BINPACK\x10\x01\x12\x1b\n" +
+	"\x17PLACEMENT_POLICY_SPREAD\x10\x02B*Z(github.com/blixard/blixard/api/blixardpbb\x06proto3"
 
 var (
 	file_api_blixardpb_blixard_proto_rawDescOnce sync.Once
@@ -2277,76 +4129,125 @@ func file_api_blixardpb_blixard_proto_rawDescGZIP() []byte {
 	return file_api_blixardpb_blixard_proto_rawDescData
 }
 
-var file_api_blixardpb_blixard_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_api_blixardpb_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_api_blixardpb_blixard_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_api_blixardpb_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_api_blixardpb_blixard_proto_goTypes = []any{
 	(MemberRole)(0),                // 0: blixard.v1.MemberRole
 	(WorkerState)(0),               // 1: blixard.v1.WorkerState
-	(*Member)(nil),                 // 2: blixard.v1.Member
-	(*Resources)(nil),              // 3: blixard.v1.Resources
-	(*Worker)(nil),                 // 4: blixard.v1.Worker
-	(*WorkerStatus)(nil),           // 5: blixard.v1.WorkerStatus
-	(*KV)(nil),                     // 6: blixard.v1.KV
-	(*StateSnapshot)(nil),          // 7: blixard.v1.StateSnapshot
-	(*Command)(nil),                // 8: blixard.v1.Command
-	(*RegisterWorker)(nil),         // 9: blixard.v1.RegisterWorker
-	(*SetWorkerState)(nil),         // 10: blixard.v1.SetWorkerState
-	(*ReportWorkerUsage)(nil),      // 11: blixard.v1.ReportWorkerUsage
-	(*Put)(nil),                    // 12: blixard.v1.Put
-	(*Delete)(nil),                 // 13: blixard.v1.Delete
-	(*MemberContext)(nil),          // 14: blixard.v1.MemberContext
-	(*RaftBatch)(nil),              // 15: blixard.v1.RaftBatch
-	(*SendAck)(nil),                // 16: blixard.v1.SendAck
-	(*SnapshotChunk)(nil),          // 17: blixard.v1.SnapshotChunk
-	(*StatusRequest)(nil),          // 18: blixard.v1.StatusRequest
-	(*MemberStatus)(nil),           // 19: blixard.v1.MemberStatus
-	(*StatusResponse)(nil),         // 20: blixard.v1.StatusResponse
-	(*JoinRequest)(nil),            // 21: blixard.v1.JoinRequest
-	(*JoinResponse)(nil),           // 22: blixard.v1.JoinResponse
-	(*RemoveMemberRequest)(nil),    // 23: blixard.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),   // 24: blixard.v1.RemoveMemberResponse
-	(*TransferLeaderRequest)(nil),  // 25: blixard.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 26: blixard.v1.TransferLeaderResponse
-	(*ListWorkersRequest)(nil),     // 27: blixard.v1.ListWorkersRequest
-	(*WorkerInfo)(nil),             // 28: blixard.v1.WorkerInfo
-	(*ListWorkersResponse)(nil),    // 29: blixard.v1.ListWorkersResponse
-	(*HeartbeatRequest)(nil),       // 30: blixard.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 31: blixard.v1.HeartbeatResponse
-	(*PutRequest)(nil),             // 32: blixard.v1.PutRequest
-	(*PutResponse)(nil),            // 33: blixard.v1.PutResponse
-	(*GetRequest)(nil),             // 34: blixard.v1.GetRequest
-	(*GetResponse)(nil),            // 35: blixard.v1.GetResponse
-	nil,                            // 36: blixard.v1.Worker.LabelsEntry
+	(TaskState)(0),                 // 2: blixard.v1.TaskState
+	(PlacementPolicy)(0),           // 3: blixard.v1.PlacementPolicy
+	(*Member)(nil),                 // 4: blixard.v1.Member
+	(*Resources)(nil),              // 5: blixard.v1.Resources
+	(*Worker)(nil),                 // 6: blixard.v1.Worker
+	(*WorkerStatus)(nil),           // 7: blixard.v1.WorkerStatus
+	(*KV)(nil),                     // 8: blixard.v1.KV
+	(*TaskSpec)(nil),               // 9: blixard.v1.TaskSpec
+	(*TaskResult)(nil),             // 10: blixard.v1.TaskResult
+	(*Attempt)(nil),                // 11: blixard.v1.Attempt
+	(*Task)(nil),                   // 12: blixard.v1.Task
+	(*StateSnapshot)(nil),          // 13: blixard.v1.StateSnapshot
+	(*Command)(nil),                // 14: blixard.v1.Command
+	(*SubmitTask)(nil),             // 15: blixard.v1.SubmitTask
+	(*Placement)(nil),              // 16: blixard.v1.Placement
+	(*PlaceTasks)(nil),             // 17: blixard.v1.PlaceTasks
+	(*TaskStarted)(nil),            // 18: blixard.v1.TaskStarted
+	(*TaskFinished)(nil),           // 19: blixard.v1.TaskFinished
+	(*CancelTask)(nil),             // 20: blixard.v1.CancelTask
+	(*SetWorkerSchedulable)(nil),   // 21: blixard.v1.SetWorkerSchedulable
+	(*ReconcileWorker)(nil),        // 22: blixard.v1.ReconcileWorker
+	(*RegisterWorker)(nil),         // 23: blixard.v1.RegisterWorker
+	(*SetWorkerState)(nil),         // 24: blixard.v1.SetWorkerState
+	(*ReportWorkerUsage)(nil),      // 25: blixard.v1.ReportWorkerUsage
+	(*Put)(nil),                    // 26: blixard.v1.Put
+	(*Delete)(nil),                 // 27: blixard.v1.Delete
+	(*MemberContext)(nil),          // 28: blixard.v1.MemberContext
+	(*RaftBatch)(nil),              // 29: blixard.v1.RaftBatch
+	(*SendAck)(nil),                // 30: blixard.v1.SendAck
+	(*SnapshotChunk)(nil),          // 31: blixard.v1.SnapshotChunk
+	(*StatusRequest)(nil),          // 32: blixard.v1.StatusRequest
+	(*MemberStatus)(nil),           // 33: blixard.v1.MemberStatus
+	(*StatusResponse)(nil),         // 34: blixard.v1.StatusResponse
+	(*JoinRequest)(nil),            // 35: blixard.v1.JoinRequest
+	(*JoinResponse)(nil),           // 36: blixard.v1.JoinResponse
+	(*RemoveMemberRequest)(nil),    // 37: blixard.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),   // 38: blixard.v1.RemoveMemberResponse
+	(*TransferLeaderRequest)(nil),  // 39: blixard.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 40: blixard.v1.TransferLeaderResponse
+	(*ListWorkersRequest)(nil),     // 41: blixard.v1.ListWorkersRequest
+	(*WorkerInfo)(nil),             // 42: blixard.v1.WorkerInfo
+	(*ListWorkersResponse)(nil),    // 43: blixard.v1.ListWorkersResponse
+	(*HeartbeatRequest)(nil),       // 44: blixard.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 45: blixard.v1.HeartbeatResponse
+	(*PutRequest)(nil),             // 46: blixard.v1.PutRequest
+	(*PutResponse)(nil),            // 47: blixard.v1.PutResponse
+	(*GetRequest)(nil),             // 48: blixard.v1.GetRequest
+	(*GetResponse)(nil),            // 49: blixard.v1.GetResponse
+	(*SubmitTaskRequest)(nil),      // 50: blixard.v1.SubmitTaskRequest
+	(*TaskResponse)(nil),           // 51: blixard.v1.TaskResponse
+	(*GetTaskRequest)(nil),         // 52: blixard.v1.GetTaskRequest
+	(*ListTasksRequest)(nil),       // 53: blixard.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),      // 54: blixard.v1.ListTasksResponse
+	(*CancelTaskRequest)(nil),      // 55: blixard.v1.CancelTaskRequest
+	(*WaitTaskRequest)(nil),        // 56: blixard.v1.WaitTaskRequest
+	(*TaskLogsRequest)(nil),        // 57: blixard.v1.TaskLogsRequest
+	(*LogChunk)(nil),               // 58: blixard.v1.LogChunk
+	nil,                            // 59: blixard.v1.Worker.LabelsEntry
+	nil,                            // 60: blixard.v1.TaskSpec.EnvEntry
+	nil,                            // 61: blixard.v1.TaskSpec.ConstraintsEntry
 }
 var file_api_blixardpb_blixard_proto_depIdxs = []int32{
 	0,  // 0: blixard.v1.Member.role:type_name -> blixard.v1.MemberRole
-	3,  // 1: blixard.v1.Worker.capacity:type_name -> blixard.v1.Resources
-	36, // 2: blixard.v1.Worker.labels:type_name -> blixard.v1.Worker.LabelsEntry
+	5,  // 1: blixard.v1.Worker.capacity:type_name -> blixard.v1.Resources
+	59, // 2: blixard.v1.Worker.labels:type_name -> blixard.v1.Worker.LabelsEntry
 	1,  // 3: blixard.v1.Worker.state:type_name -> blixard.v1.WorkerState
-	2,  // 4: blixard.v1.StateSnapshot.members:type_name -> blixard.v1.Member
-	4,  // 5: blixard.v1.StateSnapshot.workers:type_name -> blixard.v1.Worker
-	5,  // 6: blixard.v1.StateSnapshot.worker_statuses:type_name -> blixard.v1.WorkerStatus
-	6,  // 7: blixard.v1.StateSnapshot.kvs:type_name -> blixard.v1.KV
-	9,  // 8: blixard.v1.Command.register_worker:type_name -> blixard.v1.RegisterWorker
-	10, // 9: blixard.v1.Command.set_worker_state:type_name -> blixard.v1.SetWorkerState
-	11, // 10: blixard.v1.Command.report_worker_usage:type_name -> blixard.v1.ReportWorkerUsage
-	12, // 11: blixard.v1.Command.put:type_name -> blixard.v1.Put
-	13, // 12: blixard.v1.Command.delete:type_name -> blixard.v1.Delete
-	4,  // 13: blixard.v1.RegisterWorker.worker:type_name -> blixard.v1.Worker
-	1,  // 14: blixard.v1.SetWorkerState.state:type_name -> blixard.v1.WorkerState
-	5,  // 15: blixard.v1.ReportWorkerUsage.status:type_name -> blixard.v1.WorkerStatus
-	2,  // 16: blixard.v1.MemberContext.member:type_name -> blixard.v1.Member
-	0,  // 17: blixard.v1.MemberStatus.role:type_name -> blixard.v1.MemberRole
-	19, // 18: blixard.v1.StatusResponse.members:type_name -> blixard.v1.MemberStatus
-	2,  // 19: blixard.v1.JoinResponse.members:type_name -> blixard.v1.Member
-	4,  // 20: blixard.v1.WorkerInfo.worker:type_name -> blixard.v1.Worker
-	5,  // 21: blixard.v1.WorkerInfo.status:type_name -> blixard.v1.WorkerStatus
-	28, // 22: blixard.v1.ListWorkersResponse.workers:type_name -> blixard.v1.WorkerInfo
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	60, // 4: blixard.v1.TaskSpec.env:type_name -> blixard.v1.TaskSpec.EnvEntry
+	5,  // 5: blixard.v1.TaskSpec.resources:type_name -> blixard.v1.Resources
+	61, // 6: blixard.v1.TaskSpec.constraints:type_name -> blixard.v1.TaskSpec.ConstraintsEntry
+	3,  // 7: blixard.v1.TaskSpec.policy:type_name -> blixard.v1.PlacementPolicy
+	2,  // 8: blixard.v1.Attempt.state:type_name -> blixard.v1.TaskState
+	10, // 9: blixard.v1.Attempt.result:type_name -> blixard.v1.TaskResult
+	9,  // 10: blixard.v1.Task.spec:type_name -> blixard.v1.TaskSpec
+	2,  // 11: blixard.v1.Task.state:type_name -> blixard.v1.TaskState
+	11, // 12: blixard.v1.Task.attempts:type_name -> blixard.v1.Attempt
+	4,  // 13: blixard.v1.StateSnapshot.members:type_name -> blixard.v1.Member
+	6,  // 14: blixard.v1.StateSnapshot.workers:type_name -> blixard.v1.Worker
+	7,  // 15: blixard.v1.StateSnapshot.worker_statuses:type_name -> blixard.v1.WorkerStatus
+	8,  // 16: blixard.v1.StateSnapshot.kvs:type_name -> blixard.v1.KV
+	12, // 17: blixard.v1.StateSnapshot.tasks:type_name -> blixard.v1.Task
+	23, // 18: blixard.v1.Command.register_worker:type_name -> blixard.v1.RegisterWorker
+	24, // 19: blixard.v1.Command.set_worker_state:type_name -> blixard.v1.SetWorkerState
+	25, // 20: blixard.v1.Command.report_worker_usage:type_name -> blixard.v1.ReportWorkerUsage
+	26, // 21: blixard.v1.Command.put:type_name -> blixard.v1.Put
+	27, // 22: blixard.v1.Command.delete:type_name -> blixard.v1.Delete
+	15, // 23: blixard.v1.Command.submit_task:type_name -> blixard.v1.SubmitTask
+	17, // 24: blixard.v1.Command.place_tasks:type_name -> blixard.v1.PlaceTasks
+	18, // 25: blixard.v1.Command.task_started:type_name -> blixard.v1.TaskStarted
+	19, // 26: blixard.v1.Command.task_finished:type_name -> blixard.v1.TaskFinished
+	20, // 27: blixard.v1.Command.cancel_task:type_name -> blixard.v1.CancelTask
+	21, // 28: blixard.v1.Command.set_worker_schedulable:type_name -> blixard.v1.SetWorkerSchedulable
+	22, // 29: blixard.v1.Command.reconcile_worker:type_name -> blixard.v1.ReconcileWorker
+	9,  // 30: blixard.v1.SubmitTask.spec:type_name -> blixard.v1.TaskSpec
+	16, // 31: blixard.v1.PlaceTasks.placements:type_name -> blixard.v1.Placement
+	10, // 32: blixard.v1.TaskFinished.result:type_name -> blixard.v1.TaskResult
+	6,  // 33: blixard.v1.RegisterWorker.worker:type_name -> blixard.v1.Worker
+	1,  // 34: blixard.v1.SetWorkerState.state:type_name -> blixard.v1.WorkerState
+	7,  // 35: blixard.v1.ReportWorkerUsage.status:type_name -> blixard.v1.WorkerStatus
+	4,  // 36: blixard.v1.MemberContext.member:type_name -> blixard.v1.Member
+	0,  // 37: blixard.v1.MemberStatus.role:type_name -> blixard.v1.MemberRole
+	33, // 38: blixard.v1.StatusResponse.members:type_name -> blixard.v1.MemberStatus
+	4,  // 39: blixard.v1.JoinResponse.members:type_name -> blixard.v1.Member
+	6,  // 40: blixard.v1.WorkerInfo.worker:type_name -> blixard.v1.Worker
+	7,  // 41: blixard.v1.WorkerInfo.status:type_name -> blixard.v1.WorkerStatus
+	42, // 42: blixard.v1.ListWorkersResponse.workers:type_name -> blixard.v1.WorkerInfo
+	9,  // 43: blixard.v1.SubmitTaskRequest.spec:type_name -> blixard.v1.TaskSpec
+	12, // 44: blixard.v1.TaskResponse.task:type_name -> blixard.v1.Task
+	2,  // 45: blixard.v1.ListTasksRequest.state:type_name -> blixard.v1.TaskState
+	12, // 46: blixard.v1.ListTasksResponse.tasks:type_name -> blixard.v1.Task
+	47, // [47:47] is the sub-list for method output_type
+	47, // [47:47] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_api_blixardpb_blixard_proto_init() }
@@ -2354,20 +4255,27 @@ func file_api_blixardpb_blixard_proto_init() {
 	if File_api_blixardpb_blixard_proto != nil {
 		return
 	}
-	file_api_blixardpb_blixard_proto_msgTypes[6].OneofWrappers = []any{
+	file_api_blixardpb_blixard_proto_msgTypes[10].OneofWrappers = []any{
 		(*Command_RegisterWorker)(nil),
 		(*Command_SetWorkerState)(nil),
 		(*Command_ReportWorkerUsage)(nil),
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
+		(*Command_SubmitTask)(nil),
+		(*Command_PlaceTasks)(nil),
+		(*Command_TaskStarted)(nil),
+		(*Command_TaskFinished)(nil),
+		(*Command_CancelTask)(nil),
+		(*Command_SetWorkerSchedulable)(nil),
+		(*Command_ReconcileWorker)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_blixardpb_blixard_proto_rawDesc), len(file_api_blixardpb_blixard_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   35,
+			NumEnums:      4,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -30,7 +30,7 @@ const file_api_blixardrpc_service_proto_rawDesc = "" +
 	"\x1capi/blixardrpc/service.proto\x12\x0eblixard.rpc.v1\x1a\x1bapi/blixardpb/blixard.proto2~\n" +
 	"\x04Raft\x124\n" +
 	"\x04Send\x12\x15.blixard.v1.RaftBatch\x1a\x13.blixard.v1.SendAck(\x01\x12@\n" +
-	"\fSendSnapshot\x12\x19.blixard.v1.SnapshotChunk\x1a\x13.blixard.v1.SendAck(\x012\xbb\x04\n" +
+	"\fSendSnapshot\x12\x19.blixard.v1.SnapshotChunk\x1a\x13.blixard.v1.SendAck(\x012\xd8\a\n" +
 	"\aCluster\x12?\n" +
 	"\x06Status\x12\x19.blixard.v1.StatusRequest\x1a\x1a.blixard.v1.StatusResponse\x129\n" +
 	"\x04Join\x12\x17.blixard.v1.JoinRequest\x1a\x18.blixard.v1.JoinResponse\x12Q\n" +
@@ -39,7 +39,15 @@ const file_api_blixardrpc_service_proto_rawDesc = "" +
 	"\vListWorkers\x12\x1e.blixard.v1.ListWorkersRequest\x1a\x1f.blixard.v1.ListWorkersResponse\x12H\n" +
 	"\tHeartbeat\x12\x1c.blixard.v1.HeartbeatRequest\x1a\x1d.blixard.v1.HeartbeatResponse\x126\n" +
 	"\x03Put\x12\x16.blixard.v1.PutRequest\x1a\x17.blixard.v1.PutResponse\x126\n" +
-	"\x03Get\x12\x16.blixard.v1.GetRequest\x1a\x17.blixard.v1.GetResponseB+Z)github.com/blixard/blixard/api/blixardrpcb\x06proto3"
+	"\x03Get\x12\x16.blixard.v1.GetRequest\x1a\x17.blixard.v1.GetResponse\x12E\n" +
+	"\n" +
+	"SubmitTask\x12\x1d.blixard.v1.SubmitTaskRequest\x1a\x18.blixard.v1.TaskResponse\x12?\n" +
+	"\aGetTask\x12\x1a.blixard.v1.GetTaskRequest\x1a\x18.blixard.v1.TaskResponse\x12H\n" +
+	"\tListTasks\x12\x1c.blixard.v1.ListTasksRequest\x1a\x1d.blixard.v1.ListTasksResponse\x12E\n" +
+	"\n" +
+	"CancelTask\x12\x1d.blixard.v1.CancelTaskRequest\x1a\x18.blixard.v1.TaskResponse\x12A\n" +
+	"\bWaitTask\x12\x1b.blixard.v1.WaitTaskRequest\x1a\x18.blixard.v1.TaskResponse\x12?\n" +
+	"\bTaskLogs\x12\x1b.blixard.v1.TaskLogsRequest\x1a\x14.blixard.v1.LogChunk0\x01B+Z)github.com/blixard/blixard/api/blixardrpcb\x06proto3"
 
 var file_api_blixardrpc_service_proto_goTypes = []any{
 	(*blixardpb.RaftBatch)(nil),              // 0: blixard.v1.RaftBatch
@@ -52,15 +60,24 @@ var file_api_blixardrpc_service_proto_goTypes = []any{
 	(*blixardpb.HeartbeatRequest)(nil),       // 7: blixard.v1.HeartbeatRequest
 	(*blixardpb.PutRequest)(nil),             // 8: blixard.v1.PutRequest
 	(*blixardpb.GetRequest)(nil),             // 9: blixard.v1.GetRequest
-	(*blixardpb.SendAck)(nil),                // 10: blixard.v1.SendAck
-	(*blixardpb.StatusResponse)(nil),         // 11: blixard.v1.StatusResponse
-	(*blixardpb.JoinResponse)(nil),           // 12: blixard.v1.JoinResponse
-	(*blixardpb.RemoveMemberResponse)(nil),   // 13: blixard.v1.RemoveMemberResponse
-	(*blixardpb.TransferLeaderResponse)(nil), // 14: blixard.v1.TransferLeaderResponse
-	(*blixardpb.ListWorkersResponse)(nil),    // 15: blixard.v1.ListWorkersResponse
-	(*blixardpb.HeartbeatResponse)(nil),      // 16: blixard.v1.HeartbeatResponse
-	(*blixardpb.PutResponse)(nil),            // 17: blixard.v1.PutResponse
-	(*blixardpb.GetResponse)(nil),            // 18: blixard.v1.GetResponse
+	(*blixardpb.SubmitTaskRequest)(nil),      // 10: blixard.v1.SubmitTaskRequest
+	(*blixardpb.GetTaskRequest)(nil),         // 11: blixard.v1.GetTaskRequest
+	(*blixardpb.ListTasksRequest)(nil),       // 12: blixard.v1.ListTasksRequest
+	(*blixardpb.CancelTaskRequest)(nil),      // 13: blixard.v1.CancelTaskRequest
+	(*blixardpb.WaitTaskRequest)(nil),        // 14: blixard.v1.WaitTaskRequest
+	(*blixardpb.TaskLogsRequest)(nil),        // 15: blixard.v1.TaskLogsRequest
+	(*blixardpb.SendAck)(nil),                // 16: blixard.v1.SendAck
+	(*blixardpb.StatusResponse)(nil),         // 17: blixard.v1.StatusResponse
+	(*blixardpb.JoinResponse)(nil),           // 18: blixard.v1.JoinResponse
+	(*blixardpb.RemoveMemberResponse)(nil),   // 19: blixard.v1.RemoveMemberResponse
+	(*blixardpb.TransferLeaderResponse)(nil), // 20: blixard.v1.TransferLeaderResponse
+	(*blixardpb.ListWorkersResponse)(nil),    // 21: blixard.v1.ListWorkersResponse
+	(*blixardpb.HeartbeatResponse)(nil),      // 22: blixard.v1.HeartbeatResponse
+	(*blixardpb.PutResponse)(nil),            // 23: blixard.v1.PutResponse
+	(*blixardpb.GetResponse)(nil),            // 24: blixard.v1.GetResponse
+	(*blixardpb.TaskResponse)(nil),           // 25: blixard.v1.TaskResponse
+	(*blixardpb.ListTasksResponse)(nil),      // 26: blixard.v1.ListTasksResponse
+	(*blixardpb.LogChunk)(nil),               // 27: blixard.v1.LogChunk
 }
 var file_api_blixardrpc_service_proto_depIdxs = []int32{
 	0,  // 0: blixard.rpc.v1.Raft.Send:input_type -> blixard.v1.RaftBatch
@@ -73,18 +90,30 @@ var file_api_blixardrpc_service_proto_depIdxs = []int32{
 	7,  // 7: blixard.rpc.v1.Cluster.Heartbeat:input_type -> blixard.v1.HeartbeatRequest
 	8,  // 8: blixard.rpc.v1.Cluster.Put:input_type -> blixard.v1.PutRequest
 	9,  // 9: blixard.rpc.v1.Cluster.Get:input_type -> blixard.v1.GetRequest
-	10, // 10: blixard.rpc.v1.Raft.Send:output_type -> blixard.v1.SendAck
-	10, // 11: blixard.rpc.v1.Raft.SendSnapshot:output_type -> blixard.v1.SendAck
-	11, // 12: blixard.rpc.v1.Cluster.Status:output_type -> blixard.v1.StatusResponse
-	12, // 13: blixard.rpc.v1.Cluster.Join:output_type -> blixard.v1.JoinResponse
-	13, // 14: blixard.rpc.v1.Cluster.RemoveMember:output_type -> blixard.v1.RemoveMemberResponse
-	14, // 15: blixard.rpc.v1.Cluster.TransferLeader:output_type -> blixard.v1.TransferLeaderResponse
-	15, // 16: blixard.rpc.v1.Cluster.ListWorkers:output_type -> blixard.v1.ListWorkersResponse
-	16, // 17: blixard.rpc.v1.Cluster.Heartbeat:output_type -> blixard.v1.HeartbeatResponse
-	17, // 18: blixard.rpc.v1.Cluster.Put:output_type -> blixard.v1.PutResponse
-	18, // 19: blixard.rpc.v1.Cluster.Get:output_type -> blixard.v1.GetResponse
-	10, // [10:20] is the sub-list for method output_type
-	0,  // [0:10] is the sub-list for method input_type
+	10, // 10: blixard.rpc.v1.Cluster.SubmitTask:input_type -> blixard.v1.SubmitTaskRequest
+	11, // 11: blixard.rpc.v1.Cluster.GetTask:input_type -> blixard.v1.GetTaskRequest
+	12, // 12: blixard.rpc.v1.Cluster.ListTasks:input_type -> blixard.v1.ListTasksRequest
+	13, // 13: blixard.rpc.v1.Cluster.CancelTask:input_type -> blixard.v1.CancelTaskRequest
+	14, // 14: blixard.rpc.v1.Cluster.WaitTask:input_type -> blixard.v1.WaitTaskRequest
+	15, // 15: blixard.rpc.v1.Cluster.TaskLogs:input_type -> blixard.v1.TaskLogsRequest
+	16, // 16: blixard.rpc.v1.Raft.Send:output_type -> blixard.v1.SendAck
+	16, // 17: blixard.rpc.v1.Raft.SendSnapshot:output_type -> blixard.v1.SendAck
+	17, // 18: blixard.rpc.v1.Cluster.Status:output_type -> blixard.v1.StatusResponse
+	18, // 19: blixard.rpc.v1.Cluster.Join:output_type -> blixard.v1.JoinResponse
+	19, // 20: blixard.rpc.v1.Cluster.RemoveMember:output_type -> blixard.v1.RemoveMemberResponse
+	20, // 21: blixard.rpc.v1.Cluster.TransferLeader:output_type -> blixard.v1.TransferLeaderResponse
+	21, // 22: blixard.rpc.v1.Cluster.ListWorkers:output_type -> blixard.v1.ListWorkersResponse
+	22, // 23: blixard.rpc.v1.Cluster.Heartbeat:output_type -> blixard.v1.HeartbeatResponse
+	23, // 24: blixard.rpc.v1.Cluster.Put:output_type -> blixard.v1.PutResponse
+	24, // 25: blixard.rpc.v1.Cluster.Get:output_type -> blixard.v1.GetResponse
+	25, // 26: blixard.rpc.v1.Cluster.SubmitTask:output_type -> blixard.v1.TaskResponse
+	25, // 27: blixard.rpc.v1.Cluster.GetTask:output_type -> blixard.v1.TaskResponse
+	26, // 28: blixard.rpc.v1.Cluster.ListTasks:output_type -> blixard.v1.ListTasksResponse
+	25, // 29: blixard.rpc.v1.Cluster.CancelTask:output_type -> blixard.v1.TaskResponse
+	25, // 30: blixard.rpc.v1.Cluster.WaitTask:output_type -> blixard.v1.TaskResponse
+	27, // 31: blixard.rpc.v1.Cluster.TaskLogs:output_type -> blixard.v1.LogChunk
+	16, // [16:32] is the sub-list for method output_type
+	0,  // [0:16] is the sub-list for method input_type
 	0,  // [0:0] is the sub-list for extension type_name
 	0,  // [0:0] is the sub-list for extension extendee
 	0,  // [0:0] is the sub-list for field type_name

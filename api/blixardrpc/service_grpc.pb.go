@@ -160,6 +160,12 @@ const (
 	Cluster_Heartbeat_FullMethodName      = "/blixard.rpc.v1.Cluster/Heartbeat"
 	Cluster_Put_FullMethodName            = "/blixard.rpc.v1.Cluster/Put"
 	Cluster_Get_FullMethodName            = "/blixard.rpc.v1.Cluster/Get"
+	Cluster_SubmitTask_FullMethodName     = "/blixard.rpc.v1.Cluster/SubmitTask"
+	Cluster_GetTask_FullMethodName        = "/blixard.rpc.v1.Cluster/GetTask"
+	Cluster_ListTasks_FullMethodName      = "/blixard.rpc.v1.Cluster/ListTasks"
+	Cluster_CancelTask_FullMethodName     = "/blixard.rpc.v1.Cluster/CancelTask"
+	Cluster_WaitTask_FullMethodName       = "/blixard.rpc.v1.Cluster/WaitTask"
+	Cluster_TaskLogs_FullMethodName       = "/blixard.rpc.v1.Cluster/TaskLogs"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -174,6 +180,15 @@ type ClusterClient interface {
 	Heartbeat(ctx context.Context, in *blixardpb.HeartbeatRequest, opts ...grpc.CallOption) (*blixardpb.HeartbeatResponse, error)
 	Put(ctx context.Context, in *blixardpb.PutRequest, opts ...grpc.CallOption) (*blixardpb.PutResponse, error)
 	Get(ctx context.Context, in *blixardpb.GetRequest, opts ...grpc.CallOption) (*blixardpb.GetResponse, error)
+	SubmitTask(ctx context.Context, in *blixardpb.SubmitTaskRequest, opts ...grpc.CallOption) (*blixardpb.TaskResponse, error)
+	GetTask(ctx context.Context, in *blixardpb.GetTaskRequest, opts ...grpc.CallOption) (*blixardpb.TaskResponse, error)
+	ListTasks(ctx context.Context, in *blixardpb.ListTasksRequest, opts ...grpc.CallOption) (*blixardpb.ListTasksResponse, error)
+	CancelTask(ctx context.Context, in *blixardpb.CancelTaskRequest, opts ...grpc.CallOption) (*blixardpb.TaskResponse, error)
+	// WaitTask returns once the task is in a final state (or the deadline).
+	WaitTask(ctx context.Context, in *blixardpb.WaitTaskRequest, opts ...grpc.CallOption) (*blixardpb.TaskResponse, error)
+	// TaskLogs streams an attempt's stdout or stderr from the worker that
+	// ran it, through any node.
+	TaskLogs(ctx context.Context, in *blixardpb.TaskLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[blixardpb.LogChunk], error)
 }
 
 type clusterClient struct {
@@ -264,6 +279,75 @@ func (c *clusterClient) Get(ctx context.Context, in *blixardpb.GetRequest, opts 
 	return out, nil
 }
 
+func (c *clusterClient) SubmitTask(ctx context.Context, in *blixardpb.SubmitTaskRequest, opts ...grpc.CallOption) (*blixardpb.TaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(blixardpb.TaskResponse)
+	err := c.cc.Invoke(ctx, Cluster_SubmitTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) GetTask(ctx context.Context, in *blixardpb.GetTaskRequest, opts ...grpc.CallOption) (*blixardpb.TaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(blixardpb.TaskResponse)
+	err := c.cc.Invoke(ctx, Cluster_GetTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) ListTasks(ctx context.Context, in *blixardpb.ListTasksRequest, opts ...grpc.CallOption) (*blixardpb.ListTasksResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(blixardpb.ListTasksResponse)
+	err := c.cc.Invoke(ctx, Cluster_ListTasks_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) CancelTask(ctx context.Context, in *blixardpb.CancelTaskRequest, opts ...grpc.CallOption) (*blixardpb.TaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(blixardpb.TaskResponse)
+	err := c.cc.Invoke(ctx, Cluster_CancelTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) WaitTask(ctx context.Context, in *blixardpb.WaitTaskRequest, opts ...grpc.CallOption) (*blixardpb.TaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(blixardpb.TaskResponse)
+	err := c.cc.Invoke(ctx, Cluster_WaitTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) TaskLogs(ctx context.Context, in *blixardpb.TaskLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[blixardpb.LogChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Cluster_ServiceDesc.Streams[0], Cluster_TaskLogs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[blixardpb.TaskLogsRequest, blixardpb.LogChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Cluster_TaskLogsClient = grpc.ServerStreamingClient[blixardpb.LogChunk]
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -276,6 +360,15 @@ type ClusterServer interface {
 	Heartbeat(context.Context, *blixardpb.HeartbeatRequest) (*blixardpb.HeartbeatResponse, error)
 	Put(context.Context, *blixardpb.PutRequest) (*blixardpb.PutResponse, error)
 	Get(context.Context, *blixardpb.GetRequest) (*blixardpb.GetResponse, error)
+	SubmitTask(context.Context, *blixardpb.SubmitTaskRequest) (*blixardpb.TaskResponse, error)
+	GetTask(context.Context, *blixardpb.GetTaskRequest) (*blixardpb.TaskResponse, error)
+	ListTasks(context.Context, *blixardpb.ListTasksRequest) (*blixardpb.ListTasksResponse, error)
+	CancelTask(context.Context, *blixardpb.CancelTaskRequest) (*blixardpb.TaskResponse, error)
+	// WaitTask returns once the task is in a final state (or the deadline).
+	WaitTask(context.Context, *blixardpb.WaitTaskRequest) (*blixardpb.TaskResponse, error)
+	// TaskLogs streams an attempt's stdout or stderr from the worker that
+	// ran it, through any node.
+	TaskLogs(*blixardpb.TaskLogsRequest, grpc.ServerStreamingServer[blixardpb.LogChunk]) error
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -309,6 +402,24 @@ func (UnimplementedClusterServer) Put(context.Context, *blixardpb.PutRequest) (*
 }
 func (UnimplementedClusterServer) Get(context.Context, *blixardpb.GetRequest) (*blixardpb.GetResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Get not implemented")
+}
+func (UnimplementedClusterServer) SubmitTask(context.Context, *blixardpb.SubmitTaskRequest) (*blixardpb.TaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SubmitTask not implemented")
+}
+func (UnimplementedClusterServer) GetTask(context.Context, *blixardpb.GetTaskRequest) (*blixardpb.TaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetTask not implemented")
+}
+func (UnimplementedClusterServer) ListTasks(context.Context, *blixardpb.ListTasksRequest) (*blixardpb.ListTasksResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListTasks not implemented")
+}
+func (UnimplementedClusterServer) CancelTask(context.Context, *blixardpb.CancelTaskRequest) (*blixardpb.TaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelTask not implemented")
+}
+func (UnimplementedClusterServer) WaitTask(context.Context, *blixardpb.WaitTaskRequest) (*blixardpb.TaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method WaitTask not implemented")
+}
+func (UnimplementedClusterServer) TaskLogs(*blixardpb.TaskLogsRequest, grpc.ServerStreamingServer[blixardpb.LogChunk]) error {
+	return status.Error(codes.Unimplemented, "method TaskLogs not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -475,6 +586,107 @@ func _Cluster_Get_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_SubmitTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(blixardpb.SubmitTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).SubmitTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_SubmitTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).SubmitTask(ctx, req.(*blixardpb.SubmitTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_GetTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(blixardpb.GetTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).GetTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_GetTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).GetTask(ctx, req.(*blixardpb.GetTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_ListTasks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(blixardpb.ListTasksRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).ListTasks(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_ListTasks_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).ListTasks(ctx, req.(*blixardpb.ListTasksRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_CancelTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(blixardpb.CancelTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).CancelTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_CancelTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).CancelTask(ctx, req.(*blixardpb.CancelTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_WaitTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(blixardpb.WaitTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).WaitTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_WaitTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).WaitTask(ctx, req.(*blixardpb.WaitTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_TaskLogs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(blixardpb.TaskLogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ClusterServer).TaskLogs(m, &grpc.GenericServerStream[blixardpb.TaskLogsRequest, blixardpb.LogChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Cluster_TaskLogsServer = grpc.ServerStreamingServer[blixardpb.LogChunk]
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -514,7 +726,33 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Get",
 			Handler:    _Cluster_Get_Handler,
 		},
+		{
+			MethodName: "SubmitTask",
+			Handler:    _Cluster_SubmitTask_Handler,
+		},
+		{
+			MethodName: "GetTask",
+			Handler:    _Cluster_GetTask_Handler,
+		},
+		{
+			MethodName: "ListTasks",
+			Handler:    _Cluster_ListTasks_Handler,
+		},
+		{
+			MethodName: "CancelTask",
+			Handler:    _Cluster_CancelTask_Handler,
+		},
+		{
+			MethodName: "WaitTask",
+			Handler:    _Cluster_WaitTask_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "TaskLogs",
+			Handler:       _Cluster_TaskLogs_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "api/blixardrpc/service.proto",
 }

@@ -26,6 +26,9 @@ type NodeConfig struct {
 	// OnChange is called on the node's goroutine after a Ready that
 	// changed the leader or membership. It must not block.
 	OnChange func(Output)
+	// OnApply is called on the node's goroutine after a Ready that
+	// applied entries. It must not block.
+	OnApply func(Output)
 }
 
 // Node runs a Core on its own goroutine and lets any goroutine propose,
@@ -459,6 +462,7 @@ func (n *Node) propose(p proposal) {
 }
 
 func (n *Node) handleOutput(out Output) {
+	advanced := out.AppliedIndex > n.applied.Load()
 	n.applied.Store(out.AppliedIndex)
 	n.lead.Store(out.Leader)
 	n.term.Store(out.Term)
@@ -487,6 +491,9 @@ func (n *Node) handleOutput(out Output) {
 	}
 	if (out.LeaderChanged || out.MembershipChanged || out.Removed) && n.cfg.OnChange != nil {
 		n.cfg.OnChange(out)
+	}
+	if advanced && n.cfg.OnApply != nil {
+		n.cfg.OnApply(out)
 	}
 }
 

@@ -58,8 +58,10 @@ func toStatus(err error) error {
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, state.ErrInvalidCommand):
 		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, state.ErrUnknownWorker):
+	case errors.Is(err, state.ErrUnknownWorker), errors.Is(err, state.ErrUnknownTask):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, state.ErrStaleAttempt):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	default:
 		return status.Error(codes.Internal, err.Error())
 	}

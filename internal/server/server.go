@@ -93,6 +93,8 @@ type Server struct {
 
 	stopOnce sync.Once
 	removedc chan struct{} // closed when this node learns it was removed
+	applied  *broadcast    // notified after every Ready that applied entries
+	exec     logSource     // nil unless this node is a worker
 	remOnce  sync.Once
 }
 
@@ -131,7 +133,7 @@ func New(cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data-dir: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), clock: clock.Real{}, removedc: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), clock: clock.Real{}, removedc: make(chan struct{}), applied: newBroadcast()}
 	var err error
 	if s.logs, err = storage.OpenLogStore(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("open raft log in %s: %w", cfg.DataDir, err)
@@ -187,12 +189,18 @@ func New(cfg Config) (*Server, error) {
 		TickInterval:    cfg.TickInterval,
 		CheckpointEvery: cfg.CheckpointEvery,
 		OnChange:        s.onChange,
+		OnApply:         func(raftnode.Output) { s.applied.Notify() },
 	})
 	if !fresh || cfg.Join == "" {
 		cfg.Join = ""
 	}
 	s.cfg = cfg
 	return s, nil
+}
+
+// logSource finds attempts' log files (the executor).
+type logSource interface {
+	LogPath(attemptID string, stderr bool) string
 }
 
 // reporter forwards transport reports once the node exists.

@@ -37,6 +37,11 @@ type Machine struct {
 	workers  map[uint64]*pb.Worker
 	statuses map[uint64]*pb.WorkerStatus
 	kv       map[string]*pb.KV
+	tasks    map[string]*pb.Task
+
+	// Derived, not stored: rebuilt after a load or restore.
+	idem map[string]string // idempotency key → task ID
+	used map[uint64]Usage  // worker → resources reserved by active attempts
 
 	// dirty records changed since the last TakeChanges, by table and key.
 	dirty map[dirtyKey]struct{}
@@ -60,6 +65,9 @@ func (m *Machine) reset() {
 	m.workers = map[uint64]*pb.Worker{}
 	m.statuses = map[uint64]*pb.WorkerStatus{}
 	m.kv = map[string]*pb.KV{}
+	m.tasks = map[string]*pb.Task{}
+	m.idem = map[string]string{}
+	m.used = map[uint64]Usage{}
 	m.dirty = map[dirtyKey]struct{}{}
 }
 
@@ -107,6 +115,20 @@ func (m *Machine) ApplyCommand(index uint64, data []byte) (proto.Message, error)
 		delete(m.kv, op.Delete.GetKey())
 		m.touch(storage.TableKV, op.Delete.GetKey())
 		return nil, nil
+	case *pb.Command_SubmitTask:
+		return m.submitTask(index, op.SubmitTask)
+	case *pb.Command_PlaceTasks:
+		return m.placeTasks(op.PlaceTasks)
+	case *pb.Command_TaskStarted:
+		return m.taskStarted(op.TaskStarted)
+	case *pb.Command_TaskFinished:
+		return m.taskFinished(op.TaskFinished)
+	case *pb.Command_CancelTask:
+		return m.cancelTask(op.CancelTask)
+	case *pb.Command_SetWorkerSchedulable:
+		return m.setSchedulable(op.SetWorkerSchedulable)
+	case *pb.Command_ReconcileWorker:
+		return m.reconcileWorker(op.ReconcileWorker)
 	default:
 		return nil, fmt.Errorf("%w: unknown operation %T", ErrInvalidCommand, cmd.Op)
 	}
@@ -150,6 +172,10 @@ func (m *Machine) setWorkerState(c *pb.SetWorkerState) (proto.Message, error) {
 		w.State = c.State
 		w.StateChangedAtUnixNano = c.NowUnixNano
 		m.touch(storage.TableWorkers, idKey(w.Id))
+	}
+	if c.State == pb.WorkerState_WORKER_STATE_DOWN {
+		// Its attempts are lost: re-queue their tasks (at-least-once).
+		m.loseAttempts(w.Id, nil, c.NowUnixNano)
 	}
 	return proto.Clone(w), nil
 }
@@ -313,6 +339,9 @@ func (m *Machine) snapshotLocked() *pb.StateSnapshot {
 	for _, id := range sortedIDs(m.statuses) {
 		s.WorkerStatuses = append(s.WorkerStatuses, m.statuses[id])
 	}
+	for _, id := range sortedStrings(m.tasks) {
+		s.Tasks = append(s.Tasks, m.tasks[id])
+	}
 	keys := make([]string, 0, len(m.kv))
 	for k := range m.kv {
 		keys = append(keys, k)
@@ -322,6 +351,15 @@ func (m *Machine) snapshotLocked() *pb.StateSnapshot {
 		s.Kvs = append(s.Kvs, m.kv[k])
 	}
 	return s
+}
+
+func sortedStrings[V any](mp map[string]V) []string {
+	ks := make([]string, 0, len(mp))
+	for k := range mp {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
 }
 
 func sortedIDs[V any](mp map[uint64]V) []uint64 {
@@ -357,6 +395,10 @@ func (m *Machine) Restore(data []byte) error {
 	for _, x := range s.Kvs {
 		m.kv[x.Key] = x
 	}
+	for _, x := range s.Tasks {
+		m.tasks[x.Id] = x
+	}
+	m.rebuildDerived()
 	return nil
 }
 
@@ -395,6 +437,18 @@ func (m *Machine) LoadRecord(table string, key, value []byte) error {
 			return fmt.Errorf("state: table %s: %w", table, err)
 		}
 		m.kv[x.Key] = x
+	case storage.TableTasks:
+		x := &pb.Task{}
+		if err := proto.Unmarshal(value, x); err != nil {
+			return fmt.Errorf("state: table %s: %w", table, err)
+		}
+		m.tasks[x.Id] = x
+		if x.IdempotencyKey != "" {
+			m.idem[x.IdempotencyKey] = x.Id
+		}
+		if a := currentAttempt(x); activeAttempt(a) {
+			m.reserve(a.WorkerId, x.Spec.GetResources(), 1)
+		}
 	default:
 		return fmt.Errorf("state: unknown table %q", table)
 	}
@@ -454,6 +508,9 @@ func (m *Machine) AllRecords() []storage.Change {
 	for _, k := range keys {
 		add(storage.TableKV, k)
 	}
+	for _, id := range sortedStrings(m.tasks) {
+		add(storage.TableTasks, id)
+	}
 	return out
 }
 
@@ -479,6 +536,10 @@ func (m *Machine) valueLocked(k dirtyKey) []byte {
 		}
 	case storage.TableKV:
 		if x, ok := m.kv[k.key]; ok {
+			msg = x
+		}
+	case storage.TableTasks:
+		if x, ok := m.tasks[k.key]; ok {
 			msg = x
 		}
 	}

@@ -16,7 +16,8 @@ const (
 	TableWorkers        = "workers"
 	TableWorkerStatus   = "worker_status"
 	TableKV             = "kv"
+	TableTasks          = "tasks"
 )
 
 // Tables lists every state table.
-var Tables = []string{TableMembers, TableRemovedMembers, TableWorkers, TableWorkerStatus, TableKV}
+var Tables = []string{TableMembers, TableRemovedMembers, TableWorkers, TableWorkerStatus, TableKV, TableTasks}

@@ -1,0 +1,457 @@
+package state
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/blixard/blixard/api/blixardpb"
+	"github.com/blixard/blixard/internal/storage"
+)
+
+// Task errors returned to proposers.
+var (
+	// ErrStaleAttempt fences results: a report for an attempt that is no
+	// longer the task's current one (or already recorded) is refused.
+	ErrStaleAttempt = errors.New("stale attempt")
+	ErrUnknownTask  = errors.New("unknown task")
+)
+
+// Task defaults and limits. Persisted behaviour depends on them, so they
+// are constants, changed only with care.
+const (
+	DefaultKillGrace    = 10 * time.Second
+	DefaultBackoffBase  = time.Second
+	DefaultBackoffMax   = time.Minute
+	MaxLosses           = 10 // a task lost this many times (worker deaths) is given up as lost
+	MaxRetries          = 1000
+	maxCommandArgsBytes = 1 << 20
+)
+
+// FinalState says whether s is a final task state.
+func FinalState(s pb.TaskState) bool {
+	switch s {
+	case pb.TaskState_TASK_STATE_SUCCEEDED, pb.TaskState_TASK_STATE_FAILED, pb.TaskState_TASK_STATE_CANCELLED,
+		pb.TaskState_TASK_STATE_TIMED_OUT, pb.TaskState_TASK_STATE_LOST:
+		return true
+	}
+	return false
+}
+
+// ValidateTaskSpec names the first invalid field of spec.
+func ValidateTaskSpec(s *pb.TaskSpec) error {
+	bad := func(field, format string, a ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrInvalidCommand, field, fmt.Sprintf(format, a...))
+	}
+	switch {
+	case s == nil:
+		return bad("spec", "is missing")
+	case strings.TrimSpace(s.Command) == "":
+		return bad("command", "must not be empty")
+	case s.GetResources().GetCpuMillis() < 0:
+		return bad("cpu", "must not be negative (got %dm)", s.GetResources().GetCpuMillis())
+	case s.GetResources().GetMemoryMib() < 0:
+		return bad("memory", "must not be negative (got %d MiB)", s.GetResources().GetMemoryMib())
+	case s.TimeoutMs < 0:
+		return bad("timeout", "must not be negative")
+	case s.KillGraceMs < 0:
+		return bad("kill_grace", "must not be negative")
+	case s.MaxRetries < 0 || s.MaxRetries > MaxRetries:
+		return bad("retries", "must be between 0 and %d (got %d)", MaxRetries, s.MaxRetries)
+	case s.RetryBackoffBaseMs < 0 || s.RetryBackoffMaxMs < 0:
+		return bad("backoff", "must not be negative")
+	case s.Policy != pb.PlacementPolicy_PLACEMENT_POLICY_UNSPECIFIED && s.Policy != pb.PlacementPolicy_PLACEMENT_POLICY_BINPACK && s.Policy != pb.PlacementPolicy_PLACEMENT_POLICY_SPREAD:
+		return bad("policy", "must be binpack or spread")
+	}
+	n := len(s.Command)
+	for _, a := range s.Args {
+		n += len(a)
+	}
+	if n > maxCommandArgsBytes {
+		return bad("args", "command and arguments exceed %d bytes", maxCommandArgsBytes)
+	}
+	for k := range s.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			return bad("env", "invalid variable name %q", k)
+		}
+	}
+	return nil
+}
+
+func (m *Machine) touchTask(id string) { m.touch(storage.TableTasks, id) }
+
+// currentAttempt returns the task's latest attempt, if any.
+func currentAttempt(t *pb.Task) *pb.Attempt {
+	if len(t.Attempts) == 0 {
+		return nil
+	}
+	return t.Attempts[len(t.Attempts)-1]
+}
+
+func activeAttempt(a *pb.Attempt) bool {
+	return a != nil && (a.State == pb.TaskState_TASK_STATE_ASSIGNED || a.State == pb.TaskState_TASK_STATE_RUNNING)
+}
+
+func (m *Machine) reserve(w uint64, r *pb.Resources, sign int64) {
+	u := m.used[w]
+	u.CPUMillis += sign * r.GetCpuMillis()
+	u.MemoryMiB += sign * r.GetMemoryMib()
+	if u.CPUMillis == 0 && u.MemoryMiB == 0 {
+		delete(m.used, w)
+	} else {
+		m.used[w] = u
+	}
+}
+
+func (m *Machine) submitTask(index uint64, c *pb.SubmitTask) (proto.Message, error) {
+	if c.IdempotencyKey != "" {
+		if id, ok := m.idem[c.IdempotencyKey]; ok {
+			return proto.Clone(m.tasks[id]), nil
+		}
+	}
+	if err := ValidateTaskSpec(c.Spec); err != nil {
+		return nil, err
+	}
+	t := &pb.Task{
+		Id:                fmt.Sprintf("t%d", index),
+		Spec:              proto.Clone(c.Spec).(*pb.TaskSpec),
+		State:             pb.TaskState_TASK_STATE_PENDING,
+		IdempotencyKey:    c.IdempotencyKey,
+		CreatedAtUnixNano: c.NowUnixNano,
+		Seq:               index,
+	}
+	m.tasks[t.Id] = t
+	if t.IdempotencyKey != "" {
+		m.idem[t.IdempotencyKey] = t.Id
+	}
+	m.touchTask(t.Id)
+	return proto.Clone(t), nil
+}
+
+// placeTasks records a scheduler pass. Each placement is re-checked
+// against the current state: the scheduler may have read an older one, so
+// a stale or over-committing placement is skipped, not applied.
+func (m *Machine) placeTasks(c *pb.PlaceTasks) (proto.Message, error) {
+	placed := 0
+	for _, p := range c.Placements {
+		t, ok := m.tasks[p.TaskId]
+		if !ok || t.State != pb.TaskState_TASK_STATE_PENDING || p.Attempt != uint32(len(t.Attempts))+1 || t.CancelRequested {
+			continue
+		}
+		w, ok := m.workers[p.WorkerId]
+		if !ok || w.State != pb.WorkerState_WORKER_STATE_READY || w.Unschedulable {
+			continue
+		}
+		req := t.Spec.GetResources()
+		u := m.used[w.Id]
+		if u.CPUMillis+req.GetCpuMillis() > w.GetCapacity().GetCpuMillis() || u.MemoryMiB+req.GetMemoryMib() > w.GetCapacity().GetMemoryMib() {
+			continue
+		}
+		t.Attempts = append(t.Attempts, &pb.Attempt{Number: p.Attempt, WorkerId: w.Id, State: pb.TaskState_TASK_STATE_ASSIGNED, AssignedAtUnixNano: c.NowUnixNano})
+		t.State = pb.TaskState_TASK_STATE_ASSIGNED
+		m.reserve(w.Id, req, 1)
+		m.touchTask(t.Id)
+		placed++
+	}
+	return &pb.PutResponse{Index: uint64(placed)}, nil
+}
+
+// fenced returns the task and its current attempt if the report is for
+// that attempt on that worker and the attempt is still active.
+func (m *Machine) fenced(taskID string, attempt uint32, worker uint64) (*pb.Task, *pb.Attempt, error) {
+	t, ok := m.tasks[taskID]
+	if !ok {
+		return nil, nil, fmt.Errorf("%w %s", ErrUnknownTask, taskID)
+	}
+	a := currentAttempt(t)
+	if a == nil || a.Number != attempt || a.WorkerId != worker || !activeAttempt(a) {
+		return nil, nil, fmt.Errorf("%w: task %s attempt %d on worker %d is not current", ErrStaleAttempt, taskID, attempt, worker)
+	}
+	return t, a, nil
+}
+
+func (m *Machine) taskStarted(c *pb.TaskStarted) (proto.Message, error) {
+	t, a, err := m.fenced(c.TaskId, c.Attempt, c.WorkerId)
+	if err != nil {
+		return nil, err
+	}
+	if a.State == pb.TaskState_TASK_STATE_ASSIGNED {
+		a.State = pb.TaskState_TASK_STATE_RUNNING
+		a.StartedAtUnixNano = c.NowUnixNano
+		t.State = pb.TaskState_TASK_STATE_RUNNING
+		m.touchTask(t.Id)
+	}
+	return proto.Clone(t), nil
+}
+
+// backoff is the delay before retry n (1-based): base·2^(n-1), capped.
+func backoff(spec *pb.TaskSpec, n uint32) time.Duration {
+	base := time.Duration(spec.RetryBackoffBaseMs) * time.Millisecond
+	if base == 0 {
+		base = DefaultBackoffBase
+	}
+	max := time.Duration(spec.RetryBackoffMaxMs) * time.Millisecond
+	if max == 0 {
+		max = DefaultBackoffMax
+	}
+	d := base
+	for i := uint32(1); i < n && d < max; i++ {
+		d *= 2
+	}
+	return min(d, max)
+}
+
+func (m *Machine) taskFinished(c *pb.TaskFinished) (proto.Message, error) {
+	t, a, err := m.fenced(c.TaskId, c.Attempt, c.WorkerId)
+	if err != nil {
+		return nil, err
+	}
+	r := c.Result
+	if r == nil {
+		r = &pb.TaskResult{Error: "worker reported no result"}
+	}
+	a.Result = proto.Clone(r).(*pb.TaskResult)
+	a.FinishedAtUnixNano = c.NowUnixNano
+	if a.StartedAtUnixNano == 0 && r.Error == "" {
+		a.StartedAtUnixNano = c.NowUnixNano
+	}
+	m.reserve(a.WorkerId, t.Spec.GetResources(), -1)
+	switch {
+	case r.Cancelled || t.CancelRequested:
+		a.State = pb.TaskState_TASK_STATE_CANCELLED
+		m.finishTask(t, pb.TaskState_TASK_STATE_CANCELLED, c.NowUnixNano)
+	case r.ExitCode == 0 && r.Signal == "" && !r.TimedOut && !r.OomKilled && r.Error == "":
+		a.State = pb.TaskState_TASK_STATE_SUCCEEDED
+		m.finishTask(t, pb.TaskState_TASK_STATE_SUCCEEDED, c.NowUnixNano)
+	default:
+		final := pb.TaskState_TASK_STATE_FAILED
+		if r.TimedOut {
+			final = pb.TaskState_TASK_STATE_TIMED_OUT
+		}
+		a.State = final
+		if t.RetriesUsed < uint32(t.Spec.MaxRetries) {
+			t.RetriesUsed++
+			t.State = pb.TaskState_TASK_STATE_PENDING
+			t.NotBeforeUnixNano = c.NowUnixNano + int64(backoff(t.Spec, t.RetriesUsed))
+		} else {
+			m.finishTask(t, final, c.NowUnixNano)
+		}
+	}
+	m.touchTask(t.Id)
+	return proto.Clone(t), nil
+}
+
+func (m *Machine) finishTask(t *pb.Task, s pb.TaskState, now int64) {
+	t.State = s
+	t.FinishedAtUnixNano = now
+	m.touchTask(t.Id)
+}
+
+func (m *Machine) cancelTask(c *pb.CancelTask) (proto.Message, error) {
+	t, ok := m.tasks[c.TaskId]
+	if !ok {
+		return nil, fmt.Errorf("%w %s", ErrUnknownTask, c.TaskId)
+	}
+	switch {
+	case FinalState(t.State):
+		// Cancelling a finished task changes nothing; say what it is.
+	case activeAttempt(currentAttempt(t)):
+		// The worker kills the process and reports it cancelled.
+		t.CancelRequested = true
+	default:
+		t.CancelRequested = true
+		m.finishTask(t, pb.TaskState_TASK_STATE_CANCELLED, c.NowUnixNano)
+	}
+	m.touchTask(t.Id)
+	return proto.Clone(t), nil
+}
+
+// loseAttempts marks every active attempt on worker as lost (except the
+// tasks in keep) and re-queues their tasks at once.
+func (m *Machine) loseAttempts(worker uint64, keep map[string]bool, now int64) int {
+	var ids []string
+	for id, t := range m.tasks {
+		if a := currentAttempt(t); activeAttempt(a) && a.WorkerId == worker && !keep[id] {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		t := m.tasks[id]
+		a := currentAttempt(t)
+		a.State = pb.TaskState_TASK_STATE_LOST
+		a.FinishedAtUnixNano = now
+		m.reserve(worker, t.Spec.GetResources(), -1)
+		t.Losses++
+		switch {
+		case t.CancelRequested:
+			m.finishTask(t, pb.TaskState_TASK_STATE_CANCELLED, now)
+		case t.Losses >= MaxLosses:
+			m.finishTask(t, pb.TaskState_TASK_STATE_LOST, now)
+		default:
+			t.State = pb.TaskState_TASK_STATE_PENDING
+			t.NotBeforeUnixNano = 0
+		}
+		m.touchTask(id)
+	}
+	return len(ids)
+}
+
+func (m *Machine) reconcileWorker(c *pb.ReconcileWorker) (proto.Message, error) {
+	if _, ok := m.workers[c.WorkerId]; !ok {
+		return nil, fmt.Errorf("%w %d", ErrUnknownWorker, c.WorkerId)
+	}
+	keep := map[string]bool{}
+	for _, id := range c.RunningTaskIds {
+		keep[id] = true
+	}
+	n := m.loseAttempts(c.WorkerId, keep, c.NowUnixNano)
+	return &pb.PutResponse{Index: uint64(n)}, nil
+}
+
+func (m *Machine) setSchedulable(c *pb.SetWorkerSchedulable) (proto.Message, error) {
+	w, ok := m.workers[c.WorkerId]
+	if !ok {
+		return nil, fmt.Errorf("%w %d", ErrUnknownWorker, c.WorkerId)
+	}
+	w.Unschedulable = !c.Schedulable
+	w.UnschedulableReason = ""
+	if !c.Schedulable {
+		w.UnschedulableReason = c.Reason
+	}
+	m.touch(storage.TableWorkers, idKey(w.Id))
+	return proto.Clone(w), nil
+}
+
+// rebuildDerived recomputes indexes that are not stored: idempotency keys
+// and per-worker reservations.
+func (m *Machine) rebuildDerived() {
+	m.idem = map[string]string{}
+	m.used = map[uint64]Usage{}
+	for id, t := range m.tasks {
+		if t.IdempotencyKey != "" {
+			m.idem[t.IdempotencyKey] = id
+		}
+		if a := currentAttempt(t); activeAttempt(a) {
+			m.reserve(a.WorkerId, t.Spec.GetResources(), 1)
+		}
+	}
+}
+
+// Usage is the CPU and memory reserved on a worker by active attempts.
+type Usage struct {
+	CPUMillis int64
+	MemoryMiB int64
+}
+
+// ---------------------------------------------------------------------------
+// Readers
+// ---------------------------------------------------------------------------
+
+// Task returns a copy of one task.
+func (m *Machine) Task(id string) (*pb.Task, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	t, ok := m.tasks[id]
+	if !ok {
+		return nil, false
+	}
+	return proto.Clone(t).(*pb.Task), true
+}
+
+// Tasks returns copies of the tasks in state s (all if UNSPECIFIED), in
+// submission order.
+func (m *Machine) Tasks(s pb.TaskState) []*pb.Task {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var out []*pb.Task
+	for _, t := range m.tasks {
+		if s == pb.TaskState_TASK_STATE_UNSPECIFIED || t.State == s {
+			out = append(out, proto.Clone(t).(*pb.Task))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
+	return out
+}
+
+// Assigned returns the tasks whose current attempt is active on worker,
+// plus those with a cancel request there, sorted by ID.
+func (m *Machine) Assigned(worker uint64) []*pb.Task {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var out []*pb.Task
+	for _, t := range m.tasks {
+		if a := currentAttempt(t); activeAttempt(a) && a.WorkerId == worker {
+			out = append(out, proto.Clone(t).(*pb.Task))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
+	return out
+}
+
+// PendingTask is a pending task as the scheduler sees it. Constraints is
+// shared with the stored spec, which is never modified after submission.
+type PendingTask struct {
+	ID          string
+	Priority    int32
+	Seq         uint64
+	CPUMillis   int64
+	MemoryMiB   int64
+	Constraints map[string]string
+	Node        uint64
+	Policy      pb.PlacementPolicy
+	NotBefore   int64 // unix nanos
+	Attempt     uint32 // number the next attempt gets
+}
+
+// SchedulingView is what the scheduler needs: pending tasks and the
+// ready, schedulable workers with their reservations. Copies.
+type SchedulingView struct {
+	Pending []PendingTask
+	Workers []*pb.Worker
+	Used    map[uint64]Usage
+}
+
+// ForScheduling returns the current SchedulingView.
+func (m *Machine) ForScheduling() SchedulingView {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	v := SchedulingView{Used: map[uint64]Usage{}}
+	for _, t := range m.tasks {
+		if t.State == pb.TaskState_TASK_STATE_PENDING && !t.CancelRequested {
+			s := t.Spec
+			v.Pending = append(v.Pending, PendingTask{
+				ID: t.Id, Priority: s.Priority, Seq: t.Seq,
+				CPUMillis: s.GetResources().GetCpuMillis(), MemoryMiB: s.GetResources().GetMemoryMib(),
+				Constraints: s.Constraints, Node: s.Node, Policy: s.Policy,
+				NotBefore: t.NotBeforeUnixNano, Attempt: uint32(len(t.Attempts)) + 1,
+			})
+		}
+	}
+	sort.Slice(v.Pending, func(i, j int) bool { return v.Pending[i].Seq < v.Pending[j].Seq })
+	for _, id := range sortedIDs(m.workers) {
+		w := m.workers[id]
+		if w.State == pb.WorkerState_WORKER_STATE_READY && !w.Unschedulable {
+			v.Workers = append(v.Workers, proto.Clone(w).(*pb.Worker))
+			v.Used[id] = m.used[id]
+		}
+	}
+	return v
+}
+
+// PendingCount is the number of tasks waiting for placement.
+func (m *Machine) PendingCount() int {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	n := 0
+	for _, t := range m.tasks {
+		if t.State == pb.TaskState_TASK_STATE_PENDING {
+			n++
+		}
+	}
+	return n
+}
