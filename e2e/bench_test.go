@@ -1,10 +1,16 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"sort"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	pb "github.com/blixard/blixard/api/blixardpb"
+	rpcpb "github.com/blixard/blixard/api/blixardrpc"
 )
 
 // BenchmarkLeaderFailover measures the time from kill -9 of the leader
@@ -51,4 +57,108 @@ func BenchmarkLeaderFailover(b *testing.B) {
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Milliseconds()), "p99-ms")
+}
+
+func benchTaskCluster(b *testing.B) (*cluster, []rpcpb.ClusterClient) {
+	c := newCluster(b)
+	c.timers = nil
+	n1 := c.add(1, "--bootstrap")
+	c.add(2, "--join", n1.addr)
+	c.add(3, "--join", n1.addr)
+	c.waitVoters(n1, 1, 2, 3)
+	cls := clients(b, c)
+	// Wait until the three workers are ready so placement is immediate.
+	waitFor(b, 30*time.Second, "3 ready workers", func() (bool, string) {
+		r, err := cls[0].ListWorkers(context.Background(), &pb.ListWorkersRequest{})
+		if err != nil {
+			return false, err.Error()
+		}
+		ready := 0
+		for _, w := range r.Workers {
+			if w.Worker.State == pb.WorkerState_WORKER_STATE_READY {
+				ready++
+			}
+		}
+		return ready == 3, fmt.Sprint(ready)
+	})
+	return c, cls
+}
+
+// BenchmarkTaskLatency measures, for /bin/true on a 3-node loopback
+// cluster of real processes, submit→running (first seen running by the
+// client is not measured: the attempt's recorded start time is used) and
+// submit→finished as the client sees it (SubmitTask then WaitTask).
+//
+//	BLIXARD_E2E_NORACE=1 go test -run x -bench TaskLatency -benchtime 300x ./e2e/
+func BenchmarkTaskLatency(b *testing.B) {
+	_, cls := benchTaskCluster(b)
+	ctx := context.Background()
+	var toRun, toDone []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c := cls[i%len(cls)]
+		start := time.Now()
+		r, err := c.SubmitTask(ctx, &pb.SubmitTaskRequest{Spec: &pb.TaskSpec{Command: "/bin/true"}, IdempotencyKey: fmt.Sprint("lat-", i, "-", start.UnixNano())})
+		if err != nil {
+			b.Fatal(err)
+		}
+		w, err := c.WaitTask(ctx, &pb.WaitTaskRequest{Id: r.Task.Id})
+		if err != nil {
+			b.Fatal(err)
+		}
+		toDone = append(toDone, time.Since(start))
+		a := w.Task.Attempts[len(w.Task.Attempts)-1]
+		toRun = append(toRun, time.Duration(a.StartedAtUnixNano-w.Task.CreatedAtUnixNano))
+	}
+	b.StopTimer()
+	report(b, "run", toRun)
+	report(b, "done", toDone)
+}
+
+// BenchmarkTaskThroughput: 64 concurrent submitters each submit /bin/true
+// and wait for it; completed tasks per second end to end.
+//
+//	BLIXARD_E2E_NORACE=1 go test -run x -bench TaskThroughput -benchtime 2000x ./e2e/
+func BenchmarkTaskThroughput(b *testing.B) {
+	_, cls := benchTaskCluster(b)
+	ctx := context.Background()
+	const submitters = 64
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	b.ResetTimer()
+	start := time.Now()
+	for s := 0; s < submitters; s++ {
+		wg.Add(1)
+		go func(s int) {
+			defer wg.Done()
+			c := cls[s%len(cls)]
+			for {
+				i := next.Add(1)
+				if i > int64(b.N) {
+					return
+				}
+				r, err := c.SubmitTask(ctx, &pb.SubmitTaskRequest{Spec: &pb.TaskSpec{Command: "/bin/true"}, IdempotencyKey: fmt.Sprint("tp-", i, "-", start.UnixNano())})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				if _, err := c.WaitTask(ctx, &pb.WaitTaskRequest{Id: r.Task.Id}); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}(s)
+	}
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "tasks/s")
+}
+
+func report(b *testing.B, name string, d []time.Duration) {
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	if len(d) == 0 {
+		return
+	}
+	b.ReportMetric(float64(d[len(d)/2].Microseconds())/1000, name+"-p50-ms")
+	b.ReportMetric(float64(d[len(d)*99/100].Microseconds())/1000, name+"-p99-ms")
 }

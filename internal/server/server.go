@@ -25,6 +25,7 @@ import (
 	pb "github.com/blixard/blixard/api/blixardpb"
 	rpcpb "github.com/blixard/blixard/api/blixardrpc"
 	"github.com/blixard/blixard/internal/clock"
+	"github.com/blixard/blixard/internal/executor"
 	"github.com/blixard/blixard/internal/raftnode"
 	"github.com/blixard/blixard/internal/state"
 	"github.com/blixard/blixard/internal/storage"
@@ -95,6 +96,7 @@ type Server struct {
 	removedc chan struct{} // closed when this node learns it was removed
 	applied  *broadcast    // notified after every Ready that applied entries
 	exec     logSource     // nil unless this node is a worker
+	execStop interface{ Stop() }
 	remOnce  sync.Once
 }
 
@@ -266,26 +268,64 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}
 	s.goRun(s.leaderDuties)
+	s.goRun(s.schedulerLoop)
 	if s.cfg.Worker {
-		w := &pb.Worker{
-			Id:           s.cfg.ID,
-			Addr:         s.cfg.Advertise,
-			Capacity:     &pb.Resources{CpuMillis: s.cfg.CPUMillis, MemoryMib: s.cfg.MemoryMiB, DiskMib: s.cfg.DiskMiB},
-			Labels:       s.cfg.Labels,
-			Capabilities: s.cfg.Capabilities,
+		if err := s.startWorker(); err != nil {
+			return err
 		}
-		sampler := &worker.ProcSampler{}
-		agent := worker.NewAgent(worker.AgentConfig{
-			Worker:            w,
-			Clock:             s.clock,
-			HeartbeatInterval: s.cfg.HeartbeatInterval,
-			UsageInterval:     s.cfg.UsageInterval,
-			Usage:             sampler.Sample,
-			Logger:            s.log.With("component", "worker"),
-		}, localCluster{s})
-		s.goRun(func() { agent.Run(s.ctx) })
 	}
 	s.log.Info("node started", "listen", s.Addr(), "advertise", s.cfg.Advertise, "data_dir", s.cfg.DataDir)
+	return nil
+}
+
+// startWorker registers this node as a worker and starts running what the
+// cluster assigns it.
+func (s *Server) startWorker() error {
+	ex, err := executor.New(executor.Config{DataDir: s.cfg.DataDir, Logger: s.log.With("component", "executor")})
+	if err != nil {
+		return fmt.Errorf("start the task executor: %w", err)
+	}
+	// Processes left by a previous run of this node (killed with -9) are
+	// no longer tracked by anyone: kill them; reconciliation below makes
+	// the cluster re-place their tasks.
+	if err := ex.KillOrphans(); err != nil {
+		s.log.Warn("killing orphaned task processes", "err", err)
+	}
+	s.execStop = ex
+	s.exec = ex
+	runner := worker.NewRunner(worker.RunnerConfig{Clock: s.clock, Logger: s.log.With("component", "runner"), Stale: isStale}, taskCluster{s}, execLauncher{ex})
+	w := &pb.Worker{
+		Id:           s.cfg.ID,
+		Addr:         s.cfg.Advertise,
+		Capacity:     &pb.Resources{CpuMillis: s.cfg.CPUMillis, MemoryMib: s.cfg.MemoryMiB, DiskMib: s.cfg.DiskMiB},
+		Labels:       s.cfg.Labels,
+		Capabilities: s.cfg.Capabilities,
+	}
+	sampler := &worker.ProcSampler{RunningTasks: runner.RunningCount}
+	agent := worker.NewAgent(worker.AgentConfig{
+		Worker:            w,
+		Clock:             s.clock,
+		HeartbeatInterval: s.cfg.HeartbeatInterval,
+		UsageInterval:     s.cfg.UsageInterval,
+		Usage:             sampler.Sample,
+		Logger:            s.log.With("component", "worker"),
+	}, localCluster{s})
+	s.goRun(func() { agent.Run(s.ctx) })
+	s.goRun(func() { runner.Run(s.ctx) })
+	s.goRun(func() {
+		t := s.clock.NewTicker(time.Hour)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.ctx.Done():
+				return
+			case now := <-t.C():
+				if err := ex.Prune(now); err != nil {
+					s.log.Warn("pruning old task logs", "err", err)
+				}
+			}
+		}
+	})
 	return nil
 }
 
@@ -384,9 +424,12 @@ func (s *Server) Stop() {
 			}
 			t.Stop()
 		}
+		s.wg.Wait() // the runner has cancelled its attempts
+		if s.execStop != nil {
+			s.execStop.Stop()
+		}
 		s.node.Stop()
 		s.tr.Stop()
-		s.wg.Wait()
 		s.conns.close()
 		s.closeStorage()
 		s.log.Info("node stopped")

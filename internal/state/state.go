@@ -42,6 +42,9 @@ type Machine struct {
 	// Derived, not stored: rebuilt after a load or restore.
 	idem map[string]string // idempotency key → task ID
 	used map[uint64]Usage  // worker → resources reserved by active attempts
+	// pending indexes the tasks waiting for placement, so a scheduling
+	// pass costs the queue, not the whole history.
+	pending map[string]struct{}
 
 	// dirty records changed since the last TakeChanges, by table and key.
 	dirty map[dirtyKey]struct{}
@@ -68,6 +71,7 @@ func (m *Machine) reset() {
 	m.tasks = map[string]*pb.Task{}
 	m.idem = map[string]string{}
 	m.used = map[uint64]Usage{}
+	m.pending = map[string]struct{}{}
 	m.dirty = map[dirtyKey]struct{}{}
 }
 
@@ -449,6 +453,7 @@ func (m *Machine) LoadRecord(table string, key, value []byte) error {
 		if a := currentAttempt(x); activeAttempt(a) {
 			m.reserve(a.WorkerId, x.Spec.GetResources(), 1)
 		}
+		m.indexPending(x)
 	default:
 		return fmt.Errorf("state: unknown table %q", table)
 	}

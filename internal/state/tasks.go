@@ -82,7 +82,23 @@ func ValidateTaskSpec(s *pb.TaskSpec) error {
 	return nil
 }
 
-func (m *Machine) touchTask(id string) { m.touch(storage.TableTasks, id) }
+// touchTask marks a task changed for the next checkpoint and keeps the
+// pending index in step; every change to a task ends with it.
+func (m *Machine) touchTask(id string) {
+	m.touch(storage.TableTasks, id)
+	m.indexPending(m.tasks[id])
+}
+
+func (m *Machine) indexPending(t *pb.Task) {
+	if t == nil {
+		return
+	}
+	if t.State == pb.TaskState_TASK_STATE_PENDING && !t.CancelRequested {
+		m.pending[t.Id] = struct{}{}
+	} else {
+		delete(m.pending, t.Id)
+	}
+}
 
 // currentAttempt returns the task's latest attempt, if any.
 func currentAttempt(t *pb.Task) *pb.Attempt {
@@ -332,7 +348,9 @@ func (m *Machine) setSchedulable(c *pb.SetWorkerSchedulable) (proto.Message, err
 func (m *Machine) rebuildDerived() {
 	m.idem = map[string]string{}
 	m.used = map[uint64]Usage{}
+	m.pending = map[string]struct{}{}
 	for id, t := range m.tasks {
+		m.indexPending(t)
 		if t.IdempotencyKey != "" {
 			m.idem[t.IdempotencyKey] = id
 		}
@@ -404,7 +422,7 @@ type PendingTask struct {
 	Constraints map[string]string
 	Node        uint64
 	Policy      pb.PlacementPolicy
-	NotBefore   int64 // unix nanos
+	NotBefore   int64  // unix nanos
 	Attempt     uint32 // number the next attempt gets
 }
 
@@ -421,8 +439,9 @@ func (m *Machine) ForScheduling() SchedulingView {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	v := SchedulingView{Used: map[uint64]Usage{}}
-	for _, t := range m.tasks {
-		if t.State == pb.TaskState_TASK_STATE_PENDING && !t.CancelRequested {
+	for id := range m.pending {
+		t := m.tasks[id]
+		{
 			s := t.Spec
 			v.Pending = append(v.Pending, PendingTask{
 				ID: t.Id, Priority: s.Priority, Seq: t.Seq,
@@ -447,11 +466,5 @@ func (m *Machine) ForScheduling() SchedulingView {
 func (m *Machine) PendingCount() int {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	n := 0
-	for _, t := range m.tasks {
-		if t.State == pb.TaskState_TASK_STATE_PENDING {
-			n++
-		}
-	}
-	return n
+	return len(m.pending)
 }

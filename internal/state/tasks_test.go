@@ -112,6 +112,9 @@ func TestPlacementIsRecheckedAndReserves(t *testing.T) {
 	if got := h.task(b.Id).State; got != pb.TaskState_TASK_STATE_ASSIGNED {
 		t.Fatalf("b after room freed: %v", got)
 	}
+	if n := h.m.PendingCount(); n != 0 {
+		t.Fatalf("pending index holds %d tasks, want 0", n)
+	}
 }
 
 func TestResultsAreFencedAndRecordedOnce(t *testing.T) {
@@ -203,6 +206,9 @@ func TestWorkerLossRequeuesAndReconcile(t *testing.T) {
 	}
 	if u := h.m.ForScheduling().Used[1]; u.CPUMillis != 0 {
 		t.Fatalf("lost attempts still reserve %dm", u.CPUMillis)
+	}
+	if v := h.m.ForScheduling(); len(v.Pending) != 2 || v.Pending[0].Attempt != 2 {
+		t.Fatalf("pending after loss: %+v, want both tasks, next attempt 2", v.Pending)
 	}
 	// The lost attempt's late result is refused: exactly-once recording.
 	if err := h.finish(a.Id, 1, 1, &pb.TaskResult{}); !errors.Is(err, ErrStaleAttempt) {
