@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -93,7 +95,7 @@ func benchTaskCluster(b *testing.B) (*cluster, []rpcpb.ClusterClient) {
 func BenchmarkTaskLatency(b *testing.B) {
 	_, cls := benchTaskCluster(b)
 	ctx := context.Background()
-	var toRun, toDone []time.Duration
+	var toRun, toDone, toPlace, placeToStart, startToEnd []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		c := cls[i%len(cls)]
@@ -109,10 +111,18 @@ func BenchmarkTaskLatency(b *testing.B) {
 		toDone = append(toDone, time.Since(start))
 		a := w.Task.Attempts[len(w.Task.Attempts)-1]
 		toRun = append(toRun, time.Duration(a.StartedAtUnixNano-w.Task.CreatedAtUnixNano))
+		toPlace = append(toPlace, time.Duration(a.AssignedAtUnixNano-w.Task.CreatedAtUnixNano))
+		placeToStart = append(placeToStart, time.Duration(a.StartedAtUnixNano-a.AssignedAtUnixNano))
+		startToEnd = append(startToEnd, time.Duration(a.FinishedAtUnixNano-a.StartedAtUnixNano))
 	}
 	b.StopTimer()
 	report(b, "run", toRun)
 	report(b, "done", toDone)
+	// Where the time goes (stage boundaries are proposal times on the
+	// proposing node's clock; all nodes share this machine's clock).
+	report(b, "place", toPlace)
+	report(b, "place-start", placeToStart)
+	report(b, "start-end", startToEnd)
 }
 
 // BenchmarkTaskThroughput: 64 concurrent submitters each submit /bin/true
@@ -120,7 +130,7 @@ func BenchmarkTaskLatency(b *testing.B) {
 //
 //	BLIXARD_E2E_NORACE=1 go test -run x -bench TaskThroughput -benchtime 2000x ./e2e/
 func BenchmarkTaskThroughput(b *testing.B) {
-	_, cls := benchTaskCluster(b)
+	c, cls := benchTaskCluster(b)
 	ctx := context.Background()
 	const submitters = 64
 	var wg sync.WaitGroup
@@ -152,6 +162,29 @@ func BenchmarkTaskThroughput(b *testing.B) {
 	wg.Wait()
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "tasks/s")
+	var maxRSS int64
+	for _, n := range c.nodes {
+		if kb := rssKiB(n.cmd.Process.Pid); kb > maxRSS {
+			maxRSS = kb
+		}
+	}
+	b.ReportMetric(float64(maxRSS)/1024, "max-node-RSS-MiB")
+}
+
+// rssKiB reads a process's resident set size from /proc.
+func rssKiB(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "VmRSS:")), "%d", &kb)
+			return kb
+		}
+	}
+	return 0
 }
 
 func report(b *testing.B, name string, d []time.Duration) {

@@ -11,6 +11,8 @@
 // and Handle.Wait returns only once all of them are gone. The leader is
 // reaped only after its group is empty: while it is a zombie its pid cannot
 // be reused, so signalling the group id can never hit an unrelated process.
+// Without cgroups, a process that moved itself to another group or session
+// is out of reach and survives the attempt.
 //
 // The task gets a fresh environment (PATH, HOME, USER, LOGNAME, then
 // Spec.Env on top), not the worker's, which may hold credentials. Stdin is

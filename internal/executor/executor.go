@@ -248,6 +248,9 @@ func (e *Executor) Start(ctx context.Context, spec Spec) (*Handle, error) {
 
 func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 	spec := &h.spec
+	if ctx == nil {
+		ctx = context.Background()
+	}
 	if err := validateSpec(spec); err != nil {
 		return err
 	}
@@ -388,10 +391,12 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 		return fmt.Errorf("record pid of attempt: %w", err)
 	}
 
-	h.pid = proc.Pid
 	h.proc = proc
 	h.cg = cg
 	h.startedAt = startedAt
+	e.mu.Lock() // Running reads pid under e.mu
+	h.pid = proc.Pid
+	e.mu.Unlock()
 	launched = true
 	h.log.Debug("attempt started", "pid", proc.Pid, "command", path)
 	go h.supervise(ctx)

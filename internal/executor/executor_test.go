@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -54,7 +55,7 @@ func runHelper(args []string) int {
 		fmt.Println("allocated", len(chunks))
 		runtime.KeepAlive(chunks)
 		return 0
-	case "spin": // spin <duration>: burn CPU for that long
+	case "spin": // spin <duration>: run on the CPU for that long (wall time)
 		d, _ := time.ParseDuration(args[1])
 		end := time.Now().Add(d)
 		x := 0
@@ -62,6 +63,24 @@ func runHelper(args []string) int {
 			x++
 		}
 		fmt.Println("spun", x > 0)
+		return 0
+	case "burn": // burn <duration>: use that much CPU time, however long it takes
+		d, _ := time.ParseDuration(args[1])
+		x := 0
+		for {
+			var ru syscall.Rusage
+			if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			if time.Duration(ru.Utime.Nano()+ru.Stime.Nano()) >= d {
+				break
+			}
+			for i := 0; i < 100000; i++ {
+				x++
+			}
+		}
+		fmt.Println("burnt", x > 0)
 		return 0
 	case "write": // write <lines>: one write(2) per numbered line
 		n, _ := strconv.Atoi(args[1])
@@ -371,7 +390,7 @@ func TestOutputTails(t *testing.T) {
 
 func TestLogCapAndRotation(t *testing.T) {
 	t.Parallel()
-	const maxLog, lines = 64 << 10, 200000
+	const maxLog, lines = 64 << 10, 60000
 	e, _ := newExec(t, func(c *Config) { c.MaxLogBytes = maxLog; c.TailBytes = 1000 })
 	e.monitorInterval = 5 * time.Millisecond // rotate while the writer runs
 	var want bytes.Buffer
@@ -598,8 +617,8 @@ func TestPeakMemoryAndCPUTime(t *testing.T) {
 			if mem.ExitCode != 0 || mem.OOMKilled || mem.PeakMemoryBytes < 64<<20 {
 				t.Fatalf("alloc: %+v", mem)
 			}
-			cpu := run(t, e, helper(t, "cpu.1", "spin", "300ms"))
-			if cpu.ExitCode != 0 || cpu.CPUTime < 100*time.Millisecond {
+			cpu := run(t, e, helper(t, "cpu.1", "burn", "200ms"))
+			if cpu.ExitCode != 0 || cpu.CPUTime < 200*time.Millisecond {
 				t.Fatalf("spin: %+v", cpu)
 			}
 		})
@@ -807,5 +826,82 @@ func TestStopKillsEverything(t *testing.T) {
 	}
 	if _, err := e.Start(context.Background(), Spec{AttemptID: "late.1", Command: "/bin/true"}); !errors.Is(err, ErrStopped) {
 		t.Fatalf("Start after Stop: %v", err)
+	}
+}
+
+func TestRunningDuringConcurrentStarts(t *testing.T) {
+	t.Parallel()
+	e, _ := newExec(t, nil)
+	stop := make(chan struct{})
+	var poller sync.WaitGroup
+	poller.Add(1)
+	go func() {
+		defer poller.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_ = e.Running()
+			}
+		}
+	}()
+	var starters sync.WaitGroup
+	for i := 0; i < 5; i++ {
+		starters.Add(1)
+		go func() {
+			defer starters.Done()
+			h, err := e.Start(context.Background(), Spec{AttemptID: fmt.Sprintf("conc.%d", i), Command: "/bin/true"})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if r := h.Wait(); r.ExitCode != 0 {
+				t.Errorf("conc.%d: %+v", i, r)
+			}
+		}()
+	}
+	starters.Wait()
+	close(stop)
+	poller.Wait()
+}
+
+// TestOrphanCgroupWithoutPidFile covers a worker that died between starting
+// a process and recording its pid: only the cgroup knows the attempt.
+func TestOrphanCgroupWithoutPidFile(t *testing.T) {
+	t.Parallel()
+	first, _ := needCgroups(t)
+	if err := os.Mkdir(filepath.Join(first.tasksDir, "ghost.1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cg, err := first.cg.create("ghost.1", 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, err := resolveCommand("sleep", "", first.basePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc, err := cg.start(path, []string{"sleep", "1000"}, &os.ProcAttr{Sys: &syscall.SysProcAttr{Setpgid: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _, _ = proc.Wait() }() // it is this test's child
+
+	e, _ := newExec(t, func(c *Config) { c.DataDir = first.cfg.DataDir })
+	orphans, err := e.Orphans()
+	if err != nil || len(orphans) != 1 || orphans[0] != (Orphan{AttemptID: "ghost.1"}) {
+		t.Fatalf("Orphans = %+v, %v", orphans, err)
+	}
+	if err := e.KillOrphans(); err != nil {
+		t.Fatal(err)
+	}
+	if !gone(proc.Pid) {
+		t.Fatalf("process %d survived", proc.Pid)
+	}
+	for _, d := range cg.dirs {
+		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("cgroup %s left: %v", d, err)
+		}
 	}
 }

@@ -96,6 +96,17 @@ func (h *Handle) supervise(ctx context.Context) {
 	cancelC, ctxDone := h.cancelCh, ctx.Done()
 loop:
 	for {
+		// An exit that is already pending wins over a timer or cancel
+		// that fired at the same time, so a finished process is never
+		// reported as timed out or cancelled.
+		select {
+		case err := <-exited:
+			if err != nil {
+				h.log.Error("waiting for attempt leader failed", "err", err)
+			}
+			break loop
+		default:
+		}
 		select {
 		case err := <-exited:
 			if err != nil {
@@ -235,6 +246,14 @@ func (h *Handle) finish(timedOut, cancelled bool) {
 // leader exited, until nothing of it is alive. The leader is a zombie
 // throughout, which pins the group id.
 func (h *Handle) killStragglers() {
+	if h.cg != nil {
+		// Every member of the group is also in the attempt's cgroup, and
+		// waitCgroupEmpty waits for that to drain; scanning all of /proc
+		// for group members would cost milliseconds per attempt.
+		h.signalGroup(unix.SIGKILL)
+		h.cg.kill()
+		return
+	}
 	start := time.Now()
 	warned := false
 	backoff := time.Millisecond

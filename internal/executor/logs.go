@@ -42,6 +42,9 @@ func blockSize(f *os.File) int64 {
 // between.
 func rotateLive(path string, limit int64, collapse bool) (bool, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil // deleted by someone: nothing to cap
+	}
 	if err != nil {
 		return false, fmt.Errorf("open log: %w", err)
 	}

@@ -170,8 +170,11 @@ func NewCore(cfg Config, log LogStorage, store StateStore, sm StateMachine, tr T
 	if err != nil {
 		return nil, fmt.Errorf("raftnode: initial state: %w", err)
 	}
-	if stateIndex > hs.GetCommit() && stateIndex > snapIndex {
-		return nil, fmt.Errorf("raftnode: state database is at index %d but the raft log only committed %d: the data dir is inconsistent (was state.db copied from another node?)", stateIndex, hs.GetCommit())
+	// The commit index in the hard state is not synced on its own (it can
+	// be relearned), so the state may be ahead of it; but every applied
+	// entry was appended durably, so the log always reaches stateIndex.
+	if last, _ := log.LastIndex(); stateIndex > last && stateIndex > snapIndex {
+		return nil, fmt.Errorf("raftnode: state database is at index %d but the raft log ends at %d: the data dir is inconsistent (was state.db copied from another node?)", stateIndex, last)
 	}
 	c.stateIndex, c.durableIndex, c.snapIndex, c.appliedIndex = stateIndex, stateIndex, snapIndex, snapIndex
 	c.confState = cs

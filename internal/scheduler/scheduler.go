@@ -30,12 +30,14 @@
 // # Choice among workers
 //
 // Every candidate is scored by its dominant resource share after the
-// placement: max(usedCPU/capCPU, usedMem/capMem). BinPack takes the highest
+// placement, max(usedCPU/capCPU, usedMem/capMem), so a worker short of
+// memory counts as full even with idle CPU. BinPack takes the highest
 // score (the worker left with the least free room, so big holes stay open
-// for big tasks); Spread takes the lowest (the emptiest worker). Workers are
+// for big tasks); Spread takes the lowest (the emptiest worker). A
+// resource a worker offers none of counts as fully used. Workers are
 // visited in ID order and exact ties are broken uniformly by the seeded
-// rng, so two seeds give plans that differ only where scores tie. A nil rng
-// breaks ties by lowest worker ID.
+// rng, so plans from two seeds first differ at a tie (and then in whatever
+// follows from that choice). A nil rng breaks ties by lowest worker ID.
 //
 // # Backfill: waiting tasks hold their workers
 //
@@ -409,18 +411,18 @@ func (p *pass) pick(members []int32, cpu, mem int64, spread bool) int32 {
 	return best // unreachable: the rescan sees the same ties
 }
 
-// score is how much pick wants s for a cpu/mem request: the dominant
-// share after placing (used/capacity of the scarcer resource) for
-// bin-pack, its negation for spread, so that both maximise. A zero
-// capacity can only be chosen by a zero request (inverse 0), so that
-// resource is unused and counts as 0.
+// score is how much pick wants s for a cpu/mem request. Both policies
+// look at the share left free after placing on the scarcer resource,
+// min(leftCPU/capCPU, leftMem/capMem), which is 1 minus the dominant used
+// share: bin-pack wants it small, spread wants it large. It is computed
+// from free room and 1/capacity so that the scan reads little and never
+// divides. A resource the worker offers none of has inverse 0, so it
+// counts as full: only a task asking for none of it can land there.
 func score(s *slot, cpu, mem int64, spread bool) float64 {
-	// Not the max builtin: its NaN and signed-zero handling cost more than
-	// the rest of the loop in the profile, and neither can occur here.
-	left := float64(s.freeCPU-cpu) * s.invCPU
-	if m := float64(s.freeMem-mem) * s.invMem; m < left {
-		left = m
-	}
+	// The min builtin compiles to branch-free code; an if on which
+	// resource dominates was a coin flip the branch predictor missed,
+	// which made the scan cost per worker grow with the number of workers.
+	left := min(float64(s.freeCPU-cpu)*s.invCPU, float64(s.freeMem-mem)*s.invMem)
 	if spread {
 		return left
 	}

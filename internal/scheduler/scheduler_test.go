@@ -307,6 +307,16 @@ func TestSchedule(t *testing.T) {
 			want:    Plan{Placements: placed("pack", 2, "spread", 1)},
 		},
 		{
+			name:    "a resource a worker offers none of counts as full",
+			workers: []Worker{wk(1, 1000, 0), wk(2, 1000, 1024)},
+			pending: []Task{
+				with(tk("pack", 100, 0), seq(1)),
+				with(tk("spread", 100, 0), seq(2), spread()),
+				with(tk("needs-mem", 100, 1), seq(3)),
+			},
+			want: Plan{Placements: placed("pack", 1, "spread", 2, "needs-mem", 2)},
+		},
+		{
 			name:    "bin-pack fills one worker before starting the next",
 			workers: []Worker{wk(1, 1000, 1024), wk(2, 1000, 1024)},
 			pending: []Task{with(tk("a", 400, 1), seq(1)), with(tk("b", 400, 1), seq(2)), with(tk("c", 400, 1), seq(3))},

@@ -130,7 +130,7 @@ func (a *api) TaskLogs(req *pb.TaskLogsRequest, stream rpcpb.Cluster_TaskLogsSer
 	if worker != a.s.cfg.ID {
 		m, ok := a.s.sm.Member(worker)
 		if !ok {
-			return status.Errorf(codes.Unavailable, "worker %d that ran %s.%d is no longer a member; its logs are gone", worker, t.Id, n)
+			return status.Errorf(codes.FailedPrecondition, "worker %d that ran %s.%d is no longer a member; its logs are gone", worker, t.Id, n)
 		}
 		cc, err := a.s.conns.get(m.Addr)
 		if err != nil {

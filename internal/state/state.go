@@ -45,6 +45,9 @@ type Machine struct {
 	// pending indexes the tasks waiting for placement, so a scheduling
 	// pass costs the queue, not the whole history.
 	pending map[string]struct{}
+	// active indexes tasks by the worker running their current attempt.
+	active   map[uint64]map[string]struct{}
+	activeOn map[string]uint64
 
 	// dirty records changed since the last TakeChanges, by table and key.
 	dirty map[dirtyKey]struct{}
@@ -72,6 +75,8 @@ func (m *Machine) reset() {
 	m.idem = map[string]string{}
 	m.used = map[uint64]Usage{}
 	m.pending = map[string]struct{}{}
+	m.active = map[uint64]map[string]struct{}{}
+	m.activeOn = map[string]uint64{}
 	m.dirty = map[dirtyKey]struct{}{}
 }
 

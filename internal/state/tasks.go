@@ -98,6 +98,23 @@ func (m *Machine) indexPending(t *pb.Task) {
 	} else {
 		delete(m.pending, t.Id)
 	}
+	// The active index: which worker runs the task's current attempt.
+	if w, ok := m.activeOn[t.Id]; ok {
+		delete(m.active[w], t.Id)
+		if len(m.active[w]) == 0 {
+			delete(m.active, w)
+		}
+		delete(m.activeOn, t.Id)
+	}
+	if a := currentAttempt(t); activeAttempt(a) {
+		set := m.active[a.WorkerId]
+		if set == nil {
+			set = map[string]struct{}{}
+			m.active[a.WorkerId] = set
+		}
+		set[t.Id] = struct{}{}
+		m.activeOn[t.Id] = a.WorkerId
+	}
 }
 
 // currentAttempt returns the task's latest attempt, if any.
@@ -290,8 +307,8 @@ func (m *Machine) cancelTask(c *pb.CancelTask) (proto.Message, error) {
 // tasks in keep) and re-queues their tasks at once.
 func (m *Machine) loseAttempts(worker uint64, keep map[string]bool, now int64) int {
 	var ids []string
-	for id, t := range m.tasks {
-		if a := currentAttempt(t); activeAttempt(a) && a.WorkerId == worker && !keep[id] {
+	for id := range m.active[worker] {
+		if !keep[id] {
 			ids = append(ids, id)
 		}
 	}
@@ -349,6 +366,8 @@ func (m *Machine) rebuildDerived() {
 	m.idem = map[string]string{}
 	m.used = map[uint64]Usage{}
 	m.pending = map[string]struct{}{}
+	m.active = map[uint64]map[string]struct{}{}
+	m.activeOn = map[string]uint64{}
 	for id, t := range m.tasks {
 		m.indexPending(t)
 		if t.IdempotencyKey != "" {
@@ -402,10 +421,8 @@ func (m *Machine) Assigned(worker uint64) []*pb.Task {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	var out []*pb.Task
-	for _, t := range m.tasks {
-		if a := currentAttempt(t); activeAttempt(a) && a.WorkerId == worker {
-			out = append(out, proto.Clone(t).(*pb.Task))
-		}
+	for id := range m.active[worker] {
+		out = append(out, proto.Clone(m.tasks[id]).(*pb.Task))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
 	return out

@@ -410,7 +410,13 @@ func (s *LogStore) Save(hs *raftpb.HardState, ents []*raftpb.Entry, snap *raftpb
 			return fmt.Errorf("save snapshot at %d: %w", si, err)
 		}
 	}
-	if err := s.writeWAL(func(buf []byte) ([]byte, error) {
+	// As etcd's raft.MustSync: only entries, a snapshot, or a new term or
+	// vote must be durable before raft acts on them. A hard state that
+	// only moves the commit index is written without a sync: losing it on
+	// power failure only makes the node relearn the commit index from the
+	// leader, and it saves a follower one fdatasync per commit.
+	mustSync := install || len(ents) > 0 || (writeHS && (s.hs == nil || hs.GetTerm() != s.hs.GetTerm() || hs.GetVote() != s.hs.GetVote()))
+	if err := s.writeWAL(mustSync, func(buf []byte) ([]byte, error) {
 		if install {
 			buf = appendSnapshotMarker(buf, si, st, snapshotKindInstalled)
 		}
@@ -503,7 +509,7 @@ func (s *LogStore) CreateSnapshot(index uint64, cs *raftpb.ConfState, data []byt
 			return fmt.Errorf("create snapshot at %d: compaction point %d: %w", index, compactTo, err)
 		}
 	}
-	if err := s.writeWAL(func(buf []byte) ([]byte, error) {
+	if err := s.writeWAL(true, func(buf []byte) ([]byte, error) {
 		buf = appendSnapshotMarker(buf, index, term, snapshotKindCreated)
 		if compactTo > 0 {
 			buf = appendCompact(buf, compactTo, compactTerm)
@@ -552,7 +558,7 @@ func (s *LogStore) Compact(compactIndex uint64) error {
 	if err != nil {
 		return fmt.Errorf("compact to %d: %w", compactIndex, err)
 	}
-	if err := s.writeWAL(func(buf []byte) ([]byte, error) {
+	if err := s.writeWAL(true, func(buf []byte) ([]byte, error) {
 		return appendCompact(buf, compactIndex, term), nil
 	}); err != nil {
 		return fmt.Errorf("compact to %d: %w", compactIndex, err)
@@ -568,7 +574,7 @@ func (s *LogStore) Compact(compactIndex uint64) error {
 // first write since open, the records go to a new segment, which starts
 // with header records describing the state so far (and costs one extra
 // fsync, of the directory).
-func (s *LogStore) writeWAL(build func([]byte) ([]byte, error)) error {
+func (s *LogStore) writeWAL(mustSync bool, build func([]byte) ([]byte, error)) error {
 	buf, err := build(s.buf[:0])
 	if err != nil {
 		return err
@@ -580,8 +586,10 @@ func (s *LogStore) writeWAL(build func([]byte) ([]byte, error)) error {
 		if _, err := s.f.Write(buf); err != nil {
 			return s.fail(fmt.Errorf("write wal: %w", err))
 		}
-		if err := s.sync(s.f); err != nil {
-			return s.fail(err)
+		if mustSync {
+			if err := s.sync(s.f); err != nil {
+				return s.fail(err)
+			}
 		}
 		s.size += int64(len(buf))
 		return nil

@@ -86,11 +86,13 @@ func TestSaveSyncsOnce(t *testing.T) {
 		{"one entry", hardState(1, 1, 0), batch(1), nil, 1},
 		{"16 entries", hardState(1, 1, 1), batch(16), nil, 1},
 		{"128 entries", hardState(1, 1, 17), batch(128), nil, 1},
-		{"hard state only", hardState(1, 1, 140), nil, nil, 1},
+		{"commit-only hard state: written, not synced", hardState(1, 1, 140), nil, nil, 0},
+		{"new term: synced", hardState(2, 1, 140), nil, nil, 1},
+		{"new vote: synced", hardState(2, 3, 140), nil, nil, 1},
 		{"nothing", nil, nil, nil, 0},
 		{"empty hard state and snapshot", hardState(0, 0, 0), nil, &raftpb.Snapshot{}, 0},
 		{"only already-compacted entries", nil, nil, nil, 0},
-		{"snapshot with entries", hardState(2, 1, 200), entRange(200, 210, 2), snapshot(200, 2, confState(1), "s"), 1},
+		{"snapshot with entries", hardState(2, 3, 200), entRange(200, 210, 2), snapshot(200, 2, confState(1), "s"), 1},
 		{"entries below the snapshot only", nil, entRange(150, 190, 1), nil, 0},
 	}
 	for _, tt := range tests {
