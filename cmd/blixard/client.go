@@ -57,21 +57,20 @@ func (a *app) addrSource(cmd *cobra.Command) string {
 	return "--addr"
 }
 
-// call dials the node at --addr and runs one RPC under --timeout, mapping
-// any error to its one-line form.
-func call[T any](a *app, cmd *cobra.Command, rpc func(context.Context, rpcpb.ClusterClient) (T, error)) (T, error) {
-	var zero T
+// dial checks --addr and opens a client connection to it. reached
+// records whether a TCP connection to the node was ever made, which tells
+// "nothing there" from an Unavailable sent by the node. The caller closes
+// the connection.
+func (a *app) dial(cmd *cobra.Command) (*grpc.ClientConn, *atomic.Bool, error) {
 	if p := hostPortProblem(a.addr, false, false); p != "" {
 		src := a.addrSource(cmd)
 		hint := "pass --addr HOST:PORT of a running node, e.g. --addr 127.0.0.1:7000"
 		if src == envAddr {
 			hint = "fix " + envAddr + " or pass --addr HOST:PORT, e.g. --addr 127.0.0.1:7000"
 		}
-		return zero, usageError(fmt.Sprintf("%s %s (got %q)", src, p, a.addr), hint)
+		return nil, nil, usageError(fmt.Sprintf("%s %s (got %q)", src, p, a.addr), hint)
 	}
-	// reached records whether a TCP connection to the node was ever made,
-	// which tells "nothing there" from an Unavailable sent by the node.
-	var reached atomic.Bool
+	reached := new(atomic.Bool)
 	dialer := func(ctx context.Context, target string) (net.Conn, error) {
 		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", target)
 		if err == nil {
@@ -83,7 +82,18 @@ func call[T any](a *app, cmd *cobra.Command, rpc func(context.Context, rpcpb.Clu
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(dialer))
 	if err != nil {
-		return zero, usageError(fmt.Sprintf("bad address %q: %v", a.addr, err), "pass --addr HOST:PORT of a running node")
+		return nil, nil, usageError(fmt.Sprintf("bad address %q: %v", a.addr, err), "pass --addr HOST:PORT of a running node")
+	}
+	return conn, reached, nil
+}
+
+// call dials the node at --addr and runs one RPC under --timeout, mapping
+// any error to its one-line form.
+func call[T any](a *app, cmd *cobra.Command, rpc func(context.Context, rpcpb.ClusterClient) (T, error)) (T, error) {
+	var zero T
+	conn, reached, err := a.dial(cmd)
+	if err != nil {
+		return zero, err
 	}
 	defer conn.Close()
 

@@ -218,7 +218,7 @@ func (f *fakeCluster) TransferLeader(_ context.Context, req *blixardpb.TransferL
 }
 
 // serveFake serves f on lis until the test ends.
-func serveFake(t *testing.T, lis net.Listener, f *fakeCluster) {
+func serveFake(t *testing.T, lis net.Listener, f rpcpb.ClusterServer) {
 	t.Helper()
 	s := grpc.NewServer()
 	rpcpb.RegisterClusterServer(s, f)
@@ -236,7 +236,7 @@ func serveFake(t *testing.T, lis net.Listener, f *fakeCluster) {
 }
 
 // startFake serves f on a fresh local port and returns its address.
-func startFake(t *testing.T, f *fakeCluster) string {
+func startFake(t *testing.T, f rpcpb.ClusterServer) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -33,6 +33,9 @@ type deps struct {
 	numCPU      func() int
 	memTotalMiB func() (int64, error)
 	now         func() time.Time
+	// isTerminal reports whether w is a terminal (for redrawn progress
+	// lines); nil means never.
+	isTerminal func(io.Writer) bool
 }
 
 func defaultDeps() deps {
@@ -44,6 +47,7 @@ func defaultDeps() deps {
 		numCPU:      runtime.NumCPU,
 		memTotalMiB: readMemTotalMiB,
 		now:         time.Now,
+		isTerminal:  isTerminal,
 	}
 }
 
@@ -100,6 +104,7 @@ Start a throwaway single-node cluster with 'blixard dev', then try
 		a.newClusterCmd(),
 		a.newWorkerCmd(),
 		a.newKVCmd(),
+		a.newTaskCmd(),
 	)
 	return root
 }
