@@ -118,8 +118,8 @@ type Worker struct {
 // Task is a pending task, or a pending retry of one.
 type Task struct {
 	ID          string
-	Priority    int32 // higher first
-	Seq         uint64
+	Priority    int32  // higher first
+	Seq         uint64 // submission order: lower first among equal priority (FIFO)
 	Resources   Resources
 	Constraints map[string]string // every key must equal the worker's label
 	Node        uint64            // if non-zero, only this worker
@@ -392,8 +392,8 @@ func (p *pass) pick(members []int32, cpu, mem int64, spread bool) int32 {
 	if ties <= 1 || p.rng == nil {
 		return best
 	}
-	// Take the k-th of the tied workers, k uniform: one rng draw per tie,
-	// none without. The rescan recomputes the same expression on the same
+	// Take the k-th of the tied workers, k uniform: one rng draw per
+	// tied decision, none without. The rescan recomputes the same expression on the same
 	// values, so it finds exactly the workers the first scan counted.
 	k := p.rng.IntN(ties)
 	for _, w := range members {

@@ -755,3 +755,19 @@ func ids[T any](xs []T, f func(T) string) []string {
 	}
 	return out
 }
+
+// FuzzSchedule checks the invariants and determinism on generated
+// clusters; `go test -fuzz FuzzSchedule` explores beyond the seeds.
+func FuzzSchedule(f *testing.F) {
+	f.Add(uint64(1), uint8(4), uint8(40), uint64(7))
+	f.Add(uint64(2), uint8(1), uint8(200), uint64(0))
+	f.Add(uint64(3), uint8(30), uint8(0), uint64(9))
+	f.Fuzz(func(t *testing.T, seed uint64, workers, tasks uint8, rngSeed uint64) {
+		in := randomInput(rand.New(rand.NewPCG(seed, 5)), int(workers%32)+1, int(tasks))
+		a := Schedule(in, rand.New(rand.NewPCG(rngSeed, rngSeed)))
+		checkInvariants(t, in, a)
+		if b := Schedule(in, rand.New(rand.NewPCG(rngSeed, rngSeed))); !reflect.DeepEqual(a, b) {
+			t.Fatal("same input and seed gave a different plan")
+		}
+	})
+}
