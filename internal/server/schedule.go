@@ -22,7 +22,20 @@ func (s *Server) schedulerLoop() {
 	for {
 		ch := s.applied.Wait()
 		if s.node.IsLeader() {
+			start := time.Now()
 			s.schedulePass(rng)
+			// A pass over a huge backlog can take long; leave the raft
+			// loop and the API at least as much time again before the
+			// next one, so scheduling can never starve them.
+			if cost := time.Since(start); cost > 5*time.Millisecond {
+				t := time.NewTimer(cost)
+				select {
+				case <-s.ctx.Done():
+					t.Stop()
+					return
+				case <-t.C:
+				}
+			}
 		}
 		select {
 		case <-s.ctx.Done():
