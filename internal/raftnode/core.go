@@ -4,6 +4,12 @@
 // and Transport), so the simulation can run many of them from one seed;
 // Node wraps a Core in the production goroutine, with timers and callers
 // that wait for their proposals.
+//
+// Determinism: Core itself draws no randomness, but etcd raft picks each
+// randomized election timeout from crypto/rand (raft.go's globalRand). A
+// simulation makes those draws reproducible with
+// testing/cryptotest.SetGlobalRandom(t, seed) (Go 1.26), called before the
+// Cores are created and with all Cores driven from one goroutine.
 package raftnode
 
 import (
