@@ -1230,6 +1230,7 @@ type Command struct {
 	//	*Command_CancelTask
 	//	*Command_SetWorkerSchedulable
 	//	*Command_ReconcileWorker
+	//	*Command_PurgeTasks
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1380,6 +1381,15 @@ func (x *Command) GetReconcileWorker() *ReconcileWorker {
 	return nil
 }
 
+func (x *Command) GetPurgeTasks() *PurgeTasks {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PurgeTasks); ok {
+			return x.PurgeTasks
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -1432,6 +1442,10 @@ type Command_ReconcileWorker struct {
 	ReconcileWorker *ReconcileWorker `protobuf:"bytes,21,opt,name=reconcile_worker,json=reconcileWorker,proto3,oneof"`
 }
 
+type Command_PurgeTasks struct {
+	PurgeTasks *PurgeTasks `protobuf:"bytes,22,opt,name=purge_tasks,json=purgeTasks,proto3,oneof"`
+}
+
 func (*Command_RegisterWorker) isCommand_Op() {}
 
 func (*Command_SetWorkerState) isCommand_Op() {}
@@ -1456,6 +1470,55 @@ func (*Command_SetWorkerSchedulable) isCommand_Op() {}
 
 func (*Command_ReconcileWorker) isCommand_Op() {}
 
+func (*Command_PurgeTasks) isCommand_Op() {}
+
+// PurgeTasks forgets final tasks that finished before the given time
+// (their idempotency keys with them): the leader proposes it periodically
+// so task history does not grow without bound.
+type PurgeTasks struct {
+	state                  protoimpl.MessageState `protogen:"open.v1"`
+	FinishedBeforeUnixNano int64                  `protobuf:"varint,1,opt,name=finished_before_unix_nano,json=finishedBeforeUnixNano,proto3" json:"finished_before_unix_nano,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
+}
+
+func (x *PurgeTasks) Reset() {
+	*x = PurgeTasks{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeTasks) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeTasks) ProtoMessage() {}
+
+func (x *PurgeTasks) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeTasks.ProtoReflect.Descriptor instead.
+func (*PurgeTasks) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *PurgeTasks) GetFinishedBeforeUnixNano() int64 {
+	if x != nil {
+		return x.FinishedBeforeUnixNano
+	}
+	return 0
+}
+
 type SubmitTask struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Spec           *TaskSpec              `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -1467,7 +1530,7 @@ type SubmitTask struct {
 
 func (x *SubmitTask) Reset() {
 	*x = SubmitTask{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[11]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1479,7 +1542,7 @@ func (x *SubmitTask) String() string {
 func (*SubmitTask) ProtoMessage() {}
 
 func (x *SubmitTask) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[11]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1492,7 +1555,7 @@ func (x *SubmitTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitTask.ProtoReflect.Descriptor instead.
 func (*SubmitTask) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{11}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SubmitTask) GetSpec() *TaskSpec {
@@ -1527,7 +1590,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1539,7 +1602,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1552,7 +1615,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{12}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Placement) GetTaskId() string {
@@ -1587,7 +1650,7 @@ type PlaceTasks struct {
 
 func (x *PlaceTasks) Reset() {
 	*x = PlaceTasks{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1599,7 +1662,7 @@ func (x *PlaceTasks) String() string {
 func (*PlaceTasks) ProtoMessage() {}
 
 func (x *PlaceTasks) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1612,7 +1675,7 @@ func (x *PlaceTasks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceTasks.ProtoReflect.Descriptor instead.
 func (*PlaceTasks) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{13}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PlaceTasks) GetPlacements() []*Placement {
@@ -1641,7 +1704,7 @@ type TaskStarted struct {
 
 func (x *TaskStarted) Reset() {
 	*x = TaskStarted{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1653,7 +1716,7 @@ func (x *TaskStarted) String() string {
 func (*TaskStarted) ProtoMessage() {}
 
 func (x *TaskStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1666,7 +1729,7 @@ func (x *TaskStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStarted.ProtoReflect.Descriptor instead.
 func (*TaskStarted) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{14}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TaskStarted) GetTaskId() string {
@@ -1710,7 +1773,7 @@ type TaskFinished struct {
 
 func (x *TaskFinished) Reset() {
 	*x = TaskFinished{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1722,7 +1785,7 @@ func (x *TaskFinished) String() string {
 func (*TaskFinished) ProtoMessage() {}
 
 func (x *TaskFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1735,7 +1798,7 @@ func (x *TaskFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskFinished.ProtoReflect.Descriptor instead.
 func (*TaskFinished) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{15}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TaskFinished) GetTaskId() string {
@@ -1783,7 +1846,7 @@ type CancelTask struct {
 
 func (x *CancelTask) Reset() {
 	*x = CancelTask{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1795,7 +1858,7 @@ func (x *CancelTask) String() string {
 func (*CancelTask) ProtoMessage() {}
 
 func (x *CancelTask) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1808,7 +1871,7 @@ func (x *CancelTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTask.ProtoReflect.Descriptor instead.
 func (*CancelTask) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{16}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CancelTask) GetTaskId() string {
@@ -1837,7 +1900,7 @@ type SetWorkerSchedulable struct {
 
 func (x *SetWorkerSchedulable) Reset() {
 	*x = SetWorkerSchedulable{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +1912,7 @@ func (x *SetWorkerSchedulable) String() string {
 func (*SetWorkerSchedulable) ProtoMessage() {}
 
 func (x *SetWorkerSchedulable) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1862,7 +1925,7 @@ func (x *SetWorkerSchedulable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetWorkerSchedulable.ProtoReflect.Descriptor instead.
 func (*SetWorkerSchedulable) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{17}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetWorkerSchedulable) GetWorkerId() uint64 {
@@ -1906,7 +1969,7 @@ type ReconcileWorker struct {
 
 func (x *ReconcileWorker) Reset() {
 	*x = ReconcileWorker{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1918,7 +1981,7 @@ func (x *ReconcileWorker) String() string {
 func (*ReconcileWorker) ProtoMessage() {}
 
 func (x *ReconcileWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1931,7 +1994,7 @@ func (x *ReconcileWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileWorker.ProtoReflect.Descriptor instead.
 func (*ReconcileWorker) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{18}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReconcileWorker) GetWorkerId() uint64 {
@@ -1965,7 +2028,7 @@ type RegisterWorker struct {
 
 func (x *RegisterWorker) Reset() {
 	*x = RegisterWorker{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1977,7 +2040,7 @@ func (x *RegisterWorker) String() string {
 func (*RegisterWorker) ProtoMessage() {}
 
 func (x *RegisterWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1990,7 +2053,7 @@ func (x *RegisterWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterWorker.ProtoReflect.Descriptor instead.
 func (*RegisterWorker) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{19}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RegisterWorker) GetWorker() *Worker {
@@ -2018,7 +2081,7 @@ type SetWorkerState struct {
 
 func (x *SetWorkerState) Reset() {
 	*x = SetWorkerState{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2030,7 +2093,7 @@ func (x *SetWorkerState) String() string {
 func (*SetWorkerState) ProtoMessage() {}
 
 func (x *SetWorkerState) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2043,7 +2106,7 @@ func (x *SetWorkerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetWorkerState.ProtoReflect.Descriptor instead.
 func (*SetWorkerState) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{20}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SetWorkerState) GetWorkerId() uint64 {
@@ -2076,7 +2139,7 @@ type ReportWorkerUsage struct {
 
 func (x *ReportWorkerUsage) Reset() {
 	*x = ReportWorkerUsage{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2151,7 @@ func (x *ReportWorkerUsage) String() string {
 func (*ReportWorkerUsage) ProtoMessage() {}
 
 func (x *ReportWorkerUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2164,7 @@ func (x *ReportWorkerUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportWorkerUsage.ProtoReflect.Descriptor instead.
 func (*ReportWorkerUsage) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{21}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReportWorkerUsage) GetStatus() *WorkerStatus {
@@ -2121,7 +2184,7 @@ type Put struct {
 
 func (x *Put) Reset() {
 	*x = Put{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2133,7 +2196,7 @@ func (x *Put) String() string {
 func (*Put) ProtoMessage() {}
 
 func (x *Put) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2146,7 +2209,7 @@ func (x *Put) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Put.ProtoReflect.Descriptor instead.
 func (*Put) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{22}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Put) GetKey() string {
@@ -2172,7 +2235,7 @@ type Delete struct {
 
 func (x *Delete) Reset() {
 	*x = Delete{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2184,7 +2247,7 @@ func (x *Delete) String() string {
 func (*Delete) ProtoMessage() {}
 
 func (x *Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2197,7 +2260,7 @@ func (x *Delete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delete.ProtoReflect.Descriptor instead.
 func (*Delete) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{23}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Delete) GetKey() string {
@@ -2220,7 +2283,7 @@ type MemberContext struct {
 
 func (x *MemberContext) Reset() {
 	*x = MemberContext{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2232,7 +2295,7 @@ func (x *MemberContext) String() string {
 func (*MemberContext) ProtoMessage() {}
 
 func (x *MemberContext) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2245,7 +2308,7 @@ func (x *MemberContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberContext.ProtoReflect.Descriptor instead.
 func (*MemberContext) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{24}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MemberContext) GetMember() *Member {
@@ -2278,7 +2341,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2290,7 +2353,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2303,7 +2366,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{25}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RaftBatch) GetMessages() [][]byte {
@@ -2321,7 +2384,7 @@ type SendAck struct {
 
 func (x *SendAck) Reset() {
 	*x = SendAck{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2333,7 +2396,7 @@ func (x *SendAck) String() string {
 func (*SendAck) ProtoMessage() {}
 
 func (x *SendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2346,7 +2409,7 @@ func (x *SendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendAck.ProtoReflect.Descriptor instead.
 func (*SendAck) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{26}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{27}
 }
 
 type SnapshotChunk struct {
@@ -2366,7 +2429,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2378,7 +2441,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2391,7 +2454,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{27}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SnapshotChunk) GetHeader() []byte {
@@ -2446,7 +2509,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2458,7 +2521,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2471,7 +2534,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{28}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatusRequest) GetLocal() bool {
@@ -2496,7 +2559,7 @@ type MemberStatus struct {
 
 func (x *MemberStatus) Reset() {
 	*x = MemberStatus{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2508,7 +2571,7 @@ func (x *MemberStatus) String() string {
 func (*MemberStatus) ProtoMessage() {}
 
 func (x *MemberStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2521,7 +2584,7 @@ func (x *MemberStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberStatus.ProtoReflect.Descriptor instead.
 func (*MemberStatus) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{29}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MemberStatus) GetId() uint64 {
@@ -2575,7 +2638,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2587,7 +2650,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2600,7 +2663,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{30}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StatusResponse) GetNodeId() uint64 {
@@ -2662,7 +2725,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2674,7 +2737,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2687,7 +2750,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{31}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *JoinRequest) GetId() uint64 {
@@ -2713,7 +2776,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2725,7 +2788,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2738,7 +2801,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{32}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -2757,7 +2820,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2769,7 +2832,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2782,7 +2845,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{33}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RemoveMemberRequest) GetId() uint64 {
@@ -2800,7 +2863,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2812,7 +2875,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2825,7 +2888,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{34}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{35}
 }
 
 type TransferLeaderRequest struct {
@@ -2837,7 +2900,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2849,7 +2912,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2862,7 +2925,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{35}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TransferLeaderRequest) GetId() uint64 {
@@ -2881,7 +2944,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2893,7 +2956,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2906,7 +2969,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{36}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TransferLeaderResponse) GetLeader() uint64 {
@@ -2924,7 +2987,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2936,7 +2999,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2949,7 +3012,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{37}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{38}
 }
 
 type WorkerInfo struct {
@@ -2964,7 +3027,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2976,7 +3039,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2989,7 +3052,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{38}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WorkerInfo) GetWorker() *Worker {
@@ -3022,7 +3085,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3034,7 +3097,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3047,7 +3110,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{39}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
@@ -3066,7 +3129,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3078,7 +3141,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3091,7 +3154,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{40}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *HeartbeatRequest) GetWorkerId() uint64 {
@@ -3115,7 +3178,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3127,7 +3190,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3140,7 +3203,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{41}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *HeartbeatResponse) GetLeader() uint64 {
@@ -3174,7 +3237,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3186,7 +3249,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3199,7 +3262,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{42}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PutRequest) GetKey() string {
@@ -3225,7 +3288,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3237,7 +3300,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3250,7 +3313,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{43}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PutResponse) GetIndex() uint64 {
@@ -3271,7 +3334,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3283,7 +3346,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3296,7 +3359,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{44}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetRequest) GetKey() string {
@@ -3324,7 +3387,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3336,7 +3399,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3349,7 +3412,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{45}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetResponse) GetFound() bool {
@@ -3385,7 +3448,7 @@ type SubmitTaskRequest struct {
 
 func (x *SubmitTaskRequest) Reset() {
 	*x = SubmitTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3397,7 +3460,7 @@ func (x *SubmitTaskRequest) String() string {
 func (*SubmitTaskRequest) ProtoMessage() {}
 
 func (x *SubmitTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3410,7 +3473,7 @@ func (x *SubmitTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitTaskRequest.ProtoReflect.Descriptor instead.
 func (*SubmitTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{46}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SubmitTaskRequest) GetSpec() *TaskSpec {
@@ -3436,7 +3499,7 @@ type TaskResponse struct {
 
 func (x *TaskResponse) Reset() {
 	*x = TaskResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3448,7 +3511,7 @@ func (x *TaskResponse) String() string {
 func (*TaskResponse) ProtoMessage() {}
 
 func (x *TaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3461,7 +3524,7 @@ func (x *TaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskResponse.ProtoReflect.Descriptor instead.
 func (*TaskResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{47}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *TaskResponse) GetTask() *Task {
@@ -3480,7 +3543,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3492,7 +3555,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3505,7 +3568,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{48}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetTaskRequest) GetId() string {
@@ -3524,7 +3587,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3536,7 +3599,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3549,7 +3612,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{49}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListTasksRequest) GetState() TaskState {
@@ -3568,7 +3631,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3580,7 +3643,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3593,7 +3656,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{50}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -3612,7 +3675,7 @@ type CancelTaskRequest struct {
 
 func (x *CancelTaskRequest) Reset() {
 	*x = CancelTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3624,7 +3687,7 @@ func (x *CancelTaskRequest) String() string {
 func (*CancelTaskRequest) ProtoMessage() {}
 
 func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3637,7 +3700,7 @@ func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskRequest.ProtoReflect.Descriptor instead.
 func (*CancelTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{51}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CancelTaskRequest) GetId() string {
@@ -3656,7 +3719,7 @@ type WaitTaskRequest struct {
 
 func (x *WaitTaskRequest) Reset() {
 	*x = WaitTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3668,7 +3731,7 @@ func (x *WaitTaskRequest) String() string {
 func (*WaitTaskRequest) ProtoMessage() {}
 
 func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3681,7 +3744,7 @@ func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitTaskRequest.ProtoReflect.Descriptor instead.
 func (*WaitTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{52}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *WaitTaskRequest) GetId() string {
@@ -3704,7 +3767,7 @@ type TaskLogsRequest struct {
 
 func (x *TaskLogsRequest) Reset() {
 	*x = TaskLogsRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3716,7 +3779,7 @@ func (x *TaskLogsRequest) String() string {
 func (*TaskLogsRequest) ProtoMessage() {}
 
 func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3729,7 +3792,7 @@ func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskLogsRequest.ProtoReflect.Descriptor instead.
 func (*TaskLogsRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{53}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *TaskLogsRequest) GetId() string {
@@ -3776,7 +3839,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3788,7 +3851,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3801,7 +3864,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{54}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *LogChunk) GetData() []byte {
@@ -3923,7 +3986,7 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\aworkers\x18\x03 \x03(\v2\x12.blixard.v1.WorkerR\aworkers\x12A\n" +
 	"\x0fworker_statuses\x18\x04 \x03(\v2\x18.blixard.v1.WorkerStatusR\x0eworkerStatuses\x12 \n" +
 	"\x03kvs\x18\x05 \x03(\v2\x0e.blixard.v1.KVR\x03kvs\x12&\n" +
-	"\x05tasks\x18\x06 \x03(\v2\x10.blixard.v1.TaskR\x05tasks\"\x9c\x06\n" +
+	"\x05tasks\x18\x06 \x03(\v2\x10.blixard.v1.TaskR\x05tasks\"\xd7\x06\n" +
 	"\aCommand\x12E\n" +
 	"\x0fregister_worker\x18\n" +
 	" \x01(\v2\x1a.blixard.v1.RegisterWorkerH\x00R\x0eregisterWorker\x12F\n" +
@@ -3940,8 +4003,13 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\vcancel_task\x18\x13 \x01(\v2\x16.blixard.v1.CancelTaskH\x00R\n" +
 	"cancelTask\x12X\n" +
 	"\x16set_worker_schedulable\x18\x14 \x01(\v2 .blixard.v1.SetWorkerSchedulableH\x00R\x14setWorkerSchedulable\x12H\n" +
-	"\x10reconcile_worker\x18\x15 \x01(\v2\x1b.blixard.v1.ReconcileWorkerH\x00R\x0freconcileWorkerB\x04\n" +
-	"\x02opJ\x04\b\x01\x10\x02\"\x83\x01\n" +
+	"\x10reconcile_worker\x18\x15 \x01(\v2\x1b.blixard.v1.ReconcileWorkerH\x00R\x0freconcileWorker\x129\n" +
+	"\vpurge_tasks\x18\x16 \x01(\v2\x16.blixard.v1.PurgeTasksH\x00R\n" +
+	"purgeTasksB\x04\n" +
+	"\x02opJ\x04\b\x01\x10\x02\"G\n" +
+	"\n" +
+	"PurgeTasks\x129\n" +
+	"\x19finished_before_unix_nano\x18\x01 \x01(\x03R\x16finishedBeforeUnixNano\"\x83\x01\n" +
 	"\n" +
 	"SubmitTask\x12(\n" +
 	"\x04spec\x18\x01 \x01(\v2\x14.blixard.v1.TaskSpecR\x04spec\x12'\n" +
@@ -4130,7 +4198,7 @@ func file_api_blixardpb_blixard_proto_rawDescGZIP() []byte {
 }
 
 var file_api_blixardpb_blixard_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_api_blixardpb_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_api_blixardpb_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_api_blixardpb_blixard_proto_goTypes = []any{
 	(MemberRole)(0),                // 0: blixard.v1.MemberRole
 	(WorkerState)(0),               // 1: blixard.v1.WorkerState
@@ -4147,62 +4215,63 @@ var file_api_blixardpb_blixard_proto_goTypes = []any{
 	(*Task)(nil),                   // 12: blixard.v1.Task
 	(*StateSnapshot)(nil),          // 13: blixard.v1.StateSnapshot
 	(*Command)(nil),                // 14: blixard.v1.Command
-	(*SubmitTask)(nil),             // 15: blixard.v1.SubmitTask
-	(*Placement)(nil),              // 16: blixard.v1.Placement
-	(*PlaceTasks)(nil),             // 17: blixard.v1.PlaceTasks
-	(*TaskStarted)(nil),            // 18: blixard.v1.TaskStarted
-	(*TaskFinished)(nil),           // 19: blixard.v1.TaskFinished
-	(*CancelTask)(nil),             // 20: blixard.v1.CancelTask
-	(*SetWorkerSchedulable)(nil),   // 21: blixard.v1.SetWorkerSchedulable
-	(*ReconcileWorker)(nil),        // 22: blixard.v1.ReconcileWorker
-	(*RegisterWorker)(nil),         // 23: blixard.v1.RegisterWorker
-	(*SetWorkerState)(nil),         // 24: blixard.v1.SetWorkerState
-	(*ReportWorkerUsage)(nil),      // 25: blixard.v1.ReportWorkerUsage
-	(*Put)(nil),                    // 26: blixard.v1.Put
-	(*Delete)(nil),                 // 27: blixard.v1.Delete
-	(*MemberContext)(nil),          // 28: blixard.v1.MemberContext
-	(*RaftBatch)(nil),              // 29: blixard.v1.RaftBatch
-	(*SendAck)(nil),                // 30: blixard.v1.SendAck
-	(*SnapshotChunk)(nil),          // 31: blixard.v1.SnapshotChunk
-	(*StatusRequest)(nil),          // 32: blixard.v1.StatusRequest
-	(*MemberStatus)(nil),           // 33: blixard.v1.MemberStatus
-	(*StatusResponse)(nil),         // 34: blixard.v1.StatusResponse
-	(*JoinRequest)(nil),            // 35: blixard.v1.JoinRequest
-	(*JoinResponse)(nil),           // 36: blixard.v1.JoinResponse
-	(*RemoveMemberRequest)(nil),    // 37: blixard.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),   // 38: blixard.v1.RemoveMemberResponse
-	(*TransferLeaderRequest)(nil),  // 39: blixard.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 40: blixard.v1.TransferLeaderResponse
-	(*ListWorkersRequest)(nil),     // 41: blixard.v1.ListWorkersRequest
-	(*WorkerInfo)(nil),             // 42: blixard.v1.WorkerInfo
-	(*ListWorkersResponse)(nil),    // 43: blixard.v1.ListWorkersResponse
-	(*HeartbeatRequest)(nil),       // 44: blixard.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 45: blixard.v1.HeartbeatResponse
-	(*PutRequest)(nil),             // 46: blixard.v1.PutRequest
-	(*PutResponse)(nil),            // 47: blixard.v1.PutResponse
-	(*GetRequest)(nil),             // 48: blixard.v1.GetRequest
-	(*GetResponse)(nil),            // 49: blixard.v1.GetResponse
-	(*SubmitTaskRequest)(nil),      // 50: blixard.v1.SubmitTaskRequest
-	(*TaskResponse)(nil),           // 51: blixard.v1.TaskResponse
-	(*GetTaskRequest)(nil),         // 52: blixard.v1.GetTaskRequest
-	(*ListTasksRequest)(nil),       // 53: blixard.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),      // 54: blixard.v1.ListTasksResponse
-	(*CancelTaskRequest)(nil),      // 55: blixard.v1.CancelTaskRequest
-	(*WaitTaskRequest)(nil),        // 56: blixard.v1.WaitTaskRequest
-	(*TaskLogsRequest)(nil),        // 57: blixard.v1.TaskLogsRequest
-	(*LogChunk)(nil),               // 58: blixard.v1.LogChunk
-	nil,                            // 59: blixard.v1.Worker.LabelsEntry
-	nil,                            // 60: blixard.v1.TaskSpec.EnvEntry
-	nil,                            // 61: blixard.v1.TaskSpec.ConstraintsEntry
+	(*PurgeTasks)(nil),             // 15: blixard.v1.PurgeTasks
+	(*SubmitTask)(nil),             // 16: blixard.v1.SubmitTask
+	(*Placement)(nil),              // 17: blixard.v1.Placement
+	(*PlaceTasks)(nil),             // 18: blixard.v1.PlaceTasks
+	(*TaskStarted)(nil),            // 19: blixard.v1.TaskStarted
+	(*TaskFinished)(nil),           // 20: blixard.v1.TaskFinished
+	(*CancelTask)(nil),             // 21: blixard.v1.CancelTask
+	(*SetWorkerSchedulable)(nil),   // 22: blixard.v1.SetWorkerSchedulable
+	(*ReconcileWorker)(nil),        // 23: blixard.v1.ReconcileWorker
+	(*RegisterWorker)(nil),         // 24: blixard.v1.RegisterWorker
+	(*SetWorkerState)(nil),         // 25: blixard.v1.SetWorkerState
+	(*ReportWorkerUsage)(nil),      // 26: blixard.v1.ReportWorkerUsage
+	(*Put)(nil),                    // 27: blixard.v1.Put
+	(*Delete)(nil),                 // 28: blixard.v1.Delete
+	(*MemberContext)(nil),          // 29: blixard.v1.MemberContext
+	(*RaftBatch)(nil),              // 30: blixard.v1.RaftBatch
+	(*SendAck)(nil),                // 31: blixard.v1.SendAck
+	(*SnapshotChunk)(nil),          // 32: blixard.v1.SnapshotChunk
+	(*StatusRequest)(nil),          // 33: blixard.v1.StatusRequest
+	(*MemberStatus)(nil),           // 34: blixard.v1.MemberStatus
+	(*StatusResponse)(nil),         // 35: blixard.v1.StatusResponse
+	(*JoinRequest)(nil),            // 36: blixard.v1.JoinRequest
+	(*JoinResponse)(nil),           // 37: blixard.v1.JoinResponse
+	(*RemoveMemberRequest)(nil),    // 38: blixard.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),   // 39: blixard.v1.RemoveMemberResponse
+	(*TransferLeaderRequest)(nil),  // 40: blixard.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 41: blixard.v1.TransferLeaderResponse
+	(*ListWorkersRequest)(nil),     // 42: blixard.v1.ListWorkersRequest
+	(*WorkerInfo)(nil),             // 43: blixard.v1.WorkerInfo
+	(*ListWorkersResponse)(nil),    // 44: blixard.v1.ListWorkersResponse
+	(*HeartbeatRequest)(nil),       // 45: blixard.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 46: blixard.v1.HeartbeatResponse
+	(*PutRequest)(nil),             // 47: blixard.v1.PutRequest
+	(*PutResponse)(nil),            // 48: blixard.v1.PutResponse
+	(*GetRequest)(nil),             // 49: blixard.v1.GetRequest
+	(*GetResponse)(nil),            // 50: blixard.v1.GetResponse
+	(*SubmitTaskRequest)(nil),      // 51: blixard.v1.SubmitTaskRequest
+	(*TaskResponse)(nil),           // 52: blixard.v1.TaskResponse
+	(*GetTaskRequest)(nil),         // 53: blixard.v1.GetTaskRequest
+	(*ListTasksRequest)(nil),       // 54: blixard.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),      // 55: blixard.v1.ListTasksResponse
+	(*CancelTaskRequest)(nil),      // 56: blixard.v1.CancelTaskRequest
+	(*WaitTaskRequest)(nil),        // 57: blixard.v1.WaitTaskRequest
+	(*TaskLogsRequest)(nil),        // 58: blixard.v1.TaskLogsRequest
+	(*LogChunk)(nil),               // 59: blixard.v1.LogChunk
+	nil,                            // 60: blixard.v1.Worker.LabelsEntry
+	nil,                            // 61: blixard.v1.TaskSpec.EnvEntry
+	nil,                            // 62: blixard.v1.TaskSpec.ConstraintsEntry
 }
 var file_api_blixardpb_blixard_proto_depIdxs = []int32{
 	0,  // 0: blixard.v1.Member.role:type_name -> blixard.v1.MemberRole
 	5,  // 1: blixard.v1.Worker.capacity:type_name -> blixard.v1.Resources
-	59, // 2: blixard.v1.Worker.labels:type_name -> blixard.v1.Worker.LabelsEntry
+	60, // 2: blixard.v1.Worker.labels:type_name -> blixard.v1.Worker.LabelsEntry
 	1,  // 3: blixard.v1.Worker.state:type_name -> blixard.v1.WorkerState
-	60, // 4: blixard.v1.TaskSpec.env:type_name -> blixard.v1.TaskSpec.EnvEntry
+	61, // 4: blixard.v1.TaskSpec.env:type_name -> blixard.v1.TaskSpec.EnvEntry
 	5,  // 5: blixard.v1.TaskSpec.resources:type_name -> blixard.v1.Resources
-	61, // 6: blixard.v1.TaskSpec.constraints:type_name -> blixard.v1.TaskSpec.ConstraintsEntry
+	62, // 6: blixard.v1.TaskSpec.constraints:type_name -> blixard.v1.TaskSpec.ConstraintsEntry
 	3,  // 7: blixard.v1.TaskSpec.policy:type_name -> blixard.v1.PlacementPolicy
 	2,  // 8: blixard.v1.Attempt.state:type_name -> blixard.v1.TaskState
 	10, // 9: blixard.v1.Attempt.result:type_name -> blixard.v1.TaskResult
@@ -4214,40 +4283,41 @@ var file_api_blixardpb_blixard_proto_depIdxs = []int32{
 	7,  // 15: blixard.v1.StateSnapshot.worker_statuses:type_name -> blixard.v1.WorkerStatus
 	8,  // 16: blixard.v1.StateSnapshot.kvs:type_name -> blixard.v1.KV
 	12, // 17: blixard.v1.StateSnapshot.tasks:type_name -> blixard.v1.Task
-	23, // 18: blixard.v1.Command.register_worker:type_name -> blixard.v1.RegisterWorker
-	24, // 19: blixard.v1.Command.set_worker_state:type_name -> blixard.v1.SetWorkerState
-	25, // 20: blixard.v1.Command.report_worker_usage:type_name -> blixard.v1.ReportWorkerUsage
-	26, // 21: blixard.v1.Command.put:type_name -> blixard.v1.Put
-	27, // 22: blixard.v1.Command.delete:type_name -> blixard.v1.Delete
-	15, // 23: blixard.v1.Command.submit_task:type_name -> blixard.v1.SubmitTask
-	17, // 24: blixard.v1.Command.place_tasks:type_name -> blixard.v1.PlaceTasks
-	18, // 25: blixard.v1.Command.task_started:type_name -> blixard.v1.TaskStarted
-	19, // 26: blixard.v1.Command.task_finished:type_name -> blixard.v1.TaskFinished
-	20, // 27: blixard.v1.Command.cancel_task:type_name -> blixard.v1.CancelTask
-	21, // 28: blixard.v1.Command.set_worker_schedulable:type_name -> blixard.v1.SetWorkerSchedulable
-	22, // 29: blixard.v1.Command.reconcile_worker:type_name -> blixard.v1.ReconcileWorker
-	9,  // 30: blixard.v1.SubmitTask.spec:type_name -> blixard.v1.TaskSpec
-	16, // 31: blixard.v1.PlaceTasks.placements:type_name -> blixard.v1.Placement
-	10, // 32: blixard.v1.TaskFinished.result:type_name -> blixard.v1.TaskResult
-	6,  // 33: blixard.v1.RegisterWorker.worker:type_name -> blixard.v1.Worker
-	1,  // 34: blixard.v1.SetWorkerState.state:type_name -> blixard.v1.WorkerState
-	7,  // 35: blixard.v1.ReportWorkerUsage.status:type_name -> blixard.v1.WorkerStatus
-	4,  // 36: blixard.v1.MemberContext.member:type_name -> blixard.v1.Member
-	0,  // 37: blixard.v1.MemberStatus.role:type_name -> blixard.v1.MemberRole
-	33, // 38: blixard.v1.StatusResponse.members:type_name -> blixard.v1.MemberStatus
-	4,  // 39: blixard.v1.JoinResponse.members:type_name -> blixard.v1.Member
-	6,  // 40: blixard.v1.WorkerInfo.worker:type_name -> blixard.v1.Worker
-	7,  // 41: blixard.v1.WorkerInfo.status:type_name -> blixard.v1.WorkerStatus
-	42, // 42: blixard.v1.ListWorkersResponse.workers:type_name -> blixard.v1.WorkerInfo
-	9,  // 43: blixard.v1.SubmitTaskRequest.spec:type_name -> blixard.v1.TaskSpec
-	12, // 44: blixard.v1.TaskResponse.task:type_name -> blixard.v1.Task
-	2,  // 45: blixard.v1.ListTasksRequest.state:type_name -> blixard.v1.TaskState
-	12, // 46: blixard.v1.ListTasksResponse.tasks:type_name -> blixard.v1.Task
-	47, // [47:47] is the sub-list for method output_type
-	47, // [47:47] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	24, // 18: blixard.v1.Command.register_worker:type_name -> blixard.v1.RegisterWorker
+	25, // 19: blixard.v1.Command.set_worker_state:type_name -> blixard.v1.SetWorkerState
+	26, // 20: blixard.v1.Command.report_worker_usage:type_name -> blixard.v1.ReportWorkerUsage
+	27, // 21: blixard.v1.Command.put:type_name -> blixard.v1.Put
+	28, // 22: blixard.v1.Command.delete:type_name -> blixard.v1.Delete
+	16, // 23: blixard.v1.Command.submit_task:type_name -> blixard.v1.SubmitTask
+	18, // 24: blixard.v1.Command.place_tasks:type_name -> blixard.v1.PlaceTasks
+	19, // 25: blixard.v1.Command.task_started:type_name -> blixard.v1.TaskStarted
+	20, // 26: blixard.v1.Command.task_finished:type_name -> blixard.v1.TaskFinished
+	21, // 27: blixard.v1.Command.cancel_task:type_name -> blixard.v1.CancelTask
+	22, // 28: blixard.v1.Command.set_worker_schedulable:type_name -> blixard.v1.SetWorkerSchedulable
+	23, // 29: blixard.v1.Command.reconcile_worker:type_name -> blixard.v1.ReconcileWorker
+	15, // 30: blixard.v1.Command.purge_tasks:type_name -> blixard.v1.PurgeTasks
+	9,  // 31: blixard.v1.SubmitTask.spec:type_name -> blixard.v1.TaskSpec
+	17, // 32: blixard.v1.PlaceTasks.placements:type_name -> blixard.v1.Placement
+	10, // 33: blixard.v1.TaskFinished.result:type_name -> blixard.v1.TaskResult
+	6,  // 34: blixard.v1.RegisterWorker.worker:type_name -> blixard.v1.Worker
+	1,  // 35: blixard.v1.SetWorkerState.state:type_name -> blixard.v1.WorkerState
+	7,  // 36: blixard.v1.ReportWorkerUsage.status:type_name -> blixard.v1.WorkerStatus
+	4,  // 37: blixard.v1.MemberContext.member:type_name -> blixard.v1.Member
+	0,  // 38: blixard.v1.MemberStatus.role:type_name -> blixard.v1.MemberRole
+	34, // 39: blixard.v1.StatusResponse.members:type_name -> blixard.v1.MemberStatus
+	4,  // 40: blixard.v1.JoinResponse.members:type_name -> blixard.v1.Member
+	6,  // 41: blixard.v1.WorkerInfo.worker:type_name -> blixard.v1.Worker
+	7,  // 42: blixard.v1.WorkerInfo.status:type_name -> blixard.v1.WorkerStatus
+	43, // 43: blixard.v1.ListWorkersResponse.workers:type_name -> blixard.v1.WorkerInfo
+	9,  // 44: blixard.v1.SubmitTaskRequest.spec:type_name -> blixard.v1.TaskSpec
+	12, // 45: blixard.v1.TaskResponse.task:type_name -> blixard.v1.Task
+	2,  // 46: blixard.v1.ListTasksRequest.state:type_name -> blixard.v1.TaskState
+	12, // 47: blixard.v1.ListTasksResponse.tasks:type_name -> blixard.v1.Task
+	48, // [48:48] is the sub-list for method output_type
+	48, // [48:48] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_api_blixardpb_blixard_proto_init() }
@@ -4268,6 +4338,7 @@ func file_api_blixardpb_blixard_proto_init() {
 		(*Command_CancelTask)(nil),
 		(*Command_SetWorkerSchedulable)(nil),
 		(*Command_ReconcileWorker)(nil),
+		(*Command_PurgeTasks)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4275,7 +4346,7 @@ func file_api_blixardpb_blixard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_blixardpb_blixard_proto_rawDesc), len(file_api_blixardpb_blixard_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   58,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -30,6 +30,7 @@ const (
 	defaultHeartbeatInterval = time.Second
 	defaultWorkerTTL         = 5 * time.Second
 	defaultUsageInterval     = 10 * time.Second
+	defaultTaskRetention     = 24 * time.Hour
 )
 
 // tuning is the raft and worker timing knobs.
@@ -43,6 +44,7 @@ type tuning struct {
 	heartbeatInterval time.Duration
 	workerTTL         time.Duration
 	usageInterval     time.Duration
+	taskRetention     time.Duration
 }
 
 func defaultTuning() tuning {
@@ -56,6 +58,7 @@ func defaultTuning() tuning {
 		heartbeatInterval: defaultHeartbeatInterval,
 		workerTTL:         defaultWorkerTTL,
 		usageInterval:     defaultUsageInterval,
+		taskRetention:     defaultTaskRetention,
 	}
 }
 
@@ -70,6 +73,7 @@ func (t *tuning) addFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&t.heartbeatInterval, "heartbeat-interval", d.heartbeatInterval, "worker heartbeat period")
 	fs.DurationVar(&t.workerTTL, "worker-ttl", d.workerTTL, "time without heartbeats before a worker is marked down")
 	fs.DurationVar(&t.usageInterval, "usage-interval", d.usageInterval, "worker usage report period")
+	fs.DurationVar(&t.taskRetention, "task-retention", d.taskRetention, "how long finished tasks (and their idempotency keys) are kept before they are purged")
 }
 
 func (t *tuning) validate() error {
@@ -108,7 +112,10 @@ func (t *tuning) validate() error {
 		return usageError(fmt.Sprintf("--worker-ttl must be longer than --heartbeat-interval (got %s and %s)", t.workerTTL, t.heartbeatInterval),
 			fmt.Sprintf("raise --worker-ttl; the defaults are %s and %s", defaultWorkerTTL, defaultHeartbeatInterval))
 	}
-	return positive("usage-interval", t.usageInterval, defaultUsageInterval)
+	if err := positive("usage-interval", t.usageInterval, defaultUsageInterval); err != nil {
+		return err
+	}
+	return positive("task-retention", t.taskRetention, defaultTaskRetention)
 }
 
 func (t *tuning) apply(cfg *server.Config) {
@@ -121,6 +128,7 @@ func (t *tuning) apply(cfg *server.Config) {
 	cfg.HeartbeatInterval = t.heartbeatInterval
 	cfg.WorkerTTL = t.workerTTL
 	cfg.UsageInterval = t.usageInterval
+	cfg.TaskRetention = t.taskRetention
 }
 
 // nodeOptions are the flags of 'blixard node'.

@@ -151,7 +151,7 @@ func TestNodeBuildsConfig(t *testing.T) {
 		Capabilities: []string{"docker", "gpu"},
 		TickInterval: 50 * time.Millisecond, ElectionTicks: 20, HeartbeatTicks: 1,
 		SnapshotEvery: 100, SnapshotKeep: 10, CheckpointEvery: defaultCheckpointEvery,
-		HeartbeatInterval: 2 * time.Second, WorkerTTL: 10 * time.Second, UsageInterval: defaultUsageInterval,
+		HeartbeatInterval: 2 * time.Second, WorkerTTL: 10 * time.Second, UsageInterval: defaultUsageInterval, TaskRetention: defaultTaskRetention,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("config\n got %+v\nwant %+v", got, want)

@@ -31,6 +31,7 @@ type Config struct {
 	HeartbeatInterval time.Duration // worker heartbeat period; default 1s
 	WorkerTTL         time.Duration // missed-heartbeat limit before down; default 5s
 	UsageInterval     time.Duration // worker usage report period; default 10s
+	TaskRetention     time.Duration // final tasks older than this are purged; default 24h
 
 	Logger *slog.Logger
 }

@@ -47,6 +47,7 @@ func (c *Config) setDefaults() {
 	def(&c.HeartbeatInterval, time.Second)
 	def(&c.WorkerTTL, 5*time.Second)
 	def(&c.UsageInterval, 10*time.Second)
+	def(&c.TaskRetention, 24*time.Hour)
 	if c.ElectionTicks == 0 {
 		c.ElectionTicks = raftnode.DefaultElectionTicks
 	}
@@ -488,6 +489,8 @@ func (s *Server) leaderDuties() {
 	defer t.Stop()
 	var ledTerm uint64
 	var leaderless time.Time
+	purging := false
+	purgeDone := make(chan struct{}, 1)
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -518,6 +521,34 @@ func (s *Server) leaderDuties() {
 		for _, tr := range s.mon.Check(now, s.sm.Workers()) {
 			s.goRun(func() { s.proposeWorkerState(tr) })
 		}
+		if cutoff := now.Add(-s.cfg.TaskRetention).UnixNano(); !purging {
+			if oldest := s.sm.OldestFinished(); oldest != 0 && oldest < cutoff {
+				purging = true
+				s.goRun(func() {
+					s.purgeTasks(cutoff)
+					purgeDone <- struct{}{}
+				})
+			}
+		}
+		select {
+		case <-purgeDone:
+			purging = false
+		default:
+		}
+	}
+}
+
+// purgeTasks forgets final tasks that finished before cutoff.
+func (s *Server) purgeTasks(cutoff int64) {
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	defer cancel()
+	res, err := s.propose(ctx, &pb.Command{Op: &pb.Command_PurgeTasks{PurgeTasks: &pb.PurgeTasks{FinishedBeforeUnixNano: cutoff}}})
+	if err != nil {
+		s.log.Warn("purging old tasks failed; will retry", "err", err)
+		return
+	}
+	if r, ok := res.(*pb.PutResponse); ok {
+		s.log.Info("purged old tasks", "count", r.Index, "retention", s.cfg.TaskRetention)
 	}
 }
 

@@ -138,6 +138,8 @@ func (m *Machine) ApplyCommand(index uint64, data []byte) (proto.Message, error)
 		return m.setSchedulable(op.SetWorkerSchedulable)
 	case *pb.Command_ReconcileWorker:
 		return m.reconcileWorker(op.ReconcileWorker)
+	case *pb.Command_PurgeTasks:
+		return m.purgeTasks(op.PurgeTasks)
 	default:
 		return nil, fmt.Errorf("%w: unknown operation %T", ErrInvalidCommand, cmd.Op)
 	}

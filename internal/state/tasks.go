@@ -91,6 +91,7 @@ func (m *Machine) touchTask(id string) {
 
 func (m *Machine) indexPending(t *pb.Task) {
 	if t == nil {
+		// Purged: drop it from every index.
 		return
 	}
 	if t.State == pb.TaskState_TASK_STATE_PENDING && !t.CancelRequested {
@@ -344,6 +345,37 @@ func (m *Machine) reconcileWorker(c *pb.ReconcileWorker) (proto.Message, error) 
 	}
 	n := m.loseAttempts(c.WorkerId, keep, c.NowUnixNano)
 	return &pb.PutResponse{Index: uint64(n)}, nil
+}
+
+func (m *Machine) purgeTasks(c *pb.PurgeTasks) (proto.Message, error) {
+	n := 0
+	for _, id := range sortedStrings(m.tasks) {
+		t := m.tasks[id]
+		if !FinalState(t.State) || t.FinishedAtUnixNano == 0 || t.FinishedAtUnixNano >= c.FinishedBeforeUnixNano {
+			continue
+		}
+		delete(m.tasks, id)
+		if t.IdempotencyKey != "" {
+			delete(m.idem, t.IdempotencyKey)
+		}
+		m.touchTask(id)
+		n++
+	}
+	return &pb.PutResponse{Index: uint64(n)}, nil
+}
+
+// OldestFinished returns the earliest finish time of a final task (0 if
+// none), so the leader proposes a purge only when there is work.
+func (m *Machine) OldestFinished() int64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var oldest int64
+	for _, t := range m.tasks {
+		if FinalState(t.State) && t.FinishedAtUnixNano != 0 && (oldest == 0 || t.FinishedAtUnixNano < oldest) {
+			oldest = t.FinishedAtUnixNano
+		}
+	}
+	return oldest
 }
 
 func (m *Machine) setSchedulable(c *pb.SetWorkerSchedulable) (proto.Message, error) {

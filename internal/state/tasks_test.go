@@ -256,3 +256,38 @@ func TestTasksSurviveSnapshotAndRecords(t *testing.T) {
 		t.Fatalf("after reload a retried submit made %s, want %s", again.Id, a.Id)
 	}
 }
+
+func TestPurgeForgetsOldFinishedTasksOnly(t *testing.T) {
+	h := newTaskHarness(t, 1)
+	old := h.submit("old", 100, 0)
+	h.place(old.Id, 1, 1)
+	if err := h.finish(old.Id, 1, 1, &pb.TaskResult{}); err != nil { // finished at 5000
+		t.Fatal(err)
+	}
+	running := h.submit("running", 100, 0)
+	h.place(running.Id, 1, 1)
+	pending := h.submit("pending", 5000, 0) // too big: stays pending
+	h.ok(&pb.Command{Op: &pb.Command_PurgeTasks{PurgeTasks: &pb.PurgeTasks{FinishedBeforeUnixNano: 6000}}})
+	if _, ok := h.m.Task(old.Id); ok {
+		t.Fatal("old finished task survived the purge")
+	}
+	for _, id := range []string{running.Id, pending.Id} {
+		if _, ok := h.m.Task(id); !ok {
+			t.Fatalf("unfinished task %s was purged", id)
+		}
+	}
+	// Its key is forgotten: the same key now makes a new task.
+	if again := h.submit("old", 100, 0); again.Id == old.Id {
+		t.Fatal("purged task's idempotency key still maps to it")
+	}
+	changes := h.m.TakeChanges()
+	deleted := false
+	for _, c := range changes {
+		if c.Table == "tasks" && string(c.Key) == old.Id && c.Value == nil {
+			deleted = true
+		}
+	}
+	if !deleted {
+		t.Fatal("purge did not delete the task's stored record")
+	}
+}
