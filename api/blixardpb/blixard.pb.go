@@ -797,8 +797,11 @@ type TaskResult struct {
 	PeakMemoryBytes int64                  `protobuf:"varint,8,opt,name=peak_memory_bytes,json=peakMemoryBytes,proto3" json:"peak_memory_bytes,omitempty"`
 	CpuTimeMs       int64                  `protobuf:"varint,9,opt,name=cpu_time_ms,json=cpuTimeMs,proto3" json:"cpu_time_ms,omitempty"`
 	Error           string                 `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"` // the process could not be started
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// started_at_unix_nano is when the process started (worker clock); it
+	// fills the attempt's start time when no TaskStarted was recorded.
+	StartedAtUnixNano int64 `protobuf:"varint,11,opt,name=started_at_unix_nano,json=startedAtUnixNano,proto3" json:"started_at_unix_nano,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *TaskResult) Reset() {
@@ -899,6 +902,13 @@ func (x *TaskResult) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *TaskResult) GetStartedAtUnixNano() int64 {
+	if x != nil {
+		return x.StartedAtUnixNano
+	}
+	return 0
 }
 
 type Attempt struct {
@@ -3941,7 +3951,7 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10ConstraintsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbf\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf0\x02\n" +
 	"\n" +
 	"TaskResult\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
@@ -3957,7 +3967,8 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x11peak_memory_bytes\x18\b \x01(\x03R\x0fpeakMemoryBytes\x12\x1e\n" +
 	"\vcpu_time_ms\x18\t \x01(\x03R\tcpuTimeMs\x12\x14\n" +
 	"\x05error\x18\n" +
-	" \x01(\tR\x05error\"\xb2\x02\n" +
+	" \x01(\tR\x05error\x12/\n" +
+	"\x14started_at_unix_nano\x18\v \x01(\x03R\x11startedAtUnixNano\"\xb2\x02\n" +
 	"\aAttempt\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\x04R\bworkerId\x12+\n" +

@@ -83,5 +83,11 @@ func (p execProcess) Result() *pb.TaskResult {
 		PeakMemoryBytes: r.PeakMemoryBytes,
 		CpuTimeMs:       r.CPUTime.Milliseconds(),
 		Error:           r.Err,
+		StartedAtUnixNano: func() int64 {
+			if r.StartedAt.IsZero() {
+				return 0
+			}
+			return r.StartedAt.UnixNano()
+		}(),
 	}
 }

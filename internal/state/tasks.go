@@ -251,7 +251,11 @@ func (m *Machine) taskFinished(c *pb.TaskFinished) (proto.Message, error) {
 	a.Result = proto.Clone(r).(*pb.TaskResult)
 	a.FinishedAtUnixNano = c.NowUnixNano
 	if a.StartedAtUnixNano == 0 && r.Error == "" {
-		a.StartedAtUnixNano = c.NowUnixNano
+		// Short attempts finish before the worker reports their start.
+		a.StartedAtUnixNano = r.StartedAtUnixNano
+		if a.StartedAtUnixNano == 0 {
+			a.StartedAtUnixNano = c.NowUnixNano
+		}
 	}
 	m.reserve(a.WorkerId, t.Spec.GetResources(), -1)
 	switch {

@@ -66,6 +66,11 @@ type RunnerConfig struct {
 	// MaxLaunchFailures is how many consecutive infrastructure launch
 	// failures make the worker mark itself unschedulable; default 3.
 	MaxLaunchFailures int
+	// StartedDelay is how long an attempt must run before its start is
+	// proposed; shorter attempts only propose their result (which carries
+	// the start time), saving a raft entry each. Default 20ms; negative
+	// reports every start at once.
+	StartedDelay time.Duration
 }
 
 type attemptKey struct {
@@ -98,6 +103,9 @@ func NewRunner(cfg RunnerConfig, c TaskCluster, l Launcher) *Runner {
 	}
 	if cfg.MaxLaunchFailures == 0 {
 		cfg.MaxLaunchFailures = 3
+	}
+	if cfg.StartedDelay == 0 {
+		cfg.StartedDelay = 20 * time.Millisecond
 	}
 	if cfg.Stale == nil {
 		cfg.Stale = func(error) bool { return false }
@@ -200,8 +208,25 @@ func (r *Runner) start(ctx context.Context, k attemptKey, spec *pb.TaskSpec) {
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		if err := r.cluster.ReportStarted(ctx, k.task, k.attempt); err != nil && !r.cfg.Stale(err) {
-			r.cfg.Logger.Debug("reporting task start failed", "task", k.task, "err", err)
+		var delay <-chan time.Time
+		if r.cfg.StartedDelay > 0 {
+			t := time.NewTimer(r.cfg.StartedDelay)
+			defer t.Stop()
+			delay = t.C
+		}
+		if delay != nil {
+			select {
+			case <-delay:
+			case <-p.Done():
+			case <-ctx.Done():
+			}
+		}
+		select {
+		case <-p.Done():
+		default:
+			if err := r.cluster.ReportStarted(ctx, k.task, k.attempt); err != nil && !r.cfg.Stale(err) {
+				r.cfg.Logger.Debug("reporting task start failed", "task", k.task, "err", err)
+			}
 		}
 		select {
 		case <-p.Done():
