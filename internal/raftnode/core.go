@@ -184,6 +184,7 @@ func NewCore(cfg Config, log LogStorage, store StateStore, sm StateMachine, tr T
 	}
 	c.stateIndex, c.durableIndex, c.snapIndex, c.appliedIndex = stateIndex, stateIndex, snapIndex, snapIndex
 	c.confState = cs
+	c.term = hs.GetTerm()
 
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:                cfg.ID,

@@ -400,3 +400,5 @@ func TestCoreMembershipValidation(t *testing.T) {
 		}
 	}
 }
+
+func protoUnmarshal(b []byte, m proto.Message) error { return proto.Unmarshal(b, m) }
