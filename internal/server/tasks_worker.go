@@ -15,6 +15,7 @@ import (
 type taskCluster struct{ s *Server }
 
 func (c taskCluster) Assigned() []*pb.Task     { return c.s.sm.Assigned(c.s.cfg.ID) }
+func (c taskCluster) AssignedVersion() uint64  { return c.s.sm.AssignedVersion(c.s.cfg.ID) }
 func (c taskCluster) Changed() <-chan struct{} { return c.s.applied.Wait() }
 func (c taskCluster) now() int64               { return c.s.clock.Now().UnixNano() }
 

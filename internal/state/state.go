@@ -48,6 +48,8 @@ type Machine struct {
 	// active indexes tasks by the worker running their current attempt.
 	active   map[uint64]map[string]struct{}
 	activeOn map[string]uint64
+	// activeVer is never reset (not even by Restore), so versions only grow.
+	activeVer map[uint64]uint64
 
 	// dirty records changed since the last TakeChanges, by table and key.
 	dirty map[dirtyKey]struct{}
@@ -60,7 +62,7 @@ type dirtyKey struct {
 
 // New returns an empty machine.
 func New() *Machine {
-	m := &Machine{}
+	m := &Machine{activeVer: map[uint64]uint64{}}
 	m.reset()
 	return m
 }

@@ -100,7 +100,10 @@ func (m *Machine) indexPending(t *pb.Task) {
 		delete(m.pending, t.Id)
 	}
 	// The active index: which worker runs the task's current attempt.
+	// Any change to a task active on a worker (before or after) bumps
+	// that worker's version, so its runner can skip unchanged rounds.
 	if w, ok := m.activeOn[t.Id]; ok {
+		m.activeVer[w]++
 		delete(m.active[w], t.Id)
 		if len(m.active[w]) == 0 {
 			delete(m.active, w)
@@ -115,7 +118,16 @@ func (m *Machine) indexPending(t *pb.Task) {
 		}
 		set[t.Id] = struct{}{}
 		m.activeOn[t.Id] = a.WorkerId
+		m.activeVer[a.WorkerId]++
 	}
+}
+
+// AssignedVersion changes whenever the set of tasks active on worker, or
+// one of those tasks, changes.
+func (m *Machine) AssignedVersion(worker uint64) uint64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.activeVer[worker]
 }
 
 // currentAttempt returns the task's latest attempt, if any.
@@ -404,6 +416,9 @@ func (m *Machine) rebuildDerived() {
 	m.pending = map[string]struct{}{}
 	m.active = map[uint64]map[string]struct{}{}
 	m.activeOn = map[string]uint64{}
+	for w := range m.activeVer {
+		m.activeVer[w]++ // a restored state may differ: make every runner look
+	}
 	for id, t := range m.tasks {
 		m.indexPending(t)
 		if t.IdempotencyKey != "" {

@@ -43,6 +43,8 @@ type Launcher interface {
 type TaskCluster interface {
 	// Assigned returns the tasks whose current attempt is on this worker.
 	Assigned() []*pb.Task
+	// AssignedVersion changes whenever Assigned's answer may have.
+	AssignedVersion() uint64
 	// Changed returns a channel closed after the next applied change.
 	Changed() <-chan struct{}
 	ReportStarted(ctx context.Context, taskID string, attempt uint32) error
@@ -128,9 +130,15 @@ func (r *Runner) Run(ctx context.Context) {
 	// After a restart nothing of ours runs (the executor killed orphans):
 	// tell the cluster so it re-places what we had.
 	r.retry(ctx, "reconcile after start", func(c context.Context) error { return r.cluster.Reconcile(c, nil) })
+	seen, first := uint64(0), true
 	for {
 		ch := r.cluster.Changed()
-		r.converge(ctx)
+		// Most applied entries concern other workers: skip the round
+		// unless this worker's assignments changed.
+		if v := r.cluster.AssignedVersion(); first || v != seen {
+			seen, first = v, false
+			r.converge(ctx)
+		}
 		select {
 		case <-ctx.Done():
 			return

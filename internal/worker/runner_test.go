@@ -42,7 +42,8 @@ func (c *machineCluster) apply(cmd *pb.Command) (proto.Message, error) {
 	return res, err
 }
 
-func (c *machineCluster) Assigned() []*pb.Task { return c.m.Assigned(c.worker) }
+func (c *machineCluster) Assigned() []*pb.Task    { return c.m.Assigned(c.worker) }
+func (c *machineCluster) AssignedVersion() uint64 { return c.m.AssignedVersion(c.worker) }
 func (c *machineCluster) Changed() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
