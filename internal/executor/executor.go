@@ -379,11 +379,18 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 	}
 	startedAt := time.Now()
 
-	st, err := readProcStat(proc.Pid)
-	if err == nil {
-		err = writePidFile(h.dir, pidState{PID: proc.Pid, StartTicks: st.startTicks, Cgroups: cg.dirList()})
+	// With a cgroup the attempt is found again through it (Orphans lists
+	// attempt cgroups), so the pid file is only needed without one; each
+	// file created costs an inode allocation on this hot path.
+	var err2 error
+	if cg == nil {
+		var st procStat
+		st, err2 = readProcStat(proc.Pid)
+		if err2 == nil {
+			err2 = writePidFile(h.dir, pidState{PID: proc.Pid, StartTicks: st.startTicks})
+		}
 	}
-	if err != nil {
+	if err := err2; err != nil {
 		// Without a pid file a worker restart could not find this process,
 		// so it must not run.
 		h.log.Error("recording pid failed; killing the attempt", "err", err)

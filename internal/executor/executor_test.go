@@ -687,13 +687,15 @@ func TestOrphansAfterWorkerKill(t *testing.T) {
 
 	e, _ := newExec(t, func(c *Config) { c.DataDir = dataDir })
 	child, _ := strconv.Atoi(logLine(t, e, "orphan.1"))
-	st, err := readPidFile(filepath.Join(e.tasksDir, "orphan.1"))
-	if err != nil {
-		t.Fatal(err)
+	// With cgroups the attempt is found through its cgroup (no pid file
+	// is written); without, through its pid file.
+	want := Orphan{AttemptID: "orphan.1"}
+	if e.cg == nil {
+		want.PID = leader
 	}
 	orphans, err := e.Orphans()
-	if err != nil || len(orphans) != 1 || orphans[0] != (Orphan{AttemptID: "orphan.1", PID: leader}) {
-		t.Fatalf("Orphans = %+v, %v", orphans, err)
+	if err != nil || len(orphans) != 1 || orphans[0] != want {
+		t.Fatalf("Orphans = %+v, %v, want %+v", orphans, err, want)
 	}
 	if err := e.KillOrphans(); err != nil {
 		t.Fatal(err)
@@ -707,9 +709,15 @@ func TestOrphansAfterWorkerKill(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.tasksDir, "orphan.1", pidFileName)); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("pid file left: %v", err)
 	}
-	for _, d := range st.Cgroups {
-		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
-			t.Fatalf("cgroup %s left: %v", d, err)
+	if e.cg != nil {
+		names, err := e.cg.listAttemptCgroups()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range names {
+			if strings.HasPrefix(n, "orphan.1") {
+				t.Fatalf("cgroup %s left", n)
+			}
 		}
 	}
 	if _, err := os.Stat(e.LogPath("orphan.1", false)); err != nil {
