@@ -96,8 +96,7 @@ type Server struct {
 	stopOnce sync.Once
 	removedc chan struct{} // closed when this node learns it was removed
 	applied  *broadcast    // notified after every Ready that applied entries
-	exec     logSource     // nil unless this node is a worker
-	execStop interface{ Stop() }
+	exec     *executor.Executor // nil unless this node is a worker
 	remOnce  sync.Once
 }
 
@@ -201,11 +200,6 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// logSource finds attempts' log files (the executor).
-type logSource interface {
-	LogPath(attemptID string, stderr bool) string
-}
-
 // reporter forwards transport reports once the node exists.
 type reporter struct{ s *Server }
 
@@ -292,7 +286,6 @@ func (s *Server) startWorker() error {
 	if err := ex.KillOrphans(); err != nil {
 		s.log.Warn("killing orphaned task processes", "err", err)
 	}
-	s.execStop = ex
 	s.exec = ex
 	runner := worker.NewRunner(worker.RunnerConfig{Clock: s.clock, Logger: s.log.With("component", "runner"), Stale: isStale}, taskCluster{s}, execLauncher{ex})
 	w := &pb.Worker{
@@ -426,8 +419,8 @@ func (s *Server) Stop() {
 			t.Stop()
 		}
 		s.wg.Wait() // the runner has cancelled its attempts
-		if s.execStop != nil {
-			s.execStop.Stop()
+		if s.exec != nil {
+			s.exec.Stop()
 		}
 		s.node.Stop()
 		s.tr.Stop()
