@@ -94,8 +94,8 @@ type Server struct {
 	wg     sync.WaitGroup
 
 	stopOnce sync.Once
-	removedc chan struct{} // closed when this node learns it was removed
-	applied  *broadcast    // notified after every Ready that applied entries
+	removedc chan struct{}      // closed when this node learns it was removed
+	applied  *broadcast         // notified after every Ready that applied entries
 	exec     *executor.Executor // nil unless this node is a worker
 	remOnce  sync.Once
 }
