@@ -322,3 +322,17 @@ func exitCode(err error) int {
 	}
 	return -1
 }
+
+func TestPendingTaskSaysWhyItWaits(t *testing.T) {
+	c := threeNodes(t)
+	out, errOut, err := cli(c.nodes[2].addr, "--output", "json", "task", "submit", "--constraint", "zone=nowhere", "--", "/bin/true")
+	if err != nil {
+		t.Fatalf("submit: %v %s", err, errOut)
+	}
+	id := jsonField(t, out, "id")
+	// Asked through a follower: it fetches the reason from the leader.
+	waitFor(t, 30*time.Second, "a pending reason naming the label", func() (bool, string) {
+		out, _, err := cli(c.nodes[3].addr, "--output", "json", "task", "status", id)
+		return err == nil && strings.Contains(out, `"pending_reason": "no worker has label zone=nowhere"`), out
+	})
+}

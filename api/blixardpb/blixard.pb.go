@@ -1020,8 +1020,11 @@ type Task struct {
 	// the submission).
 	Seq                uint64 `protobuf:"varint,11,opt,name=seq,proto3" json:"seq,omitempty"`
 	FinishedAtUnixNano int64  `protobuf:"varint,12,opt,name=finished_at_unix_nano,json=finishedAtUnixNano,proto3" json:"finished_at_unix_nano,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// pending_reason says why a pending task is not placed (the leader's last
+	// scheduling pass). Filled in API responses only; never stored.
+	PendingReason string `protobuf:"bytes,13,opt,name=pending_reason,json=pendingReason,proto3" json:"pending_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
@@ -1136,6 +1139,13 @@ func (x *Task) GetFinishedAtUnixNano() int64 {
 		return x.FinishedAtUnixNano
 	}
 	return 0
+}
+
+func (x *Task) GetPendingReason() string {
+	if x != nil {
+		return x.PendingReason
+	}
+	return ""
 }
 
 // StateSnapshot is the whole replicated state; it is the data of a raft
@@ -3976,7 +3986,7 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x15assigned_at_unix_nano\x18\x04 \x01(\x03R\x12assignedAtUnixNano\x12/\n" +
 	"\x14started_at_unix_nano\x18\x05 \x01(\x03R\x11startedAtUnixNano\x121\n" +
 	"\x15finished_at_unix_nano\x18\x06 \x01(\x03R\x12finishedAtUnixNano\x12.\n" +
-	"\x06result\x18\a \x01(\v2\x16.blixard.v1.TaskResultR\x06result\"\xd4\x03\n" +
+	"\x06result\x18\a \x01(\v2\x16.blixard.v1.TaskResultR\x06result\"\xfb\x03\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12(\n" +
 	"\x04spec\x18\x02 \x01(\v2\x14.blixard.v1.TaskSpecR\x04spec\x12+\n" +
@@ -3990,7 +4000,8 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x10cancel_requested\x18\n" +
 	" \x01(\bR\x0fcancelRequested\x12\x10\n" +
 	"\x03seq\x18\v \x01(\x04R\x03seq\x121\n" +
-	"\x15finished_at_unix_nano\x18\f \x01(\x03R\x12finishedAtUnixNano\"\xa1\x02\n" +
+	"\x15finished_at_unix_nano\x18\f \x01(\x03R\x12finishedAtUnixNano\x12%\n" +
+	"\x0epending_reason\x18\r \x01(\tR\rpendingReason\"\xa1\x02\n" +
 	"\rStateSnapshot\x12,\n" +
 	"\amembers\x18\x01 \x03(\v2\x12.blixard.v1.MemberR\amembers\x12'\n" +
 	"\x0fremoved_members\x18\x02 \x03(\x04R\x0eremovedMembers\x12,\n" +

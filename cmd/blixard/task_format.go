@@ -141,6 +141,8 @@ type taskJSON struct {
 	MemoryMiB   int64         `json:"memory_mib"`
 	RetriesUsed uint32        `json:"retries_used"`
 	MaxRetries  int32         `json:"max_retries"`
+	// PendingReason says why a pending task waits ("" when unknown).
+	PendingReason string `json:"pending_reason,omitempty"`
 }
 
 type attemptJSON struct {
@@ -167,21 +169,22 @@ func nullString(s string) *string {
 func toTaskJSON(t *blixardpb.Task) taskJSON {
 	spec := t.GetSpec()
 	out := taskJSON{
-		ID:          t.GetId(),
-		Name:        spec.GetName(),
-		State:       taskStateName(t.GetState()),
-		ExitCode:    taskExitCode(t),
-		Attempts:    []attemptJSON{},
-		CreatedAt:   timeJSON(t.GetCreatedAtUnixNano()),
-		StartedAt:   timeJSON(taskStartedAt(t)),
-		FinishedAt:  timeJSON(t.GetFinishedAtUnixNano()),
-		Command:     spec.GetCommand(),
-		Args:        append([]string{}, spec.GetArgs()...),
-		Priority:    spec.GetPriority(),
-		CPU:         cores(spec.GetResources().GetCpuMillis()),
-		MemoryMiB:   spec.GetResources().GetMemoryMib(),
-		RetriesUsed: t.GetRetriesUsed(),
-		MaxRetries:  spec.GetMaxRetries(),
+		ID:            t.GetId(),
+		Name:          spec.GetName(),
+		State:         taskStateName(t.GetState()),
+		ExitCode:      taskExitCode(t),
+		Attempts:      []attemptJSON{},
+		CreatedAt:     timeJSON(t.GetCreatedAtUnixNano()),
+		StartedAt:     timeJSON(taskStartedAt(t)),
+		FinishedAt:    timeJSON(t.GetFinishedAtUnixNano()),
+		Command:       spec.GetCommand(),
+		Args:          append([]string{}, spec.GetArgs()...),
+		Priority:      spec.GetPriority(),
+		CPU:           cores(spec.GetResources().GetCpuMillis()),
+		MemoryMiB:     spec.GetResources().GetMemoryMib(),
+		RetriesUsed:   t.GetRetriesUsed(),
+		MaxRetries:    spec.GetMaxRetries(),
+		PendingReason: t.GetPendingReason(),
 	}
 	if latest := latestAttempt(t); latest != nil {
 		w := latest.GetWorkerId()
@@ -313,6 +316,9 @@ func (a *app) printTaskDetail(w io.Writer, t *blixardpb.Task) error {
 	row("ID", dash(t.GetId()))
 	row("Name", dash(spec.GetName()))
 	row("State", state)
+	if r := t.GetPendingReason(); r != "" {
+		row("Waiting", r)
+	}
 	row("Exit code", exitCell(taskExitCode(t)))
 	row("Worker", worker)
 	row("Attempt", attempt)

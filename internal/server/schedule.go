@@ -48,11 +48,25 @@ func (s *Server) schedulerLoop() {
 
 func (s *Server) schedulePass(rng *rand.Rand) {
 	v := s.sm.ForScheduling()
-	if len(v.Pending) == 0 || len(v.Workers) == 0 {
+	if len(v.Pending) == 0 {
+		s.setWaiting(nil)
+		return
+	}
+	if len(v.Workers) == 0 {
+		waiting := make(map[string]string, len(v.Pending))
+		for _, t := range v.Pending {
+			waiting[t.ID] = "no worker is ready and schedulable"
+		}
+		s.setWaiting(waiting)
 		return
 	}
 	in, attempts := schedulerInput(s.clock.Now(), v)
 	plan := scheduler.Schedule(in, rng)
+	waiting := make(map[string]string, len(plan.Unplaced))
+	for _, u := range plan.Unplaced {
+		waiting[u.TaskID] = u.Reason
+	}
+	s.setWaiting(waiting)
 	if len(plan.Placements) == 0 {
 		return
 	}
@@ -98,4 +112,23 @@ func schedulerInput(now time.Time, v state.SchedulingView) (scheduler.Input, map
 		attempts[t.ID] = t.Attempt
 	}
 	return in, attempts
+}
+
+// setWaiting records why each pending task was left unplaced by the last
+// pass, for task status.
+func (s *Server) setWaiting(w map[string]string) {
+	s.waitMu.Lock()
+	s.waiting = w
+	s.waitMu.Unlock()
+}
+
+// withReason fills t.PendingReason when this node is the leader and knows it.
+func (s *Server) withReason(t *pb.Task) *pb.Task {
+	if t == nil || t.State != pb.TaskState_TASK_STATE_PENDING || !s.node.IsLeader() {
+		return t
+	}
+	s.waitMu.Lock()
+	defer s.waitMu.Unlock()
+	t.PendingReason = s.waiting[t.Id]
+	return t
 }

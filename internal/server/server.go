@@ -97,6 +97,9 @@ type Server struct {
 	removedc chan struct{}      // closed when this node learns it was removed
 	applied  *broadcast         // notified after every Ready that applied entries
 	exec     *executor.Executor // nil unless this node is a worker
+
+	waitMu  sync.Mutex
+	waiting map[string]string // leader only: task → why the last pass left it pending
 	remOnce  sync.Once
 }
 

@@ -66,14 +66,26 @@ func (a *api) GetTask(ctx context.Context, req *pb.GetTaskRequest) (*pb.TaskResp
 	if err != nil {
 		return nil, err
 	}
-	return &pb.TaskResponse{Task: t}, nil
+	if t.State == pb.TaskState_TASK_STATE_PENDING {
+		// Only the leader knows why a task waits: ask it.
+		if c, fwd, ferr := a.forward(); fwd && ferr == nil {
+			if resp, err := c.GetTask(ctx, req); err == nil {
+				return resp, nil
+			}
+		}
+	}
+	return &pb.TaskResponse{Task: a.s.withReason(t)}, nil
 }
 
 func (a *api) ListTasks(ctx context.Context, req *pb.ListTasksRequest) (*pb.ListTasksResponse, error) {
 	if err := a.s.node.ReadIndex(ctx); err != nil {
 		return nil, toStatus(err)
 	}
-	return &pb.ListTasksResponse{Tasks: a.s.sm.Tasks(req.GetState())}, nil
+	ts := a.s.sm.Tasks(req.GetState())
+	for _, t := range ts {
+		a.s.withReason(t)
+	}
+	return &pb.ListTasksResponse{Tasks: ts}, nil
 }
 
 func (a *api) CancelTask(ctx context.Context, req *pb.CancelTaskRequest) (*pb.TaskResponse, error) {
