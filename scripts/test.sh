@@ -10,11 +10,11 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# System packages the tests use. Each entry: "command package".
+# Debian packages the tests use (checked with dpkg, installed when missing).
+packages=(gcc git)
 need=()
-for pair in "gcc gcc" "git git"; do
-  cmd=${pair% *} pkg=${pair#* }
-  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   step "installing system packages: ${need[*]}"
@@ -23,7 +23,7 @@ if [ ${#need[@]} -gt 0 ]; then
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 command -v go >/dev/null 2>&1 || { echo "error: go is not installed — install Go 1.26 or newer (https://go.dev/doc/install)" >&2; exit 1; }
 
