@@ -100,7 +100,7 @@ type Server struct {
 
 	waitMu  sync.Mutex
 	waiting map[string]string // leader only: task → why the last pass left it pending
-	remOnce  sync.Once
+	remOnce sync.Once
 }
 
 // Run starts a node from cfg and blocks until ctx is cancelled, then shuts
