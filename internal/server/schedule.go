@@ -7,7 +7,6 @@ import (
 
 	pb "github.com/blixard/blixard/api/blixardpb"
 	"github.com/blixard/blixard/internal/scheduler"
-	"github.com/blixard/blixard/internal/state"
 )
 
 // schedulerLoop runs a scheduling pass on the leader whenever something
@@ -60,7 +59,7 @@ func (s *Server) schedulePass(rng *rand.Rand) {
 		s.setWaiting(waiting)
 		return
 	}
-	in, attempts := schedulerInput(s.clock.Now(), v)
+	in, attempts := scheduler.FromView(s.clock.Now(), v)
 	plan := scheduler.Schedule(in, rng)
 	waiting := make(map[string]string, len(plan.Unplaced))
 	for _, u := range plan.Unplaced {
@@ -79,39 +78,6 @@ func (s *Server) schedulePass(rng *rand.Rand) {
 	if _, err := s.propose(ctx, &pb.Command{Op: &pb.Command_PlaceTasks{PlaceTasks: cmd}}); err != nil {
 		s.log.Warn("proposing placements failed; the next pass retries", "placements", len(cmd.Placements), "err", err)
 	}
-}
-
-// schedulerInput converts the state's view into the scheduler's types,
-// and returns the attempt number each pending task's placement gets.
-func schedulerInput(now time.Time, v state.SchedulingView) (scheduler.Input, map[string]uint32) {
-	in := scheduler.Input{Now: now}
-	attempts := make(map[string]uint32, len(v.Pending))
-	for _, w := range v.Workers {
-		u := v.Used[w.Id]
-		in.Workers = append(in.Workers, scheduler.Worker{
-			ID:       w.Id,
-			Labels:   w.Labels,
-			Capacity: scheduler.Resources{CPUMillis: w.GetCapacity().GetCpuMillis(), MemoryMiB: w.GetCapacity().GetMemoryMib()},
-			Used:     scheduler.Resources{CPUMillis: u.CPUMillis, MemoryMiB: u.MemoryMiB},
-		})
-	}
-	for _, t := range v.Pending {
-		pol := scheduler.BinPack
-		if t.Policy == pb.PlacementPolicy_PLACEMENT_POLICY_SPREAD {
-			pol = scheduler.Spread
-		}
-		var nb time.Time
-		if t.NotBefore != 0 {
-			nb = time.Unix(0, t.NotBefore)
-		}
-		in.Pending = append(in.Pending, scheduler.Task{
-			ID: t.ID, Priority: t.Priority, Seq: t.Seq,
-			Resources:   scheduler.Resources{CPUMillis: t.CPUMillis, MemoryMiB: t.MemoryMiB},
-			Constraints: t.Constraints, Node: t.Node, Policy: pol, NotBefore: nb,
-		})
-		attempts[t.ID] = t.Attempt
-	}
-	return in, attempts
 }
 
 // setWaiting records why each pending task was left unplaced by the last
