@@ -30,13 +30,7 @@ func BenchmarkLeaderFailover(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		lead := leaderOf(b, c)
-		var survivor *node
-		for _, n := range c.nodes {
-			if n != lead {
-				survivor = n
-				break
-			}
-		}
+		survivor := c.other(lead)
 		lead.kill9()
 		start := time.Now()
 		for {

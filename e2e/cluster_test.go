@@ -52,13 +52,7 @@ func TestLeaderCrashNewLeaderAndCatchUp(t *testing.T) {
 	}
 	old.kill9()
 
-	var survivor *node
-	for _, n := range c.nodes {
-		if n != old {
-			survivor = n
-			break
-		}
-	}
+	survivor := c.other(old)
 	// Writes succeed again once a new leader is elected.
 	waitFor(t, 30*time.Second, "a write after the leader crash", func() (bool, string) {
 		err := put(survivor.addr, "after", "2")
@@ -83,13 +77,7 @@ func TestLeaderCrashNewLeaderAndCatchUp(t *testing.T) {
 func TestFollowerCatchesUpBySnapshotAfterCompaction(t *testing.T) {
 	c := threeNodes(t, "--snapshot-every", "20", "--snapshot-keep", "5")
 	lead := leaderOf(t, c)
-	var follower *node
-	for _, n := range c.nodes {
-		if n != lead {
-			follower = n
-			break
-		}
-	}
+	follower := c.other(lead)
 	follower.kill9()
 	for i := 0; i < 120; i++ {
 		if err := put(lead.addr, fmt.Sprintf("k%03d", i), fmt.Sprint(i)); err != nil {
@@ -185,13 +173,7 @@ func TestWorkerDownAndBackUp(t *testing.T) {
 		})
 	}
 	lead := leaderOf(t, c)
-	var victim *node
-	for _, n := range c.nodes {
-		if n != lead {
-			victim = n
-			break
-		}
-	}
+	victim := c.other(lead)
 	victim.kill9()
 	waitFor(t, 30*time.Second, fmt.Sprintf("worker %d down", victim.id), func() (bool, string) {
 		s, raw := workerStatus(lead.addr, victim.id)
@@ -208,13 +190,7 @@ func TestGracefulLeaderShutdownTransfersLeadership(t *testing.T) {
 	c := threeNodes(t)
 	lead := leaderOf(t, c)
 	// An operator can move leadership by hand, asking any node.
-	var target *node
-	for _, n := range c.nodes {
-		if n != lead {
-			target = n
-			break
-		}
-	}
+	target := c.other(lead)
 	out, errOut, err := cli(lead.addr, "--output", "json", "cluster", "transfer-leader", fmt.Sprint(target.id))
 	if err != nil {
 		t.Fatalf("transfer-leader: %v: %s", err, errOut)
@@ -227,13 +203,7 @@ func TestGracefulLeaderShutdownTransfersLeadership(t *testing.T) {
 	if !strings.Contains(lead.logs(), "transferring leadership before shutdown") {
 		t.Fatalf("leader did not transfer leadership before shutdown; log:\n%s", lead.logs())
 	}
-	var other *node
-	for _, n := range c.nodes {
-		if n != lead {
-			other = n
-			break
-		}
-	}
+	other := c.other(lead)
 	waitFor(t, 10*time.Second, "a write after graceful leader shutdown", func() (bool, string) {
 		err := put(other.addr, "k", "v")
 		return err == nil, fmt.Sprint(err)

@@ -106,6 +106,17 @@ func newCluster(t testing.TB) *cluster {
 	return c
 }
 
+// other returns a running member other than n.
+func (c *cluster) other(n *node) *node {
+	for id := uint64(1); id <= uint64(len(c.nodes))+1; id++ {
+		if o, ok := c.nodes[id]; ok && o != n && o.running() {
+			return o
+		}
+	}
+	c.t.Fatalf("no running node other than %d", n.id)
+	return nil
+}
+
 func mapNodes(m map[uint64]*node) []*node {
 	var out []*node
 	for _, n := range m {
