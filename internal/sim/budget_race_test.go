@@ -1,0 +1,11 @@
+//go:build race
+
+package sim_test
+
+// Under the race detector every memory access is instrumented and a seed
+// costs about 11 times as much.
+const (
+	defaultSeeds       = 24
+	defaultOps         = 1000
+	defaultBrokenSeeds = 6
+)

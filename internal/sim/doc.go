@@ -1,0 +1,34 @@
+// Package sim is a deterministic simulation of a Blixard cluster. It runs
+// the production raftnode.Core, state.Machine, worker.Monitor and
+// scheduler.Schedule on a simulated clock, network, disk and executor,
+// all driven by one goroutine from one seed, and checks raft safety,
+// linearizability of the key-value API, the task invariants and liveness
+// after the faults heal.
+//
+// What the production server and raftnode.Node do with goroutines and
+// channels (proposal waiters, linearizable reads, checkpoints, the
+// scheduler loop, worker liveness, the worker agent and runner) is
+// re-enacted here as events, following the production code's rules; the
+// packages under test need no simulation-only branches.
+//
+// # Determinism
+//
+// Every random choice comes from PCG streams seeded by Config.Seed, and
+// events at the same sim instant run in the order they were scheduled.
+// One source is outside the simulation's reach: etcd raft draws its
+// randomized election timeouts from crypto/rand through an unexported
+// global. The tests pin it with testing/cryptotest.SetGlobalRandom before
+// each run, so a run is only reproducible inside a test binary, and runs
+// must not overlap (they share that global).
+//
+// # Replay
+//
+// A failing seed replays with
+//
+//	go test ./internal/sim -run TestSimulation -sim.seed=N -sim.trace
+//
+// which prints every event: ticks aside, which node sent, delivered,
+// dropped or duplicated which message, crashes, pauses, partitions, disk
+// faults, client operations and their outcomes, scheduler passes and
+// worker actions.
+package sim
