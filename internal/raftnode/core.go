@@ -140,12 +140,6 @@ type Core struct {
 	leaderFrom    uint64
 	pendingConfID uint64
 	removed       bool
-	// confSnapshot asks for a snapshot after a membership change: etcd
-	// raft will not restore a snapshot whose ConfState lacks the recipient,
-	// so a member added after the newest snapshot could not be seeded
-	// from a compacted log until the next periodic one (found by the
-	// simulation).
-	confSnapshot bool
 	ticks        int
 }
 
@@ -490,7 +484,6 @@ func (c *Core) apply(ents []*raftpb.Entry, out *Output) error {
 			// Raft's own configuration is rebuilt from the log on every
 			// start, so this runs on replay too; the tables only once.
 			c.confState = c.rn.ApplyConfChange(cc)
-			c.confSnapshot = true
 			if !replay {
 				c.sm.ApplyConfChange(cc)
 			}
@@ -518,13 +511,9 @@ func (c *Core) apply(ents []*raftpb.Entry, out *Output) error {
 
 // maybeSnapshot takes a snapshot every SnapshotEvery applied entries.
 func (c *Core) maybeSnapshot() error {
-	if c.stateIndex != c.appliedIndex || c.appliedIndex == c.snapIndex {
+	if c.appliedIndex-c.snapIndex < c.cfg.SnapshotEvery || c.stateIndex != c.appliedIndex {
 		return nil
 	}
-	if c.appliedIndex-c.snapIndex < c.cfg.SnapshotEvery && !c.confSnapshot {
-		return nil
-	}
-	c.confSnapshot = false
 	return c.snapshot()
 }
 
