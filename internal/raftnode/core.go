@@ -140,7 +140,7 @@ type Core struct {
 	leaderFrom    uint64
 	pendingConfID uint64
 	removed       bool
-	ticks        int
+	ticks         int
 }
 
 // NewCore opens a node over its storage. peers is non-empty only when a
