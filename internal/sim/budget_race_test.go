@@ -5,7 +5,7 @@ package sim_test
 // Under the race detector every memory access is instrumented and a seed
 // costs about 11 times as much.
 const (
-	defaultSeeds       = 24
+	defaultSeeds       = 28
 	defaultOps         = 1000
 	defaultBrokenSeeds = 6
 )

@@ -25,7 +25,7 @@
 //
 // A failing seed replays with
 //
-//	go test ./internal/sim -run TestSimulation -sim.seed=N -sim.trace
+//	go test ./internal/sim -run TestSimulation -sim.seed=N -sim.ops=M -sim.trace
 //
 // which prints every event: ticks aside, which node sent, delivered,
 // dropped or duplicated which message, crashes, pauses, partitions, disk

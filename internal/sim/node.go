@@ -62,7 +62,7 @@ type node struct {
 
 	rate   float64       // local clock speed (drift)
 	offset time.Duration // where the node's clocks started
-	step   time.Duration // wall-clock steps so far (clock faults)
+	step   time.Duration // wall-clock error beyond NTP's: skew and steps
 
 	core *raftnode.Core
 	sm   *state.Machine
@@ -84,6 +84,7 @@ type node struct {
 	schedRng  *rand.Rand
 	w         *simWorker
 	stopDue   bool // removal applied somewhere: the operator stops it soon
+	idle      bool // a join that has not happened (yet): clients avoid it
 }
 
 func (n *node) name() string { return fmt.Sprintf("n%d", n.id) }
@@ -95,13 +96,9 @@ func (n *node) monoNow() time.Time {
 }
 
 // localNow is the node's wall clock, which stamps commands. NTP keeps it
-// within a few hundred milliseconds of true time, except when a clock-step
-// fault moves it. With Config.WallClockDrift it is the drifting monotonic
-// clock instead, so wall clocks drift apart by up to 10% of elapsed time.
+// within 250 ms of true time, except when a clock-step fault moves it or
+// Config.ClockSkew sets it off.
 func (n *node) localNow() time.Time {
-	if n.s.cfg.WallClockDrift {
-		return n.monoNow()
-	}
 	return simEpoch.Add(n.offset/8 + n.step + n.s.now)
 }
 

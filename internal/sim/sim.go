@@ -40,10 +40,10 @@ type Config struct {
 	// proposals, so a duplicated MsgProp applies its command twice (see
 	// docs/RELIABILITY.md). Every other message type is duplicated.
 	DuplicateProposals bool
-	// WallClockDrift makes each node's wall clock (the timestamps in
-	// commands) run at its drifting tick rate instead of being kept near
-	// true time by NTP: over a long run clocks end minutes apart.
-	WallClockDrift bool
+	// ClockSkew, if set, puts each node's wall clock (the timestamps in
+	// commands) a fixed random amount within ±ClockSkew off true time, as
+	// with a broken NTP setup. By default wall clocks are within 250 ms.
+	ClockSkew time.Duration
 	// NoWorkarounds turns off the operator workarounds for known
 	// production bugs (see knownBugWorkarounds), so that a run shows the
 	// bug instead of working around it.
@@ -240,6 +240,7 @@ func newSim(cfg Config) *Sim {
 		spike:    []float64{0, 0.01, 0.05}[rng.IntN(3)],
 	}
 	s.net.maxDelay = s.net.minDelay + time.Duration(1+rng.IntN(20))*time.Millisecond
+	s.clockRng = rand.New(rand.NewPCG(cfg.Seed, 0xc10c))
 	s.chk = newChecker(s)
 	s.stats.Voters = s.p.voters
 	s.stats.TasksFinal = map[string]int{}
@@ -295,10 +296,7 @@ func (s *Sim) setup() {
 	s.after(time.Duration(float64(s.p.faultMean)*s.rng.ExpFloat64())+time.Second, s.faultLoop)
 	s.after(10*time.Second, s.sweepLoop)
 	s.after(time.Second, s.workaroundLoop)
-	if !s.cfg.WallClockDrift {
-		s.clockRng = rand.New(rand.NewPCG(s.cfg.Seed, 0xc10c))
-		s.after(s.clockFaultGap(), s.clockFaultLoop)
-	}
+	s.after(s.clockFaultGap(), s.clockFaultLoop)
 }
 
 func (s *Sim) clockFaultGap() time.Duration {
@@ -306,9 +304,9 @@ func (s *Sim) clockFaultGap() time.Duration {
 }
 
 // clockFaultLoop steps a node's wall clock now and then (a bad NTP
-// server, a VM restored from a snapshot). It draws from its own random
-// stream, so that turning it off (WallClockDrift) leaves every other
-// random choice of the seed as it was.
+// server, a VM restored from a snapshot). Clock faults draw from their own
+// random stream, so that -sim.clock-skew leaves every other random choice
+// of a seed as it was.
 func (s *Sim) clockFaultLoop() {
 	if s.phase != phaseWorkload {
 		return
@@ -362,10 +360,13 @@ func (s *Sim) newNode(id uint64, peers []raft.Peer) *node {
 		offset:   time.Duration(s.rng.Int64N(int64(2 * time.Second))),
 		schedRng: rand.New(rand.NewPCG(s.cfg.Seed, 0x5c4ed+id)),
 	}
+	if s.cfg.ClockSkew > 0 {
+		n.step = time.Duration(s.clockRng.Int64N(int64(2*s.cfg.ClockSkew))) - s.cfg.ClockSkew
+	}
 	n.w = newWorker(n)
 	if s.tracing() {
-		s.logf("n%d created: clock rate %.4f, offset %v, worker capacity %dm CPU / %d MiB",
-			id, n.rate, n.offset, n.w.capacity.GetCpuMillis(), n.w.capacity.GetMemoryMib())
+		s.logf("n%d created: clock rate %.4f, wall clock %v off, worker capacity %dm CPU / %d MiB",
+			id, n.rate, n.offset/8+n.step, n.w.capacity.GetCpuMillis(), n.w.capacity.GetMemoryMib())
 	}
 	s.nodes[id] = n
 	s.ids = append(s.ids, id)
@@ -422,6 +423,11 @@ func (s *Sim) onMembership(n *node) {
 	s.stats.ConfChanges++
 	for _, id := range s.ids {
 		m := s.nodes[id]
+		if m.idle {
+			if _, ok := n.sm.Member(id); ok {
+				m.idle = false // the join landed after all
+			}
+		}
 		if m.st == stGone || m.stopDue || !n.sm.IsRemoved(id) {
 			continue
 		}

@@ -18,16 +18,16 @@ import (
 // race detector makes the simulation about 11 times slower, so a -race
 // build (what scripts/test.sh runs) gets a smaller default.
 var (
-	flagSeeds     = flag.Int("sim.seeds", defaultSeeds, "number of seeds TestSimulation runs (seeds 1..N)")
-	flagSeed      = flag.Int64("sim.seed", -1, "run only this seed")
-	flagMaxFail   = flag.Int("sim.max-failures", 5, "stop after this many failing seeds")
-	flagFrom      = flag.Uint64("sim.from", 1, "first seed TestSimulation runs, to explore beyond the CI seeds")
-	flagOps       = flag.Int("sim.ops", defaultOps, "client operations per seed")
-	flagTrace     = flag.Bool("sim.trace", false, "print a readable trace of every event to stdout")
-	flagBroken    = flag.Int("sim.broken-seeds", defaultBrokenSeeds, "seeds a broken variant may take to be caught")
-	flagStrict    = flag.Bool("sim.strict", false, "no workarounds for known production bugs: show them instead")
-	flagWallDrift = flag.Bool("sim.wall-drift", false, "wall clocks drift with the tick rate instead of being NTP-disciplined")
-	flagDupProp   = flag.Bool("sim.dup-proposals", false, "let the network duplicate forwarded proposals (MsgProp), which the production transport never does")
+	flagSeeds   = flag.Int("sim.seeds", defaultSeeds, "number of seeds TestSimulation runs (seeds 1..N)")
+	flagSeed    = flag.Int64("sim.seed", -1, "run only this seed")
+	flagMaxFail = flag.Int("sim.max-failures", 5, "stop after this many failing seeds")
+	flagFrom    = flag.Uint64("sim.from", 1, "first seed TestSimulation runs, to explore beyond the CI seeds")
+	flagOps     = flag.Int("sim.ops", defaultOps, "client operations per seed")
+	flagTrace   = flag.Bool("sim.trace", false, "print a readable trace of every event to stdout")
+	flagBroken  = flag.Int("sim.broken-seeds", defaultBrokenSeeds, "seeds a broken variant may take to be caught")
+	flagStrict  = flag.Bool("sim.strict", false, "no workarounds for known production bugs: show them instead")
+	flagSkew    = flag.Duration("sim.clock-skew", 0, "put each node's wall clock up to this far off true time (default: within 250 ms)")
+	flagDupProp = flag.Bool("sim.dup-proposals", false, "let the network duplicate forwarded proposals (MsgProp), which the production transport never does")
 )
 
 func brokenSeeds() int { return *flagBroken }
@@ -43,7 +43,7 @@ func run(t *testing.T, cfg sim.Config) sim.Result {
 	}
 	cfg.NoWorkarounds = *flagStrict
 	cfg.DuplicateProposals = *flagDupProp
-	cfg.WallClockDrift = *flagWallDrift
+	cfg.ClockSkew = *flagSkew
 	return sim.Run(cfg)
 }
 
@@ -58,8 +58,21 @@ func seeds() []uint64 {
 	return out
 }
 
+// replay is the command that reruns one seed exactly: the same seed and
+// every flag that changes what the run does.
 func replay(test string, seed uint64) string {
-	return fmt.Sprintf("replay: go test ./internal/sim -run '^%s$' -sim.seed=%d -sim.trace", test, seed)
+	// -sim.ops always: its default differs between race and plain builds.
+	cmd := fmt.Sprintf("replay: go test ./internal/sim -run '^%s$' -sim.seed=%d -sim.ops=%d", test, seed, *flagOps)
+	if *flagStrict {
+		cmd += " -sim.strict"
+	}
+	if *flagSkew != 0 {
+		cmd += " -sim.clock-skew=" + flagSkew.String()
+	}
+	if *flagDupProp {
+		cmd += " -sim.dup-proposals"
+	}
+	return cmd + " -sim.trace"
 }
 
 func TestSimulation(t *testing.T) {

@@ -75,10 +75,10 @@ func (c *client) next() {
 // another (a load balancer, a retry elsewhere).
 func (c *client) pick() *node {
 	s := c.s
-	if n := s.nodes[c.home]; n != nil && n.st != stGone && s.rng.IntN(10) < 8 {
+	if n := s.nodes[c.home]; n != nil && n.st != stGone && !n.idle && s.rng.IntN(10) < 8 {
 		return n
 	}
-	live := s.live()
+	live := slices.DeleteFunc(s.live(), func(n *node) bool { return n.idle })
 	n := live[s.rng.IntN(len(live))]
 	c.home = n.id
 	return n
@@ -293,14 +293,17 @@ func (c *client) membership() {
 		case !outcomeUnknown(err):
 			fresh.stop(raftnode.ErrRemoved)
 		default:
-			// The join may or may not have happened; an operator
-			// who sees the new node idle after a while gives up on it.
+			// The join may or may not have happened, and may still
+			// happen: the entry can commit much later. A node that is
+			// not a member after a while keeps running, but clients stop
+			// using it (they would only time out there); stopping it
+			// instead would leave a member down if the join lands late.
 			s.after(15*time.Second, func() {
 				if l := s.leader(); l != nil && fresh.st != stGone && !slices.Contains(members(l.core.Status()), fresh.id) {
 					if s.tracing() {
-						s.logf("n%d never joined; stopped", fresh.id)
+						s.logf("n%d has not joined after 15s; clients stop using it", fresh.id)
 					}
-					fresh.stop(raftnode.ErrRemoved)
+					fresh.idle = true
 				}
 			})
 		}
