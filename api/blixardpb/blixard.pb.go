@@ -242,6 +242,176 @@ func (PlacementPolicy) EnumDescriptor() ([]byte, []int) {
 	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{3}
 }
 
+// VMState is the observed state, reported by the worker (or set by the
+// leader when it places or loses a VM).
+type VMState int32
+
+const (
+	VMState_VM_STATE_UNSPECIFIED VMState = 0
+	VMState_VM_STATE_PENDING     VMState = 1 // not placed (no worker has room); reason says why
+	VMState_VM_STATE_SCHEDULED   VMState = 2 // placed, worker has not started it yet
+	VMState_VM_STATE_STARTING    VMState = 3 // QEMU launched, readiness marker not seen yet
+	VMState_VM_STATE_RUNNING     VMState = 4
+	VMState_VM_STATE_STOPPING    VMState = 5
+	VMState_VM_STATE_STOPPED     VMState = 6
+	VMState_VM_STATE_FAILED      VMState = 7 // exited/crashed and policy says no restart (or start failed permanently)
+)
+
+// Enum value maps for VMState.
+var (
+	VMState_name = map[int32]string{
+		0: "VM_STATE_UNSPECIFIED",
+		1: "VM_STATE_PENDING",
+		2: "VM_STATE_SCHEDULED",
+		3: "VM_STATE_STARTING",
+		4: "VM_STATE_RUNNING",
+		5: "VM_STATE_STOPPING",
+		6: "VM_STATE_STOPPED",
+		7: "VM_STATE_FAILED",
+	}
+	VMState_value = map[string]int32{
+		"VM_STATE_UNSPECIFIED": 0,
+		"VM_STATE_PENDING":     1,
+		"VM_STATE_SCHEDULED":   2,
+		"VM_STATE_STARTING":    3,
+		"VM_STATE_RUNNING":     4,
+		"VM_STATE_STOPPING":    5,
+		"VM_STATE_STOPPED":     6,
+		"VM_STATE_FAILED":      7,
+	}
+)
+
+func (x VMState) Enum() *VMState {
+	p := new(VMState)
+	*p = x
+	return p
+}
+
+func (x VMState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (VMState) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_blixardpb_blixard_proto_enumTypes[4].Descriptor()
+}
+
+func (VMState) Type() protoreflect.EnumType {
+	return &file_api_blixardpb_blixard_proto_enumTypes[4]
+}
+
+func (x VMState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use VMState.Descriptor instead.
+func (VMState) EnumDescriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{4}
+}
+
+type VMDesired int32
+
+const (
+	VMDesired_VM_DESIRED_UNSPECIFIED VMDesired = 0
+	VMDesired_VM_DESIRED_RUNNING     VMDesired = 1
+	VMDesired_VM_DESIRED_STOPPED     VMDesired = 2
+	VMDesired_VM_DESIRED_DELETED     VMDesired = 3
+)
+
+// Enum value maps for VMDesired.
+var (
+	VMDesired_name = map[int32]string{
+		0: "VM_DESIRED_UNSPECIFIED",
+		1: "VM_DESIRED_RUNNING",
+		2: "VM_DESIRED_STOPPED",
+		3: "VM_DESIRED_DELETED",
+	}
+	VMDesired_value = map[string]int32{
+		"VM_DESIRED_UNSPECIFIED": 0,
+		"VM_DESIRED_RUNNING":     1,
+		"VM_DESIRED_STOPPED":     2,
+		"VM_DESIRED_DELETED":     3,
+	}
+)
+
+func (x VMDesired) Enum() *VMDesired {
+	p := new(VMDesired)
+	*p = x
+	return p
+}
+
+func (x VMDesired) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (VMDesired) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_blixardpb_blixard_proto_enumTypes[5].Descriptor()
+}
+
+func (VMDesired) Type() protoreflect.EnumType {
+	return &file_api_blixardpb_blixard_proto_enumTypes[5]
+}
+
+func (x VMDesired) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use VMDesired.Descriptor instead.
+func (VMDesired) EnumDescriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{5}
+}
+
+type RestartPolicy int32
+
+const (
+	RestartPolicy_RESTART_POLICY_UNSPECIFIED RestartPolicy = 0 // = always
+	RestartPolicy_RESTART_POLICY_ALWAYS      RestartPolicy = 1
+	RestartPolicy_RESTART_POLICY_ON_FAILURE  RestartPolicy = 2
+	RestartPolicy_RESTART_POLICY_NEVER       RestartPolicy = 3
+)
+
+// Enum value maps for RestartPolicy.
+var (
+	RestartPolicy_name = map[int32]string{
+		0: "RESTART_POLICY_UNSPECIFIED",
+		1: "RESTART_POLICY_ALWAYS",
+		2: "RESTART_POLICY_ON_FAILURE",
+		3: "RESTART_POLICY_NEVER",
+	}
+	RestartPolicy_value = map[string]int32{
+		"RESTART_POLICY_UNSPECIFIED": 0,
+		"RESTART_POLICY_ALWAYS":      1,
+		"RESTART_POLICY_ON_FAILURE":  2,
+		"RESTART_POLICY_NEVER":       3,
+	}
+)
+
+func (x RestartPolicy) Enum() *RestartPolicy {
+	p := new(RestartPolicy)
+	*p = x
+	return p
+}
+
+func (x RestartPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RestartPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_blixardpb_blixard_proto_enumTypes[6].Descriptor()
+}
+
+func (RestartPolicy) Type() protoreflect.EnumType {
+	return &file_api_blixardpb_blixard_proto_enumTypes[6]
+}
+
+func (x RestartPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RestartPolicy.Descriptor instead.
+func (RestartPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{6}
+}
+
 // Member is one node of the raft group.
 type Member struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1148,6 +1318,342 @@ func (x *Task) GetPendingReason() string {
 	return ""
 }
 
+type PortForward struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HostPort      uint32                 `protobuf:"varint,1,opt,name=host_port,json=hostPort,proto3" json:"host_port,omitempty"`
+	GuestPort     uint32                 `protobuf:"varint,2,opt,name=guest_port,json=guestPort,proto3" json:"guest_port,omitempty"`
+	Protocol      string                 `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"` // tcp (default) or udp
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortForward) Reset() {
+	*x = PortForward{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortForward) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortForward) ProtoMessage() {}
+
+func (x *PortForward) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortForward.ProtoReflect.Descriptor instead.
+func (*PortForward) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PortForward) GetHostPort() uint32 {
+	if x != nil {
+		return x.HostPort
+	}
+	return 0
+}
+
+func (x *PortForward) GetGuestPort() uint32 {
+	if x != nil {
+		return x.GuestPort
+	}
+	return 0
+}
+
+func (x *PortForward) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+type VMSpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`                             // DNS-label-like: [a-z0-9-], 1..63 chars, unique cluster-wide
+	Vcpus         uint32                 `protobuf:"varint,2,opt,name=vcpus,proto3" json:"vcpus,omitempty"`                          // default 1
+	MemoryMib     uint32                 `protobuf:"varint,3,opt,name=memory_mib,json=memoryMib,proto3" json:"memory_mib,omitempty"` // default 128; the worker's driver refuses < 74 for real kernels
+	Kernel        string                 `protobuf:"bytes,4,opt,name=kernel,proto3" json:"kernel,omitempty"`                         // path on the worker; empty: the node's default image (--vm-image dir /vmlinux)
+	Initrd        string                 `protobuf:"bytes,5,opt,name=initrd,proto3" json:"initrd,omitempty"`
+	Disk          string                 `protobuf:"bytes,6,opt,name=disk,proto3" json:"disk,omitempty"` // optional disk image path on the worker
+	DiskReadonly  bool                   `protobuf:"varint,7,opt,name=disk_readonly,json=diskReadonly,proto3" json:"disk_readonly,omitempty"`
+	Cmdline       string                 `protobuf:"bytes,8,opt,name=cmdline,proto3" json:"cmdline,omitempty"` // extra kernel command line
+	Network       string                 `protobuf:"bytes,9,opt,name=network,proto3" json:"network,omitempty"` // "user" (default), "none", "tap"
+	Ports         []*PortForward         `protobuf:"bytes,10,rep,name=ports,proto3" json:"ports,omitempty"`
+	Restart       RestartPolicy          `protobuf:"varint,11,opt,name=restart,proto3,enum=blixard.v1.RestartPolicy" json:"restart,omitempty"`
+	Constraints   map[string]string      `protobuf:"bytes,12,rep,name=constraints,proto3" json:"constraints,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Node          uint64                 `protobuf:"varint,13,opt,name=node,proto3" json:"node,omitempty"` // only this worker; 0: any
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VMSpec) Reset() {
+	*x = VMSpec{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VMSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VMSpec) ProtoMessage() {}
+
+func (x *VMSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VMSpec.ProtoReflect.Descriptor instead.
+func (*VMSpec) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *VMSpec) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VMSpec) GetVcpus() uint32 {
+	if x != nil {
+		return x.Vcpus
+	}
+	return 0
+}
+
+func (x *VMSpec) GetMemoryMib() uint32 {
+	if x != nil {
+		return x.MemoryMib
+	}
+	return 0
+}
+
+func (x *VMSpec) GetKernel() string {
+	if x != nil {
+		return x.Kernel
+	}
+	return ""
+}
+
+func (x *VMSpec) GetInitrd() string {
+	if x != nil {
+		return x.Initrd
+	}
+	return ""
+}
+
+func (x *VMSpec) GetDisk() string {
+	if x != nil {
+		return x.Disk
+	}
+	return ""
+}
+
+func (x *VMSpec) GetDiskReadonly() bool {
+	if x != nil {
+		return x.DiskReadonly
+	}
+	return false
+}
+
+func (x *VMSpec) GetCmdline() string {
+	if x != nil {
+		return x.Cmdline
+	}
+	return ""
+}
+
+func (x *VMSpec) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *VMSpec) GetPorts() []*PortForward {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *VMSpec) GetRestart() RestartPolicy {
+	if x != nil {
+		return x.Restart
+	}
+	return RestartPolicy_RESTART_POLICY_UNSPECIFIED
+}
+
+func (x *VMSpec) GetConstraints() map[string]string {
+	if x != nil {
+		return x.Constraints
+	}
+	return nil
+}
+
+func (x *VMSpec) GetNode() uint64 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+type VM struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Spec     *VMSpec                `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	Desired  VMDesired              `protobuf:"varint,2,opt,name=desired,proto3,enum=blixard.v1.VMDesired" json:"desired,omitempty"`
+	State    VMState                `protobuf:"varint,3,opt,name=state,proto3,enum=blixard.v1.VMState" json:"state,omitempty"`
+	WorkerId uint64                 `protobuf:"varint,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"` // 0 while pending
+	// generation is the placement number and the fence: bumped on every
+	// (re)placement; worker reports carry it.
+	Generation        uint32 `protobuf:"varint,5,opt,name=generation,proto3" json:"generation,omitempty"`
+	Restarts          uint32 `protobuf:"varint,6,opt,name=restarts,proto3" json:"restarts,omitempty"` // restarts by policy on the same worker + re-placements
+	StartedAtUnixNano int64  `protobuf:"varint,7,opt,name=started_at_unix_nano,json=startedAtUnixNano,proto3" json:"started_at_unix_nano,omitempty"`
+	Reason            string `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"` // why it is in this state
+	CreatedAtUnixNano int64  `protobuf:"varint,9,opt,name=created_at_unix_nano,json=createdAtUnixNano,proto3" json:"created_at_unix_nano,omitempty"`
+	UpdatedAtUnixNano int64  `protobuf:"varint,10,opt,name=updated_at_unix_nano,json=updatedAtUnixNano,proto3" json:"updated_at_unix_nano,omitempty"`
+	Seq               uint64 `protobuf:"varint,11,opt,name=seq,proto3" json:"seq,omitempty"` // raft index of creation (FIFO among pending)
+	// restart_seq is bumped by `vm restart`: the worker restarts the VM when
+	// it sees a higher value than it last acted on.
+	RestartSeq    uint32 `protobuf:"varint,12,opt,name=restart_seq,json=restartSeq,proto3" json:"restart_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VM) Reset() {
+	*x = VM{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VM) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VM) ProtoMessage() {}
+
+func (x *VM) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VM.ProtoReflect.Descriptor instead.
+func (*VM) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *VM) GetSpec() *VMSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *VM) GetDesired() VMDesired {
+	if x != nil {
+		return x.Desired
+	}
+	return VMDesired_VM_DESIRED_UNSPECIFIED
+}
+
+func (x *VM) GetState() VMState {
+	if x != nil {
+		return x.State
+	}
+	return VMState_VM_STATE_UNSPECIFIED
+}
+
+func (x *VM) GetWorkerId() uint64 {
+	if x != nil {
+		return x.WorkerId
+	}
+	return 0
+}
+
+func (x *VM) GetGeneration() uint32 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *VM) GetRestarts() uint32 {
+	if x != nil {
+		return x.Restarts
+	}
+	return 0
+}
+
+func (x *VM) GetStartedAtUnixNano() int64 {
+	if x != nil {
+		return x.StartedAtUnixNano
+	}
+	return 0
+}
+
+func (x *VM) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *VM) GetCreatedAtUnixNano() int64 {
+	if x != nil {
+		return x.CreatedAtUnixNano
+	}
+	return 0
+}
+
+func (x *VM) GetUpdatedAtUnixNano() int64 {
+	if x != nil {
+		return x.UpdatedAtUnixNano
+	}
+	return 0
+}
+
+func (x *VM) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *VM) GetRestartSeq() uint32 {
+	if x != nil {
+		return x.RestartSeq
+	}
+	return 0
+}
+
 // StateSnapshot is the whole replicated state; it is the data of a raft
 // snapshot.
 type StateSnapshot struct {
@@ -1158,13 +1664,14 @@ type StateSnapshot struct {
 	WorkerStatuses []*WorkerStatus        `protobuf:"bytes,4,rep,name=worker_statuses,json=workerStatuses,proto3" json:"worker_statuses,omitempty"`
 	Kvs            []*KV                  `protobuf:"bytes,5,rep,name=kvs,proto3" json:"kvs,omitempty"`
 	Tasks          []*Task                `protobuf:"bytes,6,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	Vms            []*VM                  `protobuf:"bytes,7,rep,name=vms,proto3" json:"vms,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StateSnapshot) Reset() {
 	*x = StateSnapshot{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[9]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1683,7 @@ func (x *StateSnapshot) String() string {
 func (*StateSnapshot) ProtoMessage() {}
 
 func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[9]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1696,7 @@ func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateSnapshot.ProtoReflect.Descriptor instead.
 func (*StateSnapshot) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{9}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StateSnapshot) GetMembers() []*Member {
@@ -1234,6 +1741,13 @@ func (x *StateSnapshot) GetTasks() []*Task {
 	return nil
 }
 
+func (x *StateSnapshot) GetVms() []*VM {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Op:
@@ -1251,6 +1765,10 @@ type Command struct {
 	//	*Command_SetWorkerSchedulable
 	//	*Command_ReconcileWorker
 	//	*Command_PurgeTasks
+	//	*Command_CreateVm
+	//	*Command_SetVmDesired
+	//	*Command_PlaceVms
+	//	*Command_ReportVm
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1258,7 +1776,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[10]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1788,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[10]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1801,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{10}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Command) GetOp() isCommand_Op {
@@ -1410,6 +1928,42 @@ func (x *Command) GetPurgeTasks() *PurgeTasks {
 	return nil
 }
 
+func (x *Command) GetCreateVm() *CreateVM {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CreateVm); ok {
+			return x.CreateVm
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetVmDesired() *SetVMDesired {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetVmDesired); ok {
+			return x.SetVmDesired
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPlaceVms() *PlaceVMs {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PlaceVms); ok {
+			return x.PlaceVms
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetReportVm() *ReportVM {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ReportVm); ok {
+			return x.ReportVm
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -1466,6 +2020,23 @@ type Command_PurgeTasks struct {
 	PurgeTasks *PurgeTasks `protobuf:"bytes,22,opt,name=purge_tasks,json=purgeTasks,proto3,oneof"`
 }
 
+type Command_CreateVm struct {
+	// 30..39: MicroVMs.
+	CreateVm *CreateVM `protobuf:"bytes,30,opt,name=create_vm,json=createVm,proto3,oneof"`
+}
+
+type Command_SetVmDesired struct {
+	SetVmDesired *SetVMDesired `protobuf:"bytes,31,opt,name=set_vm_desired,json=setVmDesired,proto3,oneof"`
+}
+
+type Command_PlaceVms struct {
+	PlaceVms *PlaceVMs `protobuf:"bytes,32,opt,name=place_vms,json=placeVms,proto3,oneof"`
+}
+
+type Command_ReportVm struct {
+	ReportVm *ReportVM `protobuf:"bytes,33,opt,name=report_vm,json=reportVm,proto3,oneof"`
+}
+
 func (*Command_RegisterWorker) isCommand_Op() {}
 
 func (*Command_SetWorkerState) isCommand_Op() {}
@@ -1492,6 +2063,354 @@ func (*Command_ReconcileWorker) isCommand_Op() {}
 
 func (*Command_PurgeTasks) isCommand_Op() {}
 
+func (*Command_CreateVm) isCommand_Op() {}
+
+func (*Command_SetVmDesired) isCommand_Op() {}
+
+func (*Command_PlaceVms) isCommand_Op() {}
+
+func (*Command_ReportVm) isCommand_Op() {}
+
+// CreateVM adds a VM (desired running, state pending). A duplicate name is
+// an error and changes nothing.
+type CreateVM struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spec          *VMSpec                `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	NowUnixNano   int64                  `protobuf:"varint,2,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateVM) Reset() {
+	*x = CreateVM{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateVM) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateVM) ProtoMessage() {}
+
+func (x *CreateVM) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateVM.ProtoReflect.Descriptor instead.
+func (*CreateVM) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CreateVM) GetSpec() *VMSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *CreateVM) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
+
+// SetVMDesired changes what the user wants. restart bumps restart_seq.
+// DELETED on a VM with no worker (or a down worker) removes it at once.
+type SetVMDesired struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Desired       VMDesired              `protobuf:"varint,2,opt,name=desired,proto3,enum=blixard.v1.VMDesired" json:"desired,omitempty"`
+	Restart       bool                   `protobuf:"varint,3,opt,name=restart,proto3" json:"restart,omitempty"`
+	NowUnixNano   int64                  `protobuf:"varint,4,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetVMDesired) Reset() {
+	*x = SetVMDesired{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetVMDesired) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetVMDesired) ProtoMessage() {}
+
+func (x *SetVMDesired) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetVMDesired.ProtoReflect.Descriptor instead.
+func (*SetVMDesired) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SetVMDesired) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetVMDesired) GetDesired() VMDesired {
+	if x != nil {
+		return x.Desired
+	}
+	return VMDesired_VM_DESIRED_UNSPECIFIED
+}
+
+func (x *SetVMDesired) GetRestart() bool {
+	if x != nil {
+		return x.Restart
+	}
+	return false
+}
+
+func (x *SetVMDesired) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
+
+type VMPlacement struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Generation    uint32                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"` // the new generation (previous + 1)
+	WorkerId      uint64                 `protobuf:"varint,3,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VMPlacement) Reset() {
+	*x = VMPlacement{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VMPlacement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VMPlacement) ProtoMessage() {}
+
+func (x *VMPlacement) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VMPlacement.ProtoReflect.Descriptor instead.
+func (*VMPlacement) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *VMPlacement) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VMPlacement) GetGeneration() uint32 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *VMPlacement) GetWorkerId() uint64 {
+	if x != nil {
+		return x.WorkerId
+	}
+	return 0
+}
+
+// PlaceVMs is one scheduler pass for VMs.
+type PlaceVMs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Placements    []*VMPlacement         `protobuf:"bytes,1,rep,name=placements,proto3" json:"placements,omitempty"`
+	NowUnixNano   int64                  `protobuf:"varint,2,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlaceVMs) Reset() {
+	*x = PlaceVMs{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlaceVMs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlaceVMs) ProtoMessage() {}
+
+func (x *PlaceVMs) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlaceVMs.ProtoReflect.Descriptor instead.
+func (*PlaceVMs) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *PlaceVMs) GetPlacements() []*VMPlacement {
+	if x != nil {
+		return x.Placements
+	}
+	return nil
+}
+
+func (x *PlaceVMs) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
+
+// ReportVM is the worker's observation. A stale generation or worker is
+// rejected (fenced); a STOPPED report while desired=DELETED removes the
+// record.
+type ReportVM struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Name              string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Generation        uint32                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	WorkerId          uint64                 `protobuf:"varint,3,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	State             VMState                `protobuf:"varint,4,opt,name=state,proto3,enum=blixard.v1.VMState" json:"state,omitempty"`
+	Reason            string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	StartedAtUnixNano int64                  `protobuf:"varint,6,opt,name=started_at_unix_nano,json=startedAtUnixNano,proto3" json:"started_at_unix_nano,omitempty"`
+	RestartsDelta     uint32                 `protobuf:"varint,7,opt,name=restarts_delta,json=restartsDelta,proto3" json:"restarts_delta,omitempty"`
+	NowUnixNano       int64                  `protobuf:"varint,8,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *ReportVM) Reset() {
+	*x = ReportVM{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportVM) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportVM) ProtoMessage() {}
+
+func (x *ReportVM) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportVM.ProtoReflect.Descriptor instead.
+func (*ReportVM) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ReportVM) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ReportVM) GetGeneration() uint32 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *ReportVM) GetWorkerId() uint64 {
+	if x != nil {
+		return x.WorkerId
+	}
+	return 0
+}
+
+func (x *ReportVM) GetState() VMState {
+	if x != nil {
+		return x.State
+	}
+	return VMState_VM_STATE_UNSPECIFIED
+}
+
+func (x *ReportVM) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ReportVM) GetStartedAtUnixNano() int64 {
+	if x != nil {
+		return x.StartedAtUnixNano
+	}
+	return 0
+}
+
+func (x *ReportVM) GetRestartsDelta() uint32 {
+	if x != nil {
+		return x.RestartsDelta
+	}
+	return 0
+}
+
+func (x *ReportVM) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
+
 // PurgeTasks forgets final tasks that finished before the given time
 // (their idempotency keys with them): the leader proposes it periodically
 // so task history does not grow without bound.
@@ -1504,7 +2423,7 @@ type PurgeTasks struct {
 
 func (x *PurgeTasks) Reset() {
 	*x = PurgeTasks{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[11]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1516,7 +2435,7 @@ func (x *PurgeTasks) String() string {
 func (*PurgeTasks) ProtoMessage() {}
 
 func (x *PurgeTasks) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[11]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1529,7 +2448,7 @@ func (x *PurgeTasks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeTasks.ProtoReflect.Descriptor instead.
 func (*PurgeTasks) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{11}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PurgeTasks) GetFinishedBeforeUnixNano() int64 {
@@ -1550,7 +2469,7 @@ type SubmitTask struct {
 
 func (x *SubmitTask) Reset() {
 	*x = SubmitTask{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1562,7 +2481,7 @@ func (x *SubmitTask) String() string {
 func (*SubmitTask) ProtoMessage() {}
 
 func (x *SubmitTask) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1575,7 +2494,7 @@ func (x *SubmitTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitTask.ProtoReflect.Descriptor instead.
 func (*SubmitTask) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{12}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SubmitTask) GetSpec() *TaskSpec {
@@ -1610,7 +2529,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +2541,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +2554,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{13}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Placement) GetTaskId() string {
@@ -1670,7 +2589,7 @@ type PlaceTasks struct {
 
 func (x *PlaceTasks) Reset() {
 	*x = PlaceTasks{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1682,7 +2601,7 @@ func (x *PlaceTasks) String() string {
 func (*PlaceTasks) ProtoMessage() {}
 
 func (x *PlaceTasks) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1695,7 +2614,7 @@ func (x *PlaceTasks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceTasks.ProtoReflect.Descriptor instead.
 func (*PlaceTasks) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{14}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PlaceTasks) GetPlacements() []*Placement {
@@ -1724,7 +2643,7 @@ type TaskStarted struct {
 
 func (x *TaskStarted) Reset() {
 	*x = TaskStarted{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1736,7 +2655,7 @@ func (x *TaskStarted) String() string {
 func (*TaskStarted) ProtoMessage() {}
 
 func (x *TaskStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1749,7 +2668,7 @@ func (x *TaskStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStarted.ProtoReflect.Descriptor instead.
 func (*TaskStarted) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{15}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TaskStarted) GetTaskId() string {
@@ -1793,7 +2712,7 @@ type TaskFinished struct {
 
 func (x *TaskFinished) Reset() {
 	*x = TaskFinished{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +2724,7 @@ func (x *TaskFinished) String() string {
 func (*TaskFinished) ProtoMessage() {}
 
 func (x *TaskFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +2737,7 @@ func (x *TaskFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskFinished.ProtoReflect.Descriptor instead.
 func (*TaskFinished) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{16}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TaskFinished) GetTaskId() string {
@@ -1866,7 +2785,7 @@ type CancelTask struct {
 
 func (x *CancelTask) Reset() {
 	*x = CancelTask{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1878,7 +2797,7 @@ func (x *CancelTask) String() string {
 func (*CancelTask) ProtoMessage() {}
 
 func (x *CancelTask) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1891,7 +2810,7 @@ func (x *CancelTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTask.ProtoReflect.Descriptor instead.
 func (*CancelTask) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{17}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CancelTask) GetTaskId() string {
@@ -1920,7 +2839,7 @@ type SetWorkerSchedulable struct {
 
 func (x *SetWorkerSchedulable) Reset() {
 	*x = SetWorkerSchedulable{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +2851,7 @@ func (x *SetWorkerSchedulable) String() string {
 func (*SetWorkerSchedulable) ProtoMessage() {}
 
 func (x *SetWorkerSchedulable) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +2864,7 @@ func (x *SetWorkerSchedulable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetWorkerSchedulable.ProtoReflect.Descriptor instead.
 func (*SetWorkerSchedulable) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{18}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SetWorkerSchedulable) GetWorkerId() uint64 {
@@ -1989,7 +2908,7 @@ type ReconcileWorker struct {
 
 func (x *ReconcileWorker) Reset() {
 	*x = ReconcileWorker{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2001,7 +2920,7 @@ func (x *ReconcileWorker) String() string {
 func (*ReconcileWorker) ProtoMessage() {}
 
 func (x *ReconcileWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2014,7 +2933,7 @@ func (x *ReconcileWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileWorker.ProtoReflect.Descriptor instead.
 func (*ReconcileWorker) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{19}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReconcileWorker) GetWorkerId() uint64 {
@@ -2048,7 +2967,7 @@ type RegisterWorker struct {
 
 func (x *RegisterWorker) Reset() {
 	*x = RegisterWorker{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2060,7 +2979,7 @@ func (x *RegisterWorker) String() string {
 func (*RegisterWorker) ProtoMessage() {}
 
 func (x *RegisterWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2073,7 +2992,7 @@ func (x *RegisterWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterWorker.ProtoReflect.Descriptor instead.
 func (*RegisterWorker) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{20}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RegisterWorker) GetWorker() *Worker {
@@ -2101,7 +3020,7 @@ type SetWorkerState struct {
 
 func (x *SetWorkerState) Reset() {
 	*x = SetWorkerState{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2113,7 +3032,7 @@ func (x *SetWorkerState) String() string {
 func (*SetWorkerState) ProtoMessage() {}
 
 func (x *SetWorkerState) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2126,7 +3045,7 @@ func (x *SetWorkerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetWorkerState.ProtoReflect.Descriptor instead.
 func (*SetWorkerState) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{21}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetWorkerState) GetWorkerId() uint64 {
@@ -2159,7 +3078,7 @@ type ReportWorkerUsage struct {
 
 func (x *ReportWorkerUsage) Reset() {
 	*x = ReportWorkerUsage{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2171,7 +3090,7 @@ func (x *ReportWorkerUsage) String() string {
 func (*ReportWorkerUsage) ProtoMessage() {}
 
 func (x *ReportWorkerUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2184,7 +3103,7 @@ func (x *ReportWorkerUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportWorkerUsage.ProtoReflect.Descriptor instead.
 func (*ReportWorkerUsage) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{22}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReportWorkerUsage) GetStatus() *WorkerStatus {
@@ -2204,7 +3123,7 @@ type Put struct {
 
 func (x *Put) Reset() {
 	*x = Put{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2216,7 +3135,7 @@ func (x *Put) String() string {
 func (*Put) ProtoMessage() {}
 
 func (x *Put) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2229,7 +3148,7 @@ func (x *Put) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Put.ProtoReflect.Descriptor instead.
 func (*Put) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{23}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Put) GetKey() string {
@@ -2255,7 +3174,7 @@ type Delete struct {
 
 func (x *Delete) Reset() {
 	*x = Delete{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2267,7 +3186,7 @@ func (x *Delete) String() string {
 func (*Delete) ProtoMessage() {}
 
 func (x *Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2280,7 +3199,7 @@ func (x *Delete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delete.ProtoReflect.Descriptor instead.
 func (*Delete) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{24}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Delete) GetKey() string {
@@ -2303,7 +3222,7 @@ type MemberContext struct {
 
 func (x *MemberContext) Reset() {
 	*x = MemberContext{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2315,7 +3234,7 @@ func (x *MemberContext) String() string {
 func (*MemberContext) ProtoMessage() {}
 
 func (x *MemberContext) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2328,7 +3247,7 @@ func (x *MemberContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberContext.ProtoReflect.Descriptor instead.
 func (*MemberContext) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{25}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *MemberContext) GetMember() *Member {
@@ -2361,7 +3280,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2373,7 +3292,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2386,7 +3305,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{26}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RaftBatch) GetMessages() [][]byte {
@@ -2404,7 +3323,7 @@ type SendAck struct {
 
 func (x *SendAck) Reset() {
 	*x = SendAck{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2416,7 +3335,7 @@ func (x *SendAck) String() string {
 func (*SendAck) ProtoMessage() {}
 
 func (x *SendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2429,7 +3348,7 @@ func (x *SendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendAck.ProtoReflect.Descriptor instead.
 func (*SendAck) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{27}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{35}
 }
 
 type SnapshotChunk struct {
@@ -2449,7 +3368,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2461,7 +3380,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2474,7 +3393,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{28}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SnapshotChunk) GetHeader() []byte {
@@ -2529,7 +3448,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2541,7 +3460,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2554,7 +3473,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{29}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StatusRequest) GetLocal() bool {
@@ -2579,7 +3498,7 @@ type MemberStatus struct {
 
 func (x *MemberStatus) Reset() {
 	*x = MemberStatus{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2591,7 +3510,7 @@ func (x *MemberStatus) String() string {
 func (*MemberStatus) ProtoMessage() {}
 
 func (x *MemberStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2604,7 +3523,7 @@ func (x *MemberStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberStatus.ProtoReflect.Descriptor instead.
 func (*MemberStatus) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{30}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MemberStatus) GetId() uint64 {
@@ -2658,7 +3577,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2670,7 +3589,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2683,7 +3602,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{31}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *StatusResponse) GetNodeId() uint64 {
@@ -2745,7 +3664,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2757,7 +3676,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2770,7 +3689,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{32}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *JoinRequest) GetId() uint64 {
@@ -2796,7 +3715,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2808,7 +3727,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2821,7 +3740,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{33}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -2840,7 +3759,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2852,7 +3771,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2865,7 +3784,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{34}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RemoveMemberRequest) GetId() uint64 {
@@ -2883,7 +3802,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2895,7 +3814,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2908,7 +3827,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{35}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{43}
 }
 
 type TransferLeaderRequest struct {
@@ -2920,7 +3839,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2932,7 +3851,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2945,7 +3864,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{36}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *TransferLeaderRequest) GetId() uint64 {
@@ -2964,7 +3883,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2976,7 +3895,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2989,7 +3908,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{37}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TransferLeaderResponse) GetLeader() uint64 {
@@ -3007,7 +3926,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3019,7 +3938,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3032,7 +3951,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{38}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{46}
 }
 
 type WorkerInfo struct {
@@ -3047,7 +3966,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3059,7 +3978,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3072,7 +3991,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{39}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *WorkerInfo) GetWorker() *Worker {
@@ -3105,7 +4024,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3117,7 +4036,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3130,7 +4049,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{40}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
@@ -3149,7 +4068,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3161,7 +4080,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3174,7 +4093,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{41}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *HeartbeatRequest) GetWorkerId() uint64 {
@@ -3198,7 +4117,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3210,7 +4129,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3223,7 +4142,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{42}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *HeartbeatResponse) GetLeader() uint64 {
@@ -3257,7 +4176,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3269,7 +4188,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3282,7 +4201,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{43}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *PutRequest) GetKey() string {
@@ -3308,7 +4227,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3320,7 +4239,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3333,7 +4252,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{44}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *PutResponse) GetIndex() uint64 {
@@ -3354,7 +4273,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3366,7 +4285,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3379,7 +4298,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{45}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *GetRequest) GetKey() string {
@@ -3407,7 +4326,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3419,7 +4338,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3432,7 +4351,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{46}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GetResponse) GetFound() bool {
@@ -3468,7 +4387,7 @@ type SubmitTaskRequest struct {
 
 func (x *SubmitTaskRequest) Reset() {
 	*x = SubmitTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3480,7 +4399,7 @@ func (x *SubmitTaskRequest) String() string {
 func (*SubmitTaskRequest) ProtoMessage() {}
 
 func (x *SubmitTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3493,7 +4412,7 @@ func (x *SubmitTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitTaskRequest.ProtoReflect.Descriptor instead.
 func (*SubmitTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{47}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *SubmitTaskRequest) GetSpec() *TaskSpec {
@@ -3519,7 +4438,7 @@ type TaskResponse struct {
 
 func (x *TaskResponse) Reset() {
 	*x = TaskResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3531,7 +4450,7 @@ func (x *TaskResponse) String() string {
 func (*TaskResponse) ProtoMessage() {}
 
 func (x *TaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3544,7 +4463,7 @@ func (x *TaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskResponse.ProtoReflect.Descriptor instead.
 func (*TaskResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{48}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *TaskResponse) GetTask() *Task {
@@ -3563,7 +4482,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3575,7 +4494,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3588,7 +4507,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{49}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *GetTaskRequest) GetId() string {
@@ -3607,7 +4526,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3619,7 +4538,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3632,7 +4551,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{50}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ListTasksRequest) GetState() TaskState {
@@ -3651,7 +4570,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3663,7 +4582,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3676,7 +4595,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{51}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -3695,7 +4614,7 @@ type CancelTaskRequest struct {
 
 func (x *CancelTaskRequest) Reset() {
 	*x = CancelTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3707,7 +4626,7 @@ func (x *CancelTaskRequest) String() string {
 func (*CancelTaskRequest) ProtoMessage() {}
 
 func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3720,7 +4639,7 @@ func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskRequest.ProtoReflect.Descriptor instead.
 func (*CancelTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{52}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *CancelTaskRequest) GetId() string {
@@ -3739,7 +4658,7 @@ type WaitTaskRequest struct {
 
 func (x *WaitTaskRequest) Reset() {
 	*x = WaitTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3751,7 +4670,7 @@ func (x *WaitTaskRequest) String() string {
 func (*WaitTaskRequest) ProtoMessage() {}
 
 func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3764,7 +4683,7 @@ func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitTaskRequest.ProtoReflect.Descriptor instead.
 func (*WaitTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{53}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *WaitTaskRequest) GetId() string {
@@ -3787,7 +4706,7 @@ type TaskLogsRequest struct {
 
 func (x *TaskLogsRequest) Reset() {
 	*x = TaskLogsRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3799,7 +4718,7 @@ func (x *TaskLogsRequest) String() string {
 func (*TaskLogsRequest) ProtoMessage() {}
 
 func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3812,7 +4731,7 @@ func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskLogsRequest.ProtoReflect.Descriptor instead.
 func (*TaskLogsRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{54}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *TaskLogsRequest) GetId() string {
@@ -3859,7 +4778,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3871,7 +4790,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3884,7 +4803,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{55}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *LogChunk) GetData() []byte {
@@ -3892,6 +4811,401 @@ func (x *LogChunk) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+type CreateVMRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spec          *VMSpec                `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateVMRequest) Reset() {
+	*x = CreateVMRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateVMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateVMRequest) ProtoMessage() {}
+
+func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateVMRequest.ProtoReflect.Descriptor instead.
+func (*CreateVMRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *CreateVMRequest) GetSpec() *VMSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type VMResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Vm    *VM                    `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	// removed is set by WaitVM when the VM's record is gone (deleted).
+	Removed       bool `protobuf:"varint,2,opt,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VMResponse) Reset() {
+	*x = VMResponse{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VMResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VMResponse) ProtoMessage() {}
+
+func (x *VMResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VMResponse.ProtoReflect.Descriptor instead.
+func (*VMResponse) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *VMResponse) GetVm() *VM {
+	if x != nil {
+		return x.Vm
+	}
+	return nil
+}
+
+func (x *VMResponse) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
+}
+
+type GetVMRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVMRequest) Reset() {
+	*x = GetVMRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVMRequest) ProtoMessage() {}
+
+func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVMRequest.ProtoReflect.Descriptor instead.
+func (*GetVMRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *GetVMRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListVMsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListVMsRequest) Reset() {
+	*x = ListVMsRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListVMsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListVMsRequest) ProtoMessage() {}
+
+func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
+func (*ListVMsRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{67}
+}
+
+type ListVMsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vms           []*VM                  `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListVMsResponse) Reset() {
+	*x = ListVMsResponse{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListVMsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListVMsResponse) ProtoMessage() {}
+
+func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
+func (*ListVMsResponse) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *ListVMsResponse) GetVms() []*VM {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+type SetVMDesiredRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Desired       VMDesired              `protobuf:"varint,2,opt,name=desired,proto3,enum=blixard.v1.VMDesired" json:"desired,omitempty"`
+	Restart       bool                   `protobuf:"varint,3,opt,name=restart,proto3" json:"restart,omitempty"` // with desired running: restart the VM
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetVMDesiredRequest) Reset() {
+	*x = SetVMDesiredRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetVMDesiredRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetVMDesiredRequest) ProtoMessage() {}
+
+func (x *SetVMDesiredRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetVMDesiredRequest.ProtoReflect.Descriptor instead.
+func (*SetVMDesiredRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *SetVMDesiredRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetVMDesiredRequest) GetDesired() VMDesired {
+	if x != nil {
+		return x.Desired
+	}
+	return VMDesired_VM_DESIRED_UNSPECIFIED
+}
+
+func (x *SetVMDesiredRequest) GetRestart() bool {
+	if x != nil {
+		return x.Restart
+	}
+	return false
+}
+
+type WaitVMRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitVMRequest) Reset() {
+	*x = WaitVMRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitVMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitVMRequest) ProtoMessage() {}
+
+func (x *WaitVMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitVMRequest.ProtoReflect.Descriptor instead.
+func (*WaitVMRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *WaitVMRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type VMLogsRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Follow bool                   `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	Offset int64                  `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	// worker_id is set when one node forwards the request to the worker that
+	// runs the VM; that worker serves its own file or refuses.
+	WorkerId      uint64 `protobuf:"varint,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VMLogsRequest) Reset() {
+	*x = VMLogsRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VMLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VMLogsRequest) ProtoMessage() {}
+
+func (x *VMLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VMLogsRequest.ProtoReflect.Descriptor instead.
+func (*VMLogsRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *VMLogsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VMLogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *VMLogsRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *VMLogsRequest) GetWorkerId() uint64 {
+	if x != nil {
+		return x.WorkerId
+	}
+	return 0
 }
 
 var File_api_blixardpb_blixard_proto protoreflect.FileDescriptor
@@ -4001,14 +5315,56 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	" \x01(\bR\x0fcancelRequested\x12\x10\n" +
 	"\x03seq\x18\v \x01(\x04R\x03seq\x121\n" +
 	"\x15finished_at_unix_nano\x18\f \x01(\x03R\x12finishedAtUnixNano\x12%\n" +
-	"\x0epending_reason\x18\r \x01(\tR\rpendingReason\"\xa1\x02\n" +
+	"\x0epending_reason\x18\r \x01(\tR\rpendingReason\"e\n" +
+	"\vPortForward\x12\x1b\n" +
+	"\thost_port\x18\x01 \x01(\rR\bhostPort\x12\x1d\n" +
+	"\n" +
+	"guest_port\x18\x02 \x01(\rR\tguestPort\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"\xed\x03\n" +
+	"\x06VMSpec\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05vcpus\x18\x02 \x01(\rR\x05vcpus\x12\x1d\n" +
+	"\n" +
+	"memory_mib\x18\x03 \x01(\rR\tmemoryMib\x12\x16\n" +
+	"\x06kernel\x18\x04 \x01(\tR\x06kernel\x12\x16\n" +
+	"\x06initrd\x18\x05 \x01(\tR\x06initrd\x12\x12\n" +
+	"\x04disk\x18\x06 \x01(\tR\x04disk\x12#\n" +
+	"\rdisk_readonly\x18\a \x01(\bR\fdiskReadonly\x12\x18\n" +
+	"\acmdline\x18\b \x01(\tR\acmdline\x12\x18\n" +
+	"\anetwork\x18\t \x01(\tR\anetwork\x12-\n" +
+	"\x05ports\x18\n" +
+	" \x03(\v2\x17.blixard.v1.PortForwardR\x05ports\x123\n" +
+	"\arestart\x18\v \x01(\x0e2\x19.blixard.v1.RestartPolicyR\arestart\x12E\n" +
+	"\vconstraints\x18\f \x03(\v2#.blixard.v1.VMSpec.ConstraintsEntryR\vconstraints\x12\x12\n" +
+	"\x04node\x18\r \x01(\x04R\x04node\x1a>\n" +
+	"\x10ConstraintsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbf\x03\n" +
+	"\x02VM\x12&\n" +
+	"\x04spec\x18\x01 \x01(\v2\x12.blixard.v1.VMSpecR\x04spec\x12/\n" +
+	"\adesired\x18\x02 \x01(\x0e2\x15.blixard.v1.VMDesiredR\adesired\x12)\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x13.blixard.v1.VMStateR\x05state\x12\x1b\n" +
+	"\tworker_id\x18\x04 \x01(\x04R\bworkerId\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x05 \x01(\rR\n" +
+	"generation\x12\x1a\n" +
+	"\brestarts\x18\x06 \x01(\rR\brestarts\x12/\n" +
+	"\x14started_at_unix_nano\x18\a \x01(\x03R\x11startedAtUnixNano\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\x12/\n" +
+	"\x14created_at_unix_nano\x18\t \x01(\x03R\x11createdAtUnixNano\x12/\n" +
+	"\x14updated_at_unix_nano\x18\n" +
+	" \x01(\x03R\x11updatedAtUnixNano\x12\x10\n" +
+	"\x03seq\x18\v \x01(\x04R\x03seq\x12\x1f\n" +
+	"\vrestart_seq\x18\f \x01(\rR\n" +
+	"restartSeq\"\xc3\x02\n" +
 	"\rStateSnapshot\x12,\n" +
 	"\amembers\x18\x01 \x03(\v2\x12.blixard.v1.MemberR\amembers\x12'\n" +
 	"\x0fremoved_members\x18\x02 \x03(\x04R\x0eremovedMembers\x12,\n" +
 	"\aworkers\x18\x03 \x03(\v2\x12.blixard.v1.WorkerR\aworkers\x12A\n" +
 	"\x0fworker_statuses\x18\x04 \x03(\v2\x18.blixard.v1.WorkerStatusR\x0eworkerStatuses\x12 \n" +
 	"\x03kvs\x18\x05 \x03(\v2\x0e.blixard.v1.KVR\x03kvs\x12&\n" +
-	"\x05tasks\x18\x06 \x03(\v2\x10.blixard.v1.TaskR\x05tasks\"\xd7\x06\n" +
+	"\x05tasks\x18\x06 \x03(\v2\x10.blixard.v1.TaskR\x05tasks\x12 \n" +
+	"\x03vms\x18\a \x03(\v2\x0e.blixard.v1.VMR\x03vms\"\xb8\b\n" +
 	"\aCommand\x12E\n" +
 	"\x0fregister_worker\x18\n" +
 	" \x01(\v2\x1a.blixard.v1.RegisterWorkerH\x00R\x0eregisterWorker\x12F\n" +
@@ -4027,8 +5383,42 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x16set_worker_schedulable\x18\x14 \x01(\v2 .blixard.v1.SetWorkerSchedulableH\x00R\x14setWorkerSchedulable\x12H\n" +
 	"\x10reconcile_worker\x18\x15 \x01(\v2\x1b.blixard.v1.ReconcileWorkerH\x00R\x0freconcileWorker\x129\n" +
 	"\vpurge_tasks\x18\x16 \x01(\v2\x16.blixard.v1.PurgeTasksH\x00R\n" +
-	"purgeTasksB\x04\n" +
-	"\x02opJ\x04\b\x01\x10\x02\"G\n" +
+	"purgeTasks\x123\n" +
+	"\tcreate_vm\x18\x1e \x01(\v2\x14.blixard.v1.CreateVMH\x00R\bcreateVm\x12@\n" +
+	"\x0eset_vm_desired\x18\x1f \x01(\v2\x18.blixard.v1.SetVMDesiredH\x00R\fsetVmDesired\x123\n" +
+	"\tplace_vms\x18  \x01(\v2\x14.blixard.v1.PlaceVMsH\x00R\bplaceVms\x123\n" +
+	"\treport_vm\x18! \x01(\v2\x14.blixard.v1.ReportVMH\x00R\breportVmB\x04\n" +
+	"\x02opJ\x04\b\x01\x10\x02\"V\n" +
+	"\bCreateVM\x12&\n" +
+	"\x04spec\x18\x01 \x01(\v2\x12.blixard.v1.VMSpecR\x04spec\x12\"\n" +
+	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"\x91\x01\n" +
+	"\fSetVMDesired\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
+	"\adesired\x18\x02 \x01(\x0e2\x15.blixard.v1.VMDesiredR\adesired\x12\x18\n" +
+	"\arestart\x18\x03 \x01(\bR\arestart\x12\"\n" +
+	"\rnow_unix_nano\x18\x04 \x01(\x03R\vnowUnixNano\"^\n" +
+	"\vVMPlacement\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\rR\n" +
+	"generation\x12\x1b\n" +
+	"\tworker_id\x18\x03 \x01(\x04R\bworkerId\"g\n" +
+	"\bPlaceVMs\x127\n" +
+	"\n" +
+	"placements\x18\x01 \x03(\v2\x17.blixard.v1.VMPlacementR\n" +
+	"placements\x12\"\n" +
+	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"\x9a\x02\n" +
+	"\bReportVM\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\rR\n" +
+	"generation\x12\x1b\n" +
+	"\tworker_id\x18\x03 \x01(\x04R\bworkerId\x12)\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x13.blixard.v1.VMStateR\x05state\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12/\n" +
+	"\x14started_at_unix_nano\x18\x06 \x01(\x03R\x11startedAtUnixNano\x12%\n" +
+	"\x0erestarts_delta\x18\a \x01(\rR\rrestartsDelta\x12\"\n" +
+	"\rnow_unix_nano\x18\b \x01(\x03R\vnowUnixNano\"G\n" +
 	"\n" +
 	"PurgeTasks\x129\n" +
 	"\x19finished_before_unix_nano\x18\x01 \x01(\x03R\x16finishedBeforeUnixNano\"\x83\x01\n" +
@@ -4182,7 +5572,29 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x06follow\x18\x04 \x01(\bR\x06follow\x12\x16\n" +
 	"\x06offset\x18\x05 \x01(\x03R\x06offset\"\x1e\n" +
 	"\bLogChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data*Y\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"9\n" +
+	"\x0fCreateVMRequest\x12&\n" +
+	"\x04spec\x18\x01 \x01(\v2\x12.blixard.v1.VMSpecR\x04spec\"F\n" +
+	"\n" +
+	"VMResponse\x12\x1e\n" +
+	"\x02vm\x18\x01 \x01(\v2\x0e.blixard.v1.VMR\x02vm\x12\x18\n" +
+	"\aremoved\x18\x02 \x01(\bR\aremoved\"\"\n" +
+	"\fGetVMRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x10\n" +
+	"\x0eListVMsRequest\"3\n" +
+	"\x0fListVMsResponse\x12 \n" +
+	"\x03vms\x18\x01 \x03(\v2\x0e.blixard.v1.VMR\x03vms\"t\n" +
+	"\x13SetVMDesiredRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
+	"\adesired\x18\x02 \x01(\x0e2\x15.blixard.v1.VMDesiredR\adesired\x12\x18\n" +
+	"\arestart\x18\x03 \x01(\bR\arestart\"#\n" +
+	"\rWaitVMRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"p\n" +
+	"\rVMLogsRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x1b\n" +
+	"\tworker_id\x18\x04 \x01(\x04R\bworkerId*Y\n" +
 	"\n" +
 	"MemberRole\x12\x1b\n" +
 	"\x17MEMBER_ROLE_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -4205,7 +5617,26 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x0fPlacementPolicy\x12 \n" +
 	"\x1cPLACEMENT_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18PLACEMENT_POLICY_BINPACK\x10\x01\x12\x1b\n" +
-	"\x17PLACEMENT_POLICY_SPREAD\x10\x02B*Z(github.com/blixard/blixard/api/blixardpbb\x06proto3"
+	"\x17PLACEMENT_POLICY_SPREAD\x10\x02*\xc0\x01\n" +
+	"\aVMState\x12\x18\n" +
+	"\x14VM_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10VM_STATE_PENDING\x10\x01\x12\x16\n" +
+	"\x12VM_STATE_SCHEDULED\x10\x02\x12\x15\n" +
+	"\x11VM_STATE_STARTING\x10\x03\x12\x14\n" +
+	"\x10VM_STATE_RUNNING\x10\x04\x12\x15\n" +
+	"\x11VM_STATE_STOPPING\x10\x05\x12\x14\n" +
+	"\x10VM_STATE_STOPPED\x10\x06\x12\x13\n" +
+	"\x0fVM_STATE_FAILED\x10\a*o\n" +
+	"\tVMDesired\x12\x1a\n" +
+	"\x16VM_DESIRED_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12VM_DESIRED_RUNNING\x10\x01\x12\x16\n" +
+	"\x12VM_DESIRED_STOPPED\x10\x02\x12\x16\n" +
+	"\x12VM_DESIRED_DELETED\x10\x03*\x83\x01\n" +
+	"\rRestartPolicy\x12\x1e\n" +
+	"\x1aRESTART_POLICY_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15RESTART_POLICY_ALWAYS\x10\x01\x12\x1d\n" +
+	"\x19RESTART_POLICY_ON_FAILURE\x10\x02\x12\x18\n" +
+	"\x14RESTART_POLICY_NEVER\x10\x03B*Z(github.com/blixard/blixard/api/blixardpbb\x06proto3"
 
 var (
 	file_api_blixardpb_blixard_proto_rawDescOnce sync.Once
@@ -4219,127 +5650,166 @@ func file_api_blixardpb_blixard_proto_rawDescGZIP() []byte {
 	return file_api_blixardpb_blixard_proto_rawDescData
 }
 
-var file_api_blixardpb_blixard_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_api_blixardpb_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
+var file_api_blixardpb_blixard_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_api_blixardpb_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
 var file_api_blixardpb_blixard_proto_goTypes = []any{
 	(MemberRole)(0),                // 0: blixard.v1.MemberRole
 	(WorkerState)(0),               // 1: blixard.v1.WorkerState
 	(TaskState)(0),                 // 2: blixard.v1.TaskState
 	(PlacementPolicy)(0),           // 3: blixard.v1.PlacementPolicy
-	(*Member)(nil),                 // 4: blixard.v1.Member
-	(*Resources)(nil),              // 5: blixard.v1.Resources
-	(*Worker)(nil),                 // 6: blixard.v1.Worker
-	(*WorkerStatus)(nil),           // 7: blixard.v1.WorkerStatus
-	(*KV)(nil),                     // 8: blixard.v1.KV
-	(*TaskSpec)(nil),               // 9: blixard.v1.TaskSpec
-	(*TaskResult)(nil),             // 10: blixard.v1.TaskResult
-	(*Attempt)(nil),                // 11: blixard.v1.Attempt
-	(*Task)(nil),                   // 12: blixard.v1.Task
-	(*StateSnapshot)(nil),          // 13: blixard.v1.StateSnapshot
-	(*Command)(nil),                // 14: blixard.v1.Command
-	(*PurgeTasks)(nil),             // 15: blixard.v1.PurgeTasks
-	(*SubmitTask)(nil),             // 16: blixard.v1.SubmitTask
-	(*Placement)(nil),              // 17: blixard.v1.Placement
-	(*PlaceTasks)(nil),             // 18: blixard.v1.PlaceTasks
-	(*TaskStarted)(nil),            // 19: blixard.v1.TaskStarted
-	(*TaskFinished)(nil),           // 20: blixard.v1.TaskFinished
-	(*CancelTask)(nil),             // 21: blixard.v1.CancelTask
-	(*SetWorkerSchedulable)(nil),   // 22: blixard.v1.SetWorkerSchedulable
-	(*ReconcileWorker)(nil),        // 23: blixard.v1.ReconcileWorker
-	(*RegisterWorker)(nil),         // 24: blixard.v1.RegisterWorker
-	(*SetWorkerState)(nil),         // 25: blixard.v1.SetWorkerState
-	(*ReportWorkerUsage)(nil),      // 26: blixard.v1.ReportWorkerUsage
-	(*Put)(nil),                    // 27: blixard.v1.Put
-	(*Delete)(nil),                 // 28: blixard.v1.Delete
-	(*MemberContext)(nil),          // 29: blixard.v1.MemberContext
-	(*RaftBatch)(nil),              // 30: blixard.v1.RaftBatch
-	(*SendAck)(nil),                // 31: blixard.v1.SendAck
-	(*SnapshotChunk)(nil),          // 32: blixard.v1.SnapshotChunk
-	(*StatusRequest)(nil),          // 33: blixard.v1.StatusRequest
-	(*MemberStatus)(nil),           // 34: blixard.v1.MemberStatus
-	(*StatusResponse)(nil),         // 35: blixard.v1.StatusResponse
-	(*JoinRequest)(nil),            // 36: blixard.v1.JoinRequest
-	(*JoinResponse)(nil),           // 37: blixard.v1.JoinResponse
-	(*RemoveMemberRequest)(nil),    // 38: blixard.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),   // 39: blixard.v1.RemoveMemberResponse
-	(*TransferLeaderRequest)(nil),  // 40: blixard.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 41: blixard.v1.TransferLeaderResponse
-	(*ListWorkersRequest)(nil),     // 42: blixard.v1.ListWorkersRequest
-	(*WorkerInfo)(nil),             // 43: blixard.v1.WorkerInfo
-	(*ListWorkersResponse)(nil),    // 44: blixard.v1.ListWorkersResponse
-	(*HeartbeatRequest)(nil),       // 45: blixard.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 46: blixard.v1.HeartbeatResponse
-	(*PutRequest)(nil),             // 47: blixard.v1.PutRequest
-	(*PutResponse)(nil),            // 48: blixard.v1.PutResponse
-	(*GetRequest)(nil),             // 49: blixard.v1.GetRequest
-	(*GetResponse)(nil),            // 50: blixard.v1.GetResponse
-	(*SubmitTaskRequest)(nil),      // 51: blixard.v1.SubmitTaskRequest
-	(*TaskResponse)(nil),           // 52: blixard.v1.TaskResponse
-	(*GetTaskRequest)(nil),         // 53: blixard.v1.GetTaskRequest
-	(*ListTasksRequest)(nil),       // 54: blixard.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),      // 55: blixard.v1.ListTasksResponse
-	(*CancelTaskRequest)(nil),      // 56: blixard.v1.CancelTaskRequest
-	(*WaitTaskRequest)(nil),        // 57: blixard.v1.WaitTaskRequest
-	(*TaskLogsRequest)(nil),        // 58: blixard.v1.TaskLogsRequest
-	(*LogChunk)(nil),               // 59: blixard.v1.LogChunk
-	nil,                            // 60: blixard.v1.Worker.LabelsEntry
-	nil,                            // 61: blixard.v1.TaskSpec.EnvEntry
-	nil,                            // 62: blixard.v1.TaskSpec.ConstraintsEntry
+	(VMState)(0),                   // 4: blixard.v1.VMState
+	(VMDesired)(0),                 // 5: blixard.v1.VMDesired
+	(RestartPolicy)(0),             // 6: blixard.v1.RestartPolicy
+	(*Member)(nil),                 // 7: blixard.v1.Member
+	(*Resources)(nil),              // 8: blixard.v1.Resources
+	(*Worker)(nil),                 // 9: blixard.v1.Worker
+	(*WorkerStatus)(nil),           // 10: blixard.v1.WorkerStatus
+	(*KV)(nil),                     // 11: blixard.v1.KV
+	(*TaskSpec)(nil),               // 12: blixard.v1.TaskSpec
+	(*TaskResult)(nil),             // 13: blixard.v1.TaskResult
+	(*Attempt)(nil),                // 14: blixard.v1.Attempt
+	(*Task)(nil),                   // 15: blixard.v1.Task
+	(*PortForward)(nil),            // 16: blixard.v1.PortForward
+	(*VMSpec)(nil),                 // 17: blixard.v1.VMSpec
+	(*VM)(nil),                     // 18: blixard.v1.VM
+	(*StateSnapshot)(nil),          // 19: blixard.v1.StateSnapshot
+	(*Command)(nil),                // 20: blixard.v1.Command
+	(*CreateVM)(nil),               // 21: blixard.v1.CreateVM
+	(*SetVMDesired)(nil),           // 22: blixard.v1.SetVMDesired
+	(*VMPlacement)(nil),            // 23: blixard.v1.VMPlacement
+	(*PlaceVMs)(nil),               // 24: blixard.v1.PlaceVMs
+	(*ReportVM)(nil),               // 25: blixard.v1.ReportVM
+	(*PurgeTasks)(nil),             // 26: blixard.v1.PurgeTasks
+	(*SubmitTask)(nil),             // 27: blixard.v1.SubmitTask
+	(*Placement)(nil),              // 28: blixard.v1.Placement
+	(*PlaceTasks)(nil),             // 29: blixard.v1.PlaceTasks
+	(*TaskStarted)(nil),            // 30: blixard.v1.TaskStarted
+	(*TaskFinished)(nil),           // 31: blixard.v1.TaskFinished
+	(*CancelTask)(nil),             // 32: blixard.v1.CancelTask
+	(*SetWorkerSchedulable)(nil),   // 33: blixard.v1.SetWorkerSchedulable
+	(*ReconcileWorker)(nil),        // 34: blixard.v1.ReconcileWorker
+	(*RegisterWorker)(nil),         // 35: blixard.v1.RegisterWorker
+	(*SetWorkerState)(nil),         // 36: blixard.v1.SetWorkerState
+	(*ReportWorkerUsage)(nil),      // 37: blixard.v1.ReportWorkerUsage
+	(*Put)(nil),                    // 38: blixard.v1.Put
+	(*Delete)(nil),                 // 39: blixard.v1.Delete
+	(*MemberContext)(nil),          // 40: blixard.v1.MemberContext
+	(*RaftBatch)(nil),              // 41: blixard.v1.RaftBatch
+	(*SendAck)(nil),                // 42: blixard.v1.SendAck
+	(*SnapshotChunk)(nil),          // 43: blixard.v1.SnapshotChunk
+	(*StatusRequest)(nil),          // 44: blixard.v1.StatusRequest
+	(*MemberStatus)(nil),           // 45: blixard.v1.MemberStatus
+	(*StatusResponse)(nil),         // 46: blixard.v1.StatusResponse
+	(*JoinRequest)(nil),            // 47: blixard.v1.JoinRequest
+	(*JoinResponse)(nil),           // 48: blixard.v1.JoinResponse
+	(*RemoveMemberRequest)(nil),    // 49: blixard.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),   // 50: blixard.v1.RemoveMemberResponse
+	(*TransferLeaderRequest)(nil),  // 51: blixard.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 52: blixard.v1.TransferLeaderResponse
+	(*ListWorkersRequest)(nil),     // 53: blixard.v1.ListWorkersRequest
+	(*WorkerInfo)(nil),             // 54: blixard.v1.WorkerInfo
+	(*ListWorkersResponse)(nil),    // 55: blixard.v1.ListWorkersResponse
+	(*HeartbeatRequest)(nil),       // 56: blixard.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 57: blixard.v1.HeartbeatResponse
+	(*PutRequest)(nil),             // 58: blixard.v1.PutRequest
+	(*PutResponse)(nil),            // 59: blixard.v1.PutResponse
+	(*GetRequest)(nil),             // 60: blixard.v1.GetRequest
+	(*GetResponse)(nil),            // 61: blixard.v1.GetResponse
+	(*SubmitTaskRequest)(nil),      // 62: blixard.v1.SubmitTaskRequest
+	(*TaskResponse)(nil),           // 63: blixard.v1.TaskResponse
+	(*GetTaskRequest)(nil),         // 64: blixard.v1.GetTaskRequest
+	(*ListTasksRequest)(nil),       // 65: blixard.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),      // 66: blixard.v1.ListTasksResponse
+	(*CancelTaskRequest)(nil),      // 67: blixard.v1.CancelTaskRequest
+	(*WaitTaskRequest)(nil),        // 68: blixard.v1.WaitTaskRequest
+	(*TaskLogsRequest)(nil),        // 69: blixard.v1.TaskLogsRequest
+	(*LogChunk)(nil),               // 70: blixard.v1.LogChunk
+	(*CreateVMRequest)(nil),        // 71: blixard.v1.CreateVMRequest
+	(*VMResponse)(nil),             // 72: blixard.v1.VMResponse
+	(*GetVMRequest)(nil),           // 73: blixard.v1.GetVMRequest
+	(*ListVMsRequest)(nil),         // 74: blixard.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),        // 75: blixard.v1.ListVMsResponse
+	(*SetVMDesiredRequest)(nil),    // 76: blixard.v1.SetVMDesiredRequest
+	(*WaitVMRequest)(nil),          // 77: blixard.v1.WaitVMRequest
+	(*VMLogsRequest)(nil),          // 78: blixard.v1.VMLogsRequest
+	nil,                            // 79: blixard.v1.Worker.LabelsEntry
+	nil,                            // 80: blixard.v1.TaskSpec.EnvEntry
+	nil,                            // 81: blixard.v1.TaskSpec.ConstraintsEntry
+	nil,                            // 82: blixard.v1.VMSpec.ConstraintsEntry
 }
 var file_api_blixardpb_blixard_proto_depIdxs = []int32{
 	0,  // 0: blixard.v1.Member.role:type_name -> blixard.v1.MemberRole
-	5,  // 1: blixard.v1.Worker.capacity:type_name -> blixard.v1.Resources
-	60, // 2: blixard.v1.Worker.labels:type_name -> blixard.v1.Worker.LabelsEntry
+	8,  // 1: blixard.v1.Worker.capacity:type_name -> blixard.v1.Resources
+	79, // 2: blixard.v1.Worker.labels:type_name -> blixard.v1.Worker.LabelsEntry
 	1,  // 3: blixard.v1.Worker.state:type_name -> blixard.v1.WorkerState
-	61, // 4: blixard.v1.TaskSpec.env:type_name -> blixard.v1.TaskSpec.EnvEntry
-	5,  // 5: blixard.v1.TaskSpec.resources:type_name -> blixard.v1.Resources
-	62, // 6: blixard.v1.TaskSpec.constraints:type_name -> blixard.v1.TaskSpec.ConstraintsEntry
+	80, // 4: blixard.v1.TaskSpec.env:type_name -> blixard.v1.TaskSpec.EnvEntry
+	8,  // 5: blixard.v1.TaskSpec.resources:type_name -> blixard.v1.Resources
+	81, // 6: blixard.v1.TaskSpec.constraints:type_name -> blixard.v1.TaskSpec.ConstraintsEntry
 	3,  // 7: blixard.v1.TaskSpec.policy:type_name -> blixard.v1.PlacementPolicy
 	2,  // 8: blixard.v1.Attempt.state:type_name -> blixard.v1.TaskState
-	10, // 9: blixard.v1.Attempt.result:type_name -> blixard.v1.TaskResult
-	9,  // 10: blixard.v1.Task.spec:type_name -> blixard.v1.TaskSpec
+	13, // 9: blixard.v1.Attempt.result:type_name -> blixard.v1.TaskResult
+	12, // 10: blixard.v1.Task.spec:type_name -> blixard.v1.TaskSpec
 	2,  // 11: blixard.v1.Task.state:type_name -> blixard.v1.TaskState
-	11, // 12: blixard.v1.Task.attempts:type_name -> blixard.v1.Attempt
-	4,  // 13: blixard.v1.StateSnapshot.members:type_name -> blixard.v1.Member
-	6,  // 14: blixard.v1.StateSnapshot.workers:type_name -> blixard.v1.Worker
-	7,  // 15: blixard.v1.StateSnapshot.worker_statuses:type_name -> blixard.v1.WorkerStatus
-	8,  // 16: blixard.v1.StateSnapshot.kvs:type_name -> blixard.v1.KV
-	12, // 17: blixard.v1.StateSnapshot.tasks:type_name -> blixard.v1.Task
-	24, // 18: blixard.v1.Command.register_worker:type_name -> blixard.v1.RegisterWorker
-	25, // 19: blixard.v1.Command.set_worker_state:type_name -> blixard.v1.SetWorkerState
-	26, // 20: blixard.v1.Command.report_worker_usage:type_name -> blixard.v1.ReportWorkerUsage
-	27, // 21: blixard.v1.Command.put:type_name -> blixard.v1.Put
-	28, // 22: blixard.v1.Command.delete:type_name -> blixard.v1.Delete
-	16, // 23: blixard.v1.Command.submit_task:type_name -> blixard.v1.SubmitTask
-	18, // 24: blixard.v1.Command.place_tasks:type_name -> blixard.v1.PlaceTasks
-	19, // 25: blixard.v1.Command.task_started:type_name -> blixard.v1.TaskStarted
-	20, // 26: blixard.v1.Command.task_finished:type_name -> blixard.v1.TaskFinished
-	21, // 27: blixard.v1.Command.cancel_task:type_name -> blixard.v1.CancelTask
-	22, // 28: blixard.v1.Command.set_worker_schedulable:type_name -> blixard.v1.SetWorkerSchedulable
-	23, // 29: blixard.v1.Command.reconcile_worker:type_name -> blixard.v1.ReconcileWorker
-	15, // 30: blixard.v1.Command.purge_tasks:type_name -> blixard.v1.PurgeTasks
-	9,  // 31: blixard.v1.SubmitTask.spec:type_name -> blixard.v1.TaskSpec
-	17, // 32: blixard.v1.PlaceTasks.placements:type_name -> blixard.v1.Placement
-	10, // 33: blixard.v1.TaskFinished.result:type_name -> blixard.v1.TaskResult
-	6,  // 34: blixard.v1.RegisterWorker.worker:type_name -> blixard.v1.Worker
-	1,  // 35: blixard.v1.SetWorkerState.state:type_name -> blixard.v1.WorkerState
-	7,  // 36: blixard.v1.ReportWorkerUsage.status:type_name -> blixard.v1.WorkerStatus
-	4,  // 37: blixard.v1.MemberContext.member:type_name -> blixard.v1.Member
-	0,  // 38: blixard.v1.MemberStatus.role:type_name -> blixard.v1.MemberRole
-	34, // 39: blixard.v1.StatusResponse.members:type_name -> blixard.v1.MemberStatus
-	4,  // 40: blixard.v1.JoinResponse.members:type_name -> blixard.v1.Member
-	6,  // 41: blixard.v1.WorkerInfo.worker:type_name -> blixard.v1.Worker
-	7,  // 42: blixard.v1.WorkerInfo.status:type_name -> blixard.v1.WorkerStatus
-	43, // 43: blixard.v1.ListWorkersResponse.workers:type_name -> blixard.v1.WorkerInfo
-	9,  // 44: blixard.v1.SubmitTaskRequest.spec:type_name -> blixard.v1.TaskSpec
-	12, // 45: blixard.v1.TaskResponse.task:type_name -> blixard.v1.Task
-	2,  // 46: blixard.v1.ListTasksRequest.state:type_name -> blixard.v1.TaskState
-	12, // 47: blixard.v1.ListTasksResponse.tasks:type_name -> blixard.v1.Task
-	48, // [48:48] is the sub-list for method output_type
-	48, // [48:48] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	14, // 12: blixard.v1.Task.attempts:type_name -> blixard.v1.Attempt
+	16, // 13: blixard.v1.VMSpec.ports:type_name -> blixard.v1.PortForward
+	6,  // 14: blixard.v1.VMSpec.restart:type_name -> blixard.v1.RestartPolicy
+	82, // 15: blixard.v1.VMSpec.constraints:type_name -> blixard.v1.VMSpec.ConstraintsEntry
+	17, // 16: blixard.v1.VM.spec:type_name -> blixard.v1.VMSpec
+	5,  // 17: blixard.v1.VM.desired:type_name -> blixard.v1.VMDesired
+	4,  // 18: blixard.v1.VM.state:type_name -> blixard.v1.VMState
+	7,  // 19: blixard.v1.StateSnapshot.members:type_name -> blixard.v1.Member
+	9,  // 20: blixard.v1.StateSnapshot.workers:type_name -> blixard.v1.Worker
+	10, // 21: blixard.v1.StateSnapshot.worker_statuses:type_name -> blixard.v1.WorkerStatus
+	11, // 22: blixard.v1.StateSnapshot.kvs:type_name -> blixard.v1.KV
+	15, // 23: blixard.v1.StateSnapshot.tasks:type_name -> blixard.v1.Task
+	18, // 24: blixard.v1.StateSnapshot.vms:type_name -> blixard.v1.VM
+	35, // 25: blixard.v1.Command.register_worker:type_name -> blixard.v1.RegisterWorker
+	36, // 26: blixard.v1.Command.set_worker_state:type_name -> blixard.v1.SetWorkerState
+	37, // 27: blixard.v1.Command.report_worker_usage:type_name -> blixard.v1.ReportWorkerUsage
+	38, // 28: blixard.v1.Command.put:type_name -> blixard.v1.Put
+	39, // 29: blixard.v1.Command.delete:type_name -> blixard.v1.Delete
+	27, // 30: blixard.v1.Command.submit_task:type_name -> blixard.v1.SubmitTask
+	29, // 31: blixard.v1.Command.place_tasks:type_name -> blixard.v1.PlaceTasks
+	30, // 32: blixard.v1.Command.task_started:type_name -> blixard.v1.TaskStarted
+	31, // 33: blixard.v1.Command.task_finished:type_name -> blixard.v1.TaskFinished
+	32, // 34: blixard.v1.Command.cancel_task:type_name -> blixard.v1.CancelTask
+	33, // 35: blixard.v1.Command.set_worker_schedulable:type_name -> blixard.v1.SetWorkerSchedulable
+	34, // 36: blixard.v1.Command.reconcile_worker:type_name -> blixard.v1.ReconcileWorker
+	26, // 37: blixard.v1.Command.purge_tasks:type_name -> blixard.v1.PurgeTasks
+	21, // 38: blixard.v1.Command.create_vm:type_name -> blixard.v1.CreateVM
+	22, // 39: blixard.v1.Command.set_vm_desired:type_name -> blixard.v1.SetVMDesired
+	24, // 40: blixard.v1.Command.place_vms:type_name -> blixard.v1.PlaceVMs
+	25, // 41: blixard.v1.Command.report_vm:type_name -> blixard.v1.ReportVM
+	17, // 42: blixard.v1.CreateVM.spec:type_name -> blixard.v1.VMSpec
+	5,  // 43: blixard.v1.SetVMDesired.desired:type_name -> blixard.v1.VMDesired
+	23, // 44: blixard.v1.PlaceVMs.placements:type_name -> blixard.v1.VMPlacement
+	4,  // 45: blixard.v1.ReportVM.state:type_name -> blixard.v1.VMState
+	12, // 46: blixard.v1.SubmitTask.spec:type_name -> blixard.v1.TaskSpec
+	28, // 47: blixard.v1.PlaceTasks.placements:type_name -> blixard.v1.Placement
+	13, // 48: blixard.v1.TaskFinished.result:type_name -> blixard.v1.TaskResult
+	9,  // 49: blixard.v1.RegisterWorker.worker:type_name -> blixard.v1.Worker
+	1,  // 50: blixard.v1.SetWorkerState.state:type_name -> blixard.v1.WorkerState
+	10, // 51: blixard.v1.ReportWorkerUsage.status:type_name -> blixard.v1.WorkerStatus
+	7,  // 52: blixard.v1.MemberContext.member:type_name -> blixard.v1.Member
+	0,  // 53: blixard.v1.MemberStatus.role:type_name -> blixard.v1.MemberRole
+	45, // 54: blixard.v1.StatusResponse.members:type_name -> blixard.v1.MemberStatus
+	7,  // 55: blixard.v1.JoinResponse.members:type_name -> blixard.v1.Member
+	9,  // 56: blixard.v1.WorkerInfo.worker:type_name -> blixard.v1.Worker
+	10, // 57: blixard.v1.WorkerInfo.status:type_name -> blixard.v1.WorkerStatus
+	54, // 58: blixard.v1.ListWorkersResponse.workers:type_name -> blixard.v1.WorkerInfo
+	12, // 59: blixard.v1.SubmitTaskRequest.spec:type_name -> blixard.v1.TaskSpec
+	15, // 60: blixard.v1.TaskResponse.task:type_name -> blixard.v1.Task
+	2,  // 61: blixard.v1.ListTasksRequest.state:type_name -> blixard.v1.TaskState
+	15, // 62: blixard.v1.ListTasksResponse.tasks:type_name -> blixard.v1.Task
+	17, // 63: blixard.v1.CreateVMRequest.spec:type_name -> blixard.v1.VMSpec
+	18, // 64: blixard.v1.VMResponse.vm:type_name -> blixard.v1.VM
+	18, // 65: blixard.v1.ListVMsResponse.vms:type_name -> blixard.v1.VM
+	5,  // 66: blixard.v1.SetVMDesiredRequest.desired:type_name -> blixard.v1.VMDesired
+	67, // [67:67] is the sub-list for method output_type
+	67, // [67:67] is the sub-list for method input_type
+	67, // [67:67] is the sub-list for extension type_name
+	67, // [67:67] is the sub-list for extension extendee
+	0,  // [0:67] is the sub-list for field type_name
 }
 
 func init() { file_api_blixardpb_blixard_proto_init() }
@@ -4347,7 +5817,7 @@ func file_api_blixardpb_blixard_proto_init() {
 	if File_api_blixardpb_blixard_proto != nil {
 		return
 	}
-	file_api_blixardpb_blixard_proto_msgTypes[10].OneofWrappers = []any{
+	file_api_blixardpb_blixard_proto_msgTypes[13].OneofWrappers = []any{
 		(*Command_RegisterWorker)(nil),
 		(*Command_SetWorkerState)(nil),
 		(*Command_ReportWorkerUsage)(nil),
@@ -4361,14 +5831,18 @@ func file_api_blixardpb_blixard_proto_init() {
 		(*Command_SetWorkerSchedulable)(nil),
 		(*Command_ReconcileWorker)(nil),
 		(*Command_PurgeTasks)(nil),
+		(*Command_CreateVm)(nil),
+		(*Command_SetVmDesired)(nil),
+		(*Command_PlaceVms)(nil),
+		(*Command_ReportVm)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_blixardpb_blixard_proto_rawDesc), len(file_api_blixardpb_blixard_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   59,
+			NumEnums:      7,
+			NumMessages:   76,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -30,7 +30,8 @@ const file_api_blixardrpc_service_proto_rawDesc = "" +
 	"\x1capi/blixardrpc/service.proto\x12\x0eblixard.rpc.v1\x1a\x1bapi/blixardpb/blixard.proto2~\n" +
 	"\x04Raft\x124\n" +
 	"\x04Send\x12\x15.blixard.v1.RaftBatch\x1a\x13.blixard.v1.SendAck(\x01\x12@\n" +
-	"\fSendSnapshot\x12\x19.blixard.v1.SnapshotChunk\x1a\x13.blixard.v1.SendAck(\x012\xd8\a\n" +
+	"\fSendSnapshot\x12\x19.blixard.v1.SnapshotChunk\x1a\x13.blixard.v1.SendAck(\x012\xdd\n" +
+	"\n" +
 	"\aCluster\x12?\n" +
 	"\x06Status\x12\x19.blixard.v1.StatusRequest\x1a\x1a.blixard.v1.StatusResponse\x129\n" +
 	"\x04Join\x12\x17.blixard.v1.JoinRequest\x1a\x18.blixard.v1.JoinResponse\x12Q\n" +
@@ -47,7 +48,13 @@ const file_api_blixardrpc_service_proto_rawDesc = "" +
 	"\n" +
 	"CancelTask\x12\x1d.blixard.v1.CancelTaskRequest\x1a\x18.blixard.v1.TaskResponse\x12A\n" +
 	"\bWaitTask\x12\x1b.blixard.v1.WaitTaskRequest\x1a\x18.blixard.v1.TaskResponse\x12?\n" +
-	"\bTaskLogs\x12\x1b.blixard.v1.TaskLogsRequest\x1a\x14.blixard.v1.LogChunk0\x01B+Z)github.com/blixard/blixard/api/blixardrpcb\x06proto3"
+	"\bTaskLogs\x12\x1b.blixard.v1.TaskLogsRequest\x1a\x14.blixard.v1.LogChunk0\x01\x12?\n" +
+	"\bCreateVM\x12\x1b.blixard.v1.CreateVMRequest\x1a\x16.blixard.v1.VMResponse\x129\n" +
+	"\x05GetVM\x12\x18.blixard.v1.GetVMRequest\x1a\x16.blixard.v1.VMResponse\x12B\n" +
+	"\aListVMs\x12\x1a.blixard.v1.ListVMsRequest\x1a\x1b.blixard.v1.ListVMsResponse\x12G\n" +
+	"\fSetVMDesired\x12\x1f.blixard.v1.SetVMDesiredRequest\x1a\x16.blixard.v1.VMResponse\x12=\n" +
+	"\x06WaitVM\x12\x19.blixard.v1.WaitVMRequest\x1a\x16.blixard.v1.VMResponse0\x01\x12;\n" +
+	"\x06VMLogs\x12\x19.blixard.v1.VMLogsRequest\x1a\x14.blixard.v1.LogChunk0\x01B+Z)github.com/blixard/blixard/api/blixardrpcb\x06proto3"
 
 var file_api_blixardrpc_service_proto_goTypes = []any{
 	(*blixardpb.RaftBatch)(nil),              // 0: blixard.v1.RaftBatch
@@ -66,18 +73,26 @@ var file_api_blixardrpc_service_proto_goTypes = []any{
 	(*blixardpb.CancelTaskRequest)(nil),      // 13: blixard.v1.CancelTaskRequest
 	(*blixardpb.WaitTaskRequest)(nil),        // 14: blixard.v1.WaitTaskRequest
 	(*blixardpb.TaskLogsRequest)(nil),        // 15: blixard.v1.TaskLogsRequest
-	(*blixardpb.SendAck)(nil),                // 16: blixard.v1.SendAck
-	(*blixardpb.StatusResponse)(nil),         // 17: blixard.v1.StatusResponse
-	(*blixardpb.JoinResponse)(nil),           // 18: blixard.v1.JoinResponse
-	(*blixardpb.RemoveMemberResponse)(nil),   // 19: blixard.v1.RemoveMemberResponse
-	(*blixardpb.TransferLeaderResponse)(nil), // 20: blixard.v1.TransferLeaderResponse
-	(*blixardpb.ListWorkersResponse)(nil),    // 21: blixard.v1.ListWorkersResponse
-	(*blixardpb.HeartbeatResponse)(nil),      // 22: blixard.v1.HeartbeatResponse
-	(*blixardpb.PutResponse)(nil),            // 23: blixard.v1.PutResponse
-	(*blixardpb.GetResponse)(nil),            // 24: blixard.v1.GetResponse
-	(*blixardpb.TaskResponse)(nil),           // 25: blixard.v1.TaskResponse
-	(*blixardpb.ListTasksResponse)(nil),      // 26: blixard.v1.ListTasksResponse
-	(*blixardpb.LogChunk)(nil),               // 27: blixard.v1.LogChunk
+	(*blixardpb.CreateVMRequest)(nil),        // 16: blixard.v1.CreateVMRequest
+	(*blixardpb.GetVMRequest)(nil),           // 17: blixard.v1.GetVMRequest
+	(*blixardpb.ListVMsRequest)(nil),         // 18: blixard.v1.ListVMsRequest
+	(*blixardpb.SetVMDesiredRequest)(nil),    // 19: blixard.v1.SetVMDesiredRequest
+	(*blixardpb.WaitVMRequest)(nil),          // 20: blixard.v1.WaitVMRequest
+	(*blixardpb.VMLogsRequest)(nil),          // 21: blixard.v1.VMLogsRequest
+	(*blixardpb.SendAck)(nil),                // 22: blixard.v1.SendAck
+	(*blixardpb.StatusResponse)(nil),         // 23: blixard.v1.StatusResponse
+	(*blixardpb.JoinResponse)(nil),           // 24: blixard.v1.JoinResponse
+	(*blixardpb.RemoveMemberResponse)(nil),   // 25: blixard.v1.RemoveMemberResponse
+	(*blixardpb.TransferLeaderResponse)(nil), // 26: blixard.v1.TransferLeaderResponse
+	(*blixardpb.ListWorkersResponse)(nil),    // 27: blixard.v1.ListWorkersResponse
+	(*blixardpb.HeartbeatResponse)(nil),      // 28: blixard.v1.HeartbeatResponse
+	(*blixardpb.PutResponse)(nil),            // 29: blixard.v1.PutResponse
+	(*blixardpb.GetResponse)(nil),            // 30: blixard.v1.GetResponse
+	(*blixardpb.TaskResponse)(nil),           // 31: blixard.v1.TaskResponse
+	(*blixardpb.ListTasksResponse)(nil),      // 32: blixard.v1.ListTasksResponse
+	(*blixardpb.LogChunk)(nil),               // 33: blixard.v1.LogChunk
+	(*blixardpb.VMResponse)(nil),             // 34: blixard.v1.VMResponse
+	(*blixardpb.ListVMsResponse)(nil),        // 35: blixard.v1.ListVMsResponse
 }
 var file_api_blixardrpc_service_proto_depIdxs = []int32{
 	0,  // 0: blixard.rpc.v1.Raft.Send:input_type -> blixard.v1.RaftBatch
@@ -96,24 +111,36 @@ var file_api_blixardrpc_service_proto_depIdxs = []int32{
 	13, // 13: blixard.rpc.v1.Cluster.CancelTask:input_type -> blixard.v1.CancelTaskRequest
 	14, // 14: blixard.rpc.v1.Cluster.WaitTask:input_type -> blixard.v1.WaitTaskRequest
 	15, // 15: blixard.rpc.v1.Cluster.TaskLogs:input_type -> blixard.v1.TaskLogsRequest
-	16, // 16: blixard.rpc.v1.Raft.Send:output_type -> blixard.v1.SendAck
-	16, // 17: blixard.rpc.v1.Raft.SendSnapshot:output_type -> blixard.v1.SendAck
-	17, // 18: blixard.rpc.v1.Cluster.Status:output_type -> blixard.v1.StatusResponse
-	18, // 19: blixard.rpc.v1.Cluster.Join:output_type -> blixard.v1.JoinResponse
-	19, // 20: blixard.rpc.v1.Cluster.RemoveMember:output_type -> blixard.v1.RemoveMemberResponse
-	20, // 21: blixard.rpc.v1.Cluster.TransferLeader:output_type -> blixard.v1.TransferLeaderResponse
-	21, // 22: blixard.rpc.v1.Cluster.ListWorkers:output_type -> blixard.v1.ListWorkersResponse
-	22, // 23: blixard.rpc.v1.Cluster.Heartbeat:output_type -> blixard.v1.HeartbeatResponse
-	23, // 24: blixard.rpc.v1.Cluster.Put:output_type -> blixard.v1.PutResponse
-	24, // 25: blixard.rpc.v1.Cluster.Get:output_type -> blixard.v1.GetResponse
-	25, // 26: blixard.rpc.v1.Cluster.SubmitTask:output_type -> blixard.v1.TaskResponse
-	25, // 27: blixard.rpc.v1.Cluster.GetTask:output_type -> blixard.v1.TaskResponse
-	26, // 28: blixard.rpc.v1.Cluster.ListTasks:output_type -> blixard.v1.ListTasksResponse
-	25, // 29: blixard.rpc.v1.Cluster.CancelTask:output_type -> blixard.v1.TaskResponse
-	25, // 30: blixard.rpc.v1.Cluster.WaitTask:output_type -> blixard.v1.TaskResponse
-	27, // 31: blixard.rpc.v1.Cluster.TaskLogs:output_type -> blixard.v1.LogChunk
-	16, // [16:32] is the sub-list for method output_type
-	0,  // [0:16] is the sub-list for method input_type
+	16, // 16: blixard.rpc.v1.Cluster.CreateVM:input_type -> blixard.v1.CreateVMRequest
+	17, // 17: blixard.rpc.v1.Cluster.GetVM:input_type -> blixard.v1.GetVMRequest
+	18, // 18: blixard.rpc.v1.Cluster.ListVMs:input_type -> blixard.v1.ListVMsRequest
+	19, // 19: blixard.rpc.v1.Cluster.SetVMDesired:input_type -> blixard.v1.SetVMDesiredRequest
+	20, // 20: blixard.rpc.v1.Cluster.WaitVM:input_type -> blixard.v1.WaitVMRequest
+	21, // 21: blixard.rpc.v1.Cluster.VMLogs:input_type -> blixard.v1.VMLogsRequest
+	22, // 22: blixard.rpc.v1.Raft.Send:output_type -> blixard.v1.SendAck
+	22, // 23: blixard.rpc.v1.Raft.SendSnapshot:output_type -> blixard.v1.SendAck
+	23, // 24: blixard.rpc.v1.Cluster.Status:output_type -> blixard.v1.StatusResponse
+	24, // 25: blixard.rpc.v1.Cluster.Join:output_type -> blixard.v1.JoinResponse
+	25, // 26: blixard.rpc.v1.Cluster.RemoveMember:output_type -> blixard.v1.RemoveMemberResponse
+	26, // 27: blixard.rpc.v1.Cluster.TransferLeader:output_type -> blixard.v1.TransferLeaderResponse
+	27, // 28: blixard.rpc.v1.Cluster.ListWorkers:output_type -> blixard.v1.ListWorkersResponse
+	28, // 29: blixard.rpc.v1.Cluster.Heartbeat:output_type -> blixard.v1.HeartbeatResponse
+	29, // 30: blixard.rpc.v1.Cluster.Put:output_type -> blixard.v1.PutResponse
+	30, // 31: blixard.rpc.v1.Cluster.Get:output_type -> blixard.v1.GetResponse
+	31, // 32: blixard.rpc.v1.Cluster.SubmitTask:output_type -> blixard.v1.TaskResponse
+	31, // 33: blixard.rpc.v1.Cluster.GetTask:output_type -> blixard.v1.TaskResponse
+	32, // 34: blixard.rpc.v1.Cluster.ListTasks:output_type -> blixard.v1.ListTasksResponse
+	31, // 35: blixard.rpc.v1.Cluster.CancelTask:output_type -> blixard.v1.TaskResponse
+	31, // 36: blixard.rpc.v1.Cluster.WaitTask:output_type -> blixard.v1.TaskResponse
+	33, // 37: blixard.rpc.v1.Cluster.TaskLogs:output_type -> blixard.v1.LogChunk
+	34, // 38: blixard.rpc.v1.Cluster.CreateVM:output_type -> blixard.v1.VMResponse
+	34, // 39: blixard.rpc.v1.Cluster.GetVM:output_type -> blixard.v1.VMResponse
+	35, // 40: blixard.rpc.v1.Cluster.ListVMs:output_type -> blixard.v1.ListVMsResponse
+	34, // 41: blixard.rpc.v1.Cluster.SetVMDesired:output_type -> blixard.v1.VMResponse
+	34, // 42: blixard.rpc.v1.Cluster.WaitVM:output_type -> blixard.v1.VMResponse
+	33, // 43: blixard.rpc.v1.Cluster.VMLogs:output_type -> blixard.v1.LogChunk
+	22, // [22:44] is the sub-list for method output_type
+	0,  // [0:22] is the sub-list for method input_type
 	0,  // [0:0] is the sub-list for extension type_name
 	0,  // [0:0] is the sub-list for extension extendee
 	0,  // [0:0] is the sub-list for field type_name

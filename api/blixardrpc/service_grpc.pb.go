@@ -166,6 +166,12 @@ const (
 	Cluster_CancelTask_FullMethodName     = "/blixard.rpc.v1.Cluster/CancelTask"
 	Cluster_WaitTask_FullMethodName       = "/blixard.rpc.v1.Cluster/WaitTask"
 	Cluster_TaskLogs_FullMethodName       = "/blixard.rpc.v1.Cluster/TaskLogs"
+	Cluster_CreateVM_FullMethodName       = "/blixard.rpc.v1.Cluster/CreateVM"
+	Cluster_GetVM_FullMethodName          = "/blixard.rpc.v1.Cluster/GetVM"
+	Cluster_ListVMs_FullMethodName        = "/blixard.rpc.v1.Cluster/ListVMs"
+	Cluster_SetVMDesired_FullMethodName   = "/blixard.rpc.v1.Cluster/SetVMDesired"
+	Cluster_WaitVM_FullMethodName         = "/blixard.rpc.v1.Cluster/WaitVM"
+	Cluster_VMLogs_FullMethodName         = "/blixard.rpc.v1.Cluster/VMLogs"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -189,6 +195,16 @@ type ClusterClient interface {
 	// TaskLogs streams an attempt's stdout or stderr from the worker that
 	// ran it, through any node.
 	TaskLogs(ctx context.Context, in *blixardpb.TaskLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[blixardpb.LogChunk], error)
+	CreateVM(ctx context.Context, in *blixardpb.CreateVMRequest, opts ...grpc.CallOption) (*blixardpb.VMResponse, error)
+	GetVM(ctx context.Context, in *blixardpb.GetVMRequest, opts ...grpc.CallOption) (*blixardpb.VMResponse, error)
+	ListVMs(ctx context.Context, in *blixardpb.ListVMsRequest, opts ...grpc.CallOption) (*blixardpb.ListVMsResponse, error)
+	SetVMDesired(ctx context.Context, in *blixardpb.SetVMDesiredRequest, opts ...grpc.CallOption) (*blixardpb.VMResponse, error)
+	// WaitVM streams the VM now and after every change, until the VM is
+	// removed (last message has removed=true) or the client stops.
+	WaitVM(ctx context.Context, in *blixardpb.WaitVMRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[blixardpb.VMResponse], error)
+	// VMLogs streams the VM's serial console from the worker that runs it,
+	// through any node.
+	VMLogs(ctx context.Context, in *blixardpb.VMLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[blixardpb.LogChunk], error)
 }
 
 type clusterClient struct {
@@ -348,6 +364,84 @@ func (c *clusterClient) TaskLogs(ctx context.Context, in *blixardpb.TaskLogsRequ
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Cluster_TaskLogsClient = grpc.ServerStreamingClient[blixardpb.LogChunk]
 
+func (c *clusterClient) CreateVM(ctx context.Context, in *blixardpb.CreateVMRequest, opts ...grpc.CallOption) (*blixardpb.VMResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(blixardpb.VMResponse)
+	err := c.cc.Invoke(ctx, Cluster_CreateVM_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) GetVM(ctx context.Context, in *blixardpb.GetVMRequest, opts ...grpc.CallOption) (*blixardpb.VMResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(blixardpb.VMResponse)
+	err := c.cc.Invoke(ctx, Cluster_GetVM_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) ListVMs(ctx context.Context, in *blixardpb.ListVMsRequest, opts ...grpc.CallOption) (*blixardpb.ListVMsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(blixardpb.ListVMsResponse)
+	err := c.cc.Invoke(ctx, Cluster_ListVMs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) SetVMDesired(ctx context.Context, in *blixardpb.SetVMDesiredRequest, opts ...grpc.CallOption) (*blixardpb.VMResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(blixardpb.VMResponse)
+	err := c.cc.Invoke(ctx, Cluster_SetVMDesired_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) WaitVM(ctx context.Context, in *blixardpb.WaitVMRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[blixardpb.VMResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Cluster_ServiceDesc.Streams[1], Cluster_WaitVM_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[blixardpb.WaitVMRequest, blixardpb.VMResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Cluster_WaitVMClient = grpc.ServerStreamingClient[blixardpb.VMResponse]
+
+func (c *clusterClient) VMLogs(ctx context.Context, in *blixardpb.VMLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[blixardpb.LogChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Cluster_ServiceDesc.Streams[2], Cluster_VMLogs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[blixardpb.VMLogsRequest, blixardpb.LogChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Cluster_VMLogsClient = grpc.ServerStreamingClient[blixardpb.LogChunk]
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -369,6 +463,16 @@ type ClusterServer interface {
 	// TaskLogs streams an attempt's stdout or stderr from the worker that
 	// ran it, through any node.
 	TaskLogs(*blixardpb.TaskLogsRequest, grpc.ServerStreamingServer[blixardpb.LogChunk]) error
+	CreateVM(context.Context, *blixardpb.CreateVMRequest) (*blixardpb.VMResponse, error)
+	GetVM(context.Context, *blixardpb.GetVMRequest) (*blixardpb.VMResponse, error)
+	ListVMs(context.Context, *blixardpb.ListVMsRequest) (*blixardpb.ListVMsResponse, error)
+	SetVMDesired(context.Context, *blixardpb.SetVMDesiredRequest) (*blixardpb.VMResponse, error)
+	// WaitVM streams the VM now and after every change, until the VM is
+	// removed (last message has removed=true) or the client stops.
+	WaitVM(*blixardpb.WaitVMRequest, grpc.ServerStreamingServer[blixardpb.VMResponse]) error
+	// VMLogs streams the VM's serial console from the worker that runs it,
+	// through any node.
+	VMLogs(*blixardpb.VMLogsRequest, grpc.ServerStreamingServer[blixardpb.LogChunk]) error
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -420,6 +524,24 @@ func (UnimplementedClusterServer) WaitTask(context.Context, *blixardpb.WaitTaskR
 }
 func (UnimplementedClusterServer) TaskLogs(*blixardpb.TaskLogsRequest, grpc.ServerStreamingServer[blixardpb.LogChunk]) error {
 	return status.Error(codes.Unimplemented, "method TaskLogs not implemented")
+}
+func (UnimplementedClusterServer) CreateVM(context.Context, *blixardpb.CreateVMRequest) (*blixardpb.VMResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateVM not implemented")
+}
+func (UnimplementedClusterServer) GetVM(context.Context, *blixardpb.GetVMRequest) (*blixardpb.VMResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetVM not implemented")
+}
+func (UnimplementedClusterServer) ListVMs(context.Context, *blixardpb.ListVMsRequest) (*blixardpb.ListVMsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListVMs not implemented")
+}
+func (UnimplementedClusterServer) SetVMDesired(context.Context, *blixardpb.SetVMDesiredRequest) (*blixardpb.VMResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetVMDesired not implemented")
+}
+func (UnimplementedClusterServer) WaitVM(*blixardpb.WaitVMRequest, grpc.ServerStreamingServer[blixardpb.VMResponse]) error {
+	return status.Error(codes.Unimplemented, "method WaitVM not implemented")
+}
+func (UnimplementedClusterServer) VMLogs(*blixardpb.VMLogsRequest, grpc.ServerStreamingServer[blixardpb.LogChunk]) error {
+	return status.Error(codes.Unimplemented, "method VMLogs not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -687,6 +809,100 @@ func _Cluster_TaskLogs_Handler(srv interface{}, stream grpc.ServerStream) error 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Cluster_TaskLogsServer = grpc.ServerStreamingServer[blixardpb.LogChunk]
 
+func _Cluster_CreateVM_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(blixardpb.CreateVMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).CreateVM(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_CreateVM_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).CreateVM(ctx, req.(*blixardpb.CreateVMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_GetVM_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(blixardpb.GetVMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).GetVM(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_GetVM_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).GetVM(ctx, req.(*blixardpb.GetVMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_ListVMs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(blixardpb.ListVMsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).ListVMs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_ListVMs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).ListVMs(ctx, req.(*blixardpb.ListVMsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_SetVMDesired_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(blixardpb.SetVMDesiredRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).SetVMDesired(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_SetVMDesired_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).SetVMDesired(ctx, req.(*blixardpb.SetVMDesiredRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_WaitVM_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(blixardpb.WaitVMRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ClusterServer).WaitVM(m, &grpc.GenericServerStream[blixardpb.WaitVMRequest, blixardpb.VMResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Cluster_WaitVMServer = grpc.ServerStreamingServer[blixardpb.VMResponse]
+
+func _Cluster_VMLogs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(blixardpb.VMLogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ClusterServer).VMLogs(m, &grpc.GenericServerStream[blixardpb.VMLogsRequest, blixardpb.LogChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Cluster_VMLogsServer = grpc.ServerStreamingServer[blixardpb.LogChunk]
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -746,11 +962,37 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "WaitTask",
 			Handler:    _Cluster_WaitTask_Handler,
 		},
+		{
+			MethodName: "CreateVM",
+			Handler:    _Cluster_CreateVM_Handler,
+		},
+		{
+			MethodName: "GetVM",
+			Handler:    _Cluster_GetVM_Handler,
+		},
+		{
+			MethodName: "ListVMs",
+			Handler:    _Cluster_ListVMs_Handler,
+		},
+		{
+			MethodName: "SetVMDesired",
+			Handler:    _Cluster_SetVMDesired_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "TaskLogs",
 			Handler:       _Cluster_TaskLogs_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WaitVM",
+			Handler:       _Cluster_WaitVM_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "VMLogs",
+			Handler:       _Cluster_VMLogs_Handler,
 			ServerStreams: true,
 		},
 	},
