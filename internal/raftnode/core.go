@@ -140,7 +140,13 @@ type Core struct {
 	leaderFrom    uint64
 	pendingConfID uint64
 	removed       bool
-	ticks         int
+	// confSnapshot asks for a snapshot after a membership change: etcd
+	// raft will not restore a snapshot whose ConfState lacks the recipient,
+	// so a member added after the newest snapshot could not be seeded
+	// from a compacted log until the next periodic one (found by the
+	// simulation).
+	confSnapshot bool
+	ticks        int
 }
 
 // NewCore opens a node over its storage. peers is non-empty only when a
@@ -484,6 +490,7 @@ func (c *Core) apply(ents []*raftpb.Entry, out *Output) error {
 			// Raft's own configuration is rebuilt from the log on every
 			// start, so this runs on replay too; the tables only once.
 			c.confState = c.rn.ApplyConfChange(cc)
+			c.confSnapshot = true
 			if !replay {
 				c.sm.ApplyConfChange(cc)
 			}
@@ -509,11 +516,17 @@ func (c *Core) apply(ents []*raftpb.Entry, out *Output) error {
 	return nil
 }
 
-// maybeSnapshot takes a snapshot every SnapshotEvery applied entries.
+// maybeSnapshot takes a snapshot every SnapshotEvery applied entries, and
+// after every membership change so that the newest snapshot always lists
+// every member (a member added later could not be seeded from it).
 func (c *Core) maybeSnapshot() error {
-	if c.appliedIndex-c.snapIndex < c.cfg.SnapshotEvery || c.stateIndex != c.appliedIndex {
+	if c.stateIndex != c.appliedIndex || c.appliedIndex == c.snapIndex {
 		return nil
 	}
+	if c.appliedIndex-c.snapIndex < c.cfg.SnapshotEvery && !c.confSnapshot {
+		return nil
+	}
+	c.confSnapshot = false
 	return c.snapshot()
 }
 
