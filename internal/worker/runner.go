@@ -3,10 +3,9 @@ package worker
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "github.com/blixard/blixard/api/blixardpb"
@@ -75,28 +74,7 @@ type RunnerConfig struct {
 	StartedDelay time.Duration
 }
 
-type attemptKey struct {
-	task    string
-	attempt uint32
-}
-
-// Runner converges what this worker runs to what the state assigns it:
-// it launches assigned attempts, cancels attempts it no longer owns or
-// whose task was cancelled, and reports starts and results through raft.
-type Runner struct {
-	cfg     RunnerConfig
-	cluster TaskCluster
-	launch  Launcher
-
-	mu       sync.Mutex
-	running  map[attemptKey]Process
-	finished map[attemptKey]bool // result reported or being reported
-	failures int
-	wg       sync.WaitGroup
-}
-
-// NewRunner returns a runner; Run drives it.
-func NewRunner(cfg RunnerConfig, c TaskCluster, l Launcher) *Runner {
+func (cfg *RunnerConfig) setDefaults() {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
 	}
@@ -112,207 +90,173 @@ func NewRunner(cfg RunnerConfig, c TaskCluster, l Launcher) *Runner {
 	if cfg.Stale == nil {
 		cfg.Stale = func(error) bool { return false }
 	}
-	return &Runner{cfg: cfg, cluster: c, launch: l, running: map[attemptKey]Process{}, finished: map[attemptKey]bool{}}
+}
+
+type attemptKey struct {
+	task    string
+	attempt uint32
+}
+
+// reportTimeout bounds one try of a proposal; a failed try is retried.
+const reportTimeout = 10 * time.Second
+
+// Runner converges what this worker runs to what the state assigns it:
+// it launches assigned attempts, cancels attempts it no longer owns or
+// whose task was cancelled, and reports starts and results through raft.
+// The decisions are RunnerCore's; Runner is its goroutine shell: it feeds
+// the core the state's changes, process exits, proposal outcomes and
+// time, and carries out the core's actions against the Launcher and the
+// cluster.
+type Runner struct {
+	cfg     RunnerConfig
+	cluster TaskCluster
+	launch  Launcher
+	running atomic.Int32
+}
+
+// NewRunner returns a runner; Run drives it.
+func NewRunner(cfg RunnerConfig, c TaskCluster, l Launcher) *Runner {
+	cfg.setDefaults()
+	return &Runner{cfg: cfg, cluster: c, launch: l}
 }
 
 // RunningCount is the number of attempts running now.
-func (r *Runner) RunningCount() int32 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return int32(len(r.running))
+func (r *Runner) RunningCount() int32 { return r.running.Load() }
+
+type exitEvent struct {
+	k   attemptKey
+	res *pb.TaskResult
+}
+
+type reportEvent struct {
+	act RunnerAction
+	err error
+}
+
+// runLoop is one Run: the core and the processes it launched, owned by
+// Run's goroutine; process watchers and proposals report back on
+// channels.
+type runLoop struct {
+	r       *Runner
+	ctx     context.Context
+	core    *RunnerCore
+	procs   map[attemptKey]Process
+	exits   chan exitEvent
+	reports chan reportEvent
+	wg      sync.WaitGroup
 }
 
 // Run reconciles once, then follows the state until ctx ends; on exit it
-// cancels every running attempt and waits for their goroutines.
+// cancels every running attempt and waits for its goroutines.
 func (r *Runner) Run(ctx context.Context) {
-	defer r.wg.Wait()
-	defer r.cancelAll()
-	// After a restart nothing of ours runs (the executor killed orphans):
-	// tell the cluster so it re-places what we had.
-	r.retry(ctx, "reconcile after start", func(c context.Context) error { return r.cluster.Reconcile(c, nil) })
-	seen, first := uint64(0), true
+	l := &runLoop{r: r, ctx: ctx, core: NewRunnerCore(r.cfg), procs: map[attemptKey]Process{},
+		exits: make(chan exitEvent), reports: make(chan reportEvent)}
+	defer l.wg.Wait()
+	defer l.cancelAll()
+	now := r.cfg.Clock.Now
+	l.do(l.core.Start(now()))
 	for {
 		ch := r.cluster.Changed()
-		// Most applied entries concern other workers: skip the round
-		// unless this worker's assignments changed.
-		if v := r.cluster.AssignedVersion(); first || v != seen {
-			seen, first = v, false
-			r.converge(ctx)
+		if v := r.cluster.AssignedVersion(); l.core.WantsAssignments(v) {
+			l.do(l.core.Converge(now(), v, r.cluster.Assigned()))
+		}
+		l.do(l.core.Advance(now()))
+		r.running.Store(int32(l.core.Running()))
+		var wake <-chan time.Time
+		var t *time.Timer
+		if at, ok := l.core.NextWake(); ok {
+			t = time.NewTimer(max(at.Sub(now()), 0))
+			wake = t.C
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-ch:
+		case <-wake:
+		case e := <-l.exits:
+			delete(l.procs, e.k)
+			l.do(l.core.Exited(now(), e.k.task, e.k.attempt, e.res))
+		case e := <-l.reports:
+			l.do(l.core.Reported(now(), e.act, e.err))
+		}
+		if t != nil {
+			t.Stop()
 		}
 	}
 }
 
-func (r *Runner) cancelAll() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, p := range r.running {
+func (l *runLoop) cancelAll() {
+	for _, p := range l.procs {
 		p.Cancel()
 	}
 }
 
-func (r *Runner) converge(ctx context.Context) {
-	assigned := r.cluster.Assigned()
-	want := map[attemptKey]bool{}
-	sort.Slice(assigned, func(i, j int) bool { return assigned[i].Id < assigned[j].Id })
-	for _, t := range assigned {
-		if len(t.Attempts) == 0 {
-			continue
-		}
-		a := t.Attempts[len(t.Attempts)-1]
-		k := attemptKey{t.Id, a.Number}
-		want[k] = true
-		r.mu.Lock()
-		p, running := r.running[k]
-		done := r.finished[k]
-		r.mu.Unlock()
-		switch {
-		case running && t.CancelRequested:
-			p.Cancel()
-		case running || done:
-		case t.CancelRequested:
-			// Cancelled before it started here: report it so.
-			r.finish(ctx, k, &pb.TaskResult{Cancelled: true})
-		case a.State == pb.TaskState_TASK_STATE_ASSIGNED || a.State == pb.TaskState_TASK_STATE_RUNNING:
-			r.start(ctx, k, t.Spec)
+// do carries out the core's actions, in order.
+func (l *runLoop) do(acts []RunnerAction) {
+	for _, a := range acts {
+		k := attemptKey{a.TaskID, a.Attempt}
+		switch a.Kind {
+		case ActLaunch:
+			p, err := l.r.launch.Launch(l.ctx, RunSpec{TaskID: a.TaskID, Attempt: a.Attempt, Spec: a.Spec})
+			if err == nil {
+				l.procs[k] = p
+				l.watch(k, p)
+			}
+			l.do(l.core.Launched(l.r.cfg.Clock.Now(), a.TaskID, a.Attempt, err))
+		case ActCancel:
+			if p := l.procs[k]; p != nil {
+				p.Cancel()
+			}
+		default:
+			l.propose(a)
 		}
 	}
-	// Attempts we run but no longer own (lost, re-placed) are killed; their
-	// results would be refused anyway.
-	r.mu.Lock()
-	for k, p := range r.running {
-		if !want[k] {
-			r.cfg.Logger.Info("killing attempt this worker no longer owns", "task", k.task, "attempt", k.attempt)
-			r.finished[k] = true
-			p.Cancel()
-		}
-	}
-	for k := range r.finished {
-		if _, run := r.running[k]; !run && !want[k] {
-			delete(r.finished, k)
-		}
-	}
-	r.mu.Unlock()
 }
 
-func (r *Runner) start(ctx context.Context, k attemptKey, spec *pb.TaskSpec) {
-	p, err := r.launch.Launch(ctx, RunSpec{TaskID: k.task, Attempt: k.attempt, Spec: spec})
-	if err != nil {
-		r.cfg.Logger.Warn("task attempt could not start", "task", k.task, "attempt", k.attempt, "err", err)
-		if !errors.Is(err, ErrTaskSpec) {
-			r.launchFailed(ctx, err)
-		}
-		r.finish(ctx, k, &pb.TaskResult{ExitCode: -1, Error: err.Error()})
-		return
-	}
-	r.mu.Lock()
-	r.failures = 0
-	r.running[k] = p
-	r.mu.Unlock()
-	r.wg.Add(1)
+// watch waits for a process to exit and hands its result to the loop.
+func (l *runLoop) watch(k attemptKey, p Process) {
+	l.wg.Add(1)
 	go func() {
-		defer r.wg.Done()
-		var delay <-chan time.Time
-		if r.cfg.StartedDelay > 0 {
-			t := time.NewTimer(r.cfg.StartedDelay)
-			defer t.Stop()
-			delay = t.C
-		}
-		if delay != nil {
-			select {
-			case <-delay:
-			case <-p.Done():
-			case <-ctx.Done():
-			}
-		}
+		defer l.wg.Done()
 		select {
 		case <-p.Done():
-		default:
-			if err := r.cluster.ReportStarted(ctx, k.task, k.attempt); err != nil && !r.cfg.Stale(err) {
-				r.cfg.Logger.Debug("reporting task start failed", "task", k.task, "err", err)
-			}
-		}
-		select {
-		case <-p.Done():
-		case <-ctx.Done():
+		case <-l.ctx.Done():
 			p.Cancel()
 			<-p.Done()
 			return // shutting down: the attempt is lost, reconciled on restart
 		}
-		// Leaving running and entering finished in one step keeps
-		// converge from launching the attempt again in between.
-		r.mu.Lock()
-		delete(r.running, k)
-		owned := !r.finished[k]
-		r.finished[k] = true
-		r.mu.Unlock()
-		if owned {
-			r.report(ctx, k, p.Result())
-		}
-	}()
-}
-
-func (r *Runner) launchFailed(ctx context.Context, err error) {
-	r.mu.Lock()
-	r.failures++
-	n := r.failures
-	r.mu.Unlock()
-	if n == r.cfg.MaxLaunchFailures {
-		reason := fmt.Sprintf("%d task launches in a row failed; last: %v", n, err)
-		r.cfg.Logger.Error("marking this worker unschedulable", "reason", reason)
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			r.retry(ctx, "mark unschedulable", func(c context.Context) error { return r.cluster.SetSchedulable(c, false, reason) })
-		}()
-	}
-}
-
-// finish marks an attempt finished and reports its result.
-func (r *Runner) finish(ctx context.Context, k attemptKey, res *pb.TaskResult) {
-	r.mu.Lock()
-	r.finished[k] = true
-	r.mu.Unlock()
-	r.report(ctx, k, res)
-}
-
-// report proposes a result until it is recorded or refused as stale.
-func (r *Runner) report(ctx context.Context, k attemptKey, res *pb.TaskResult) {
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		r.retry(ctx, "report task result", func(c context.Context) error {
-			err := r.cluster.ReportFinished(c, k.task, k.attempt, res)
-			if err != nil && r.cfg.Stale(err) {
-				return nil
-			}
-			return err
-		})
-	}()
-}
-
-// retry calls f until it succeeds or ctx ends, backing off 50 ms → 2 s.
-func (r *Runner) retry(ctx context.Context, what string, f func(context.Context) error) {
-	backoff := 50 * time.Millisecond
-	for {
-		c, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := f(c)
-		cancel()
-		if err == nil || ctx.Err() != nil {
-			return
-		}
-		r.cfg.Logger.Debug(what+" failed; retrying", "err", err)
-		t := time.NewTimer(backoff)
 		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
+		case l.exits <- exitEvent{k, p.Result()}:
+		case <-l.ctx.Done():
 		}
-		backoff = min(2*backoff, 2*time.Second)
-	}
+	}()
+}
+
+// propose makes one try of a proposal action and hands its outcome to
+// the loop.
+func (l *runLoop) propose(a RunnerAction) {
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		c, cancel := context.WithTimeout(l.ctx, reportTimeout)
+		defer cancel()
+		cl := l.r.cluster
+		var err error
+		switch a.Kind {
+		case ActReportStarted:
+			err = cl.ReportStarted(c, a.TaskID, a.Attempt)
+		case ActReportFinished:
+			err = cl.ReportFinished(c, a.TaskID, a.Attempt, a.Result)
+		case ActReconcile:
+			err = cl.Reconcile(c, nil)
+		case ActSetUnschedulable:
+			err = cl.SetSchedulable(c, false, a.Reason)
+		default:
+			err = errors.New("worker: unknown runner action " + a.Kind.String())
+		}
+		select {
+		case l.reports <- reportEvent{a, err}:
+		case <-l.ctx.Done():
+		}
+	}()
 }
