@@ -38,6 +38,7 @@ type Machine struct {
 	statuses map[uint64]*pb.WorkerStatus
 	kv       map[string]*pb.KV
 	tasks    map[string]*pb.Task
+	vms      map[string]*pb.VM
 
 	// Derived, not stored: rebuilt after a load or restore.
 	idem map[string]string // idempotency key → task ID
@@ -50,6 +51,10 @@ type Machine struct {
 	activeOn map[string]uint64
 	// activeVer is never reset (not even by Restore), so versions only grow.
 	activeVer map[uint64]uint64
+
+	// vmVer counts VM changes (never reset), so readers can skip
+	// unchanged rounds.
+	vmVer uint64
 
 	// dirty records changed since the last TakeChanges, by table and key.
 	dirty map[dirtyKey]struct{}
@@ -74,6 +79,7 @@ func (m *Machine) reset() {
 	m.statuses = map[uint64]*pb.WorkerStatus{}
 	m.kv = map[string]*pb.KV{}
 	m.tasks = map[string]*pb.Task{}
+	m.vms = map[string]*pb.VM{}
 	m.idem = map[string]string{}
 	m.used = map[uint64]Usage{}
 	m.pending = map[string]struct{}{}
@@ -142,6 +148,14 @@ func (m *Machine) ApplyCommand(index uint64, data []byte) (proto.Message, error)
 		return m.reconcileWorker(op.ReconcileWorker)
 	case *pb.Command_PurgeTasks:
 		return m.purgeTasks(op.PurgeTasks)
+	case *pb.Command_CreateVm:
+		return m.createVM(index, op.CreateVm)
+	case *pb.Command_SetVmDesired:
+		return m.setVMDesired(op.SetVmDesired)
+	case *pb.Command_PlaceVms:
+		return m.placeVMs(op.PlaceVms)
+	case *pb.Command_ReportVm:
+		return m.reportVM(op.ReportVm)
 	default:
 		return nil, fmt.Errorf("%w: unknown operation %T", ErrInvalidCommand, cmd.Op)
 	}
@@ -189,6 +203,8 @@ func (m *Machine) setWorkerState(c *pb.SetWorkerState) (proto.Message, error) {
 	if c.State == pb.WorkerState_WORKER_STATE_DOWN {
 		// Its attempts are lost: re-queue their tasks (at-least-once).
 		m.loseAttempts(w.Id, nil, c.NowUnixNano)
+		// Its VMs are re-placed, released or removed.
+		m.vmsWorkerDown(w.Id, c.NowUnixNano)
 	}
 	return proto.Clone(w), nil
 }
@@ -355,6 +371,9 @@ func (m *Machine) snapshotLocked() *pb.StateSnapshot {
 	for _, id := range sortedStrings(m.tasks) {
 		s.Tasks = append(s.Tasks, m.tasks[id])
 	}
+	for _, name := range sortedStrings(m.vms) {
+		s.Vms = append(s.Vms, m.vms[name])
+	}
 	keys := make([]string, 0, len(m.kv))
 	for k := range m.kv {
 		keys = append(keys, k)
@@ -411,7 +430,11 @@ func (m *Machine) Restore(data []byte) error {
 	for _, x := range s.Tasks {
 		m.tasks[x.Id] = x
 	}
+	for _, x := range s.Vms {
+		m.vms[x.Spec.GetName()] = x
+	}
 	m.rebuildDerived()
+	m.rebuildVMDerived()
 	return nil
 }
 
@@ -463,6 +486,12 @@ func (m *Machine) LoadRecord(table string, key, value []byte) error {
 			m.reserve(a.WorkerId, x.Spec.GetResources(), 1)
 		}
 		m.indexPending(x)
+	case storage.TableVMs:
+		x := &pb.VM{}
+		if err := proto.Unmarshal(value, x); err != nil {
+			return fmt.Errorf("state: table %s: %w", table, err)
+		}
+		m.loadVM(x)
 	default:
 		return fmt.Errorf("state: unknown table %q", table)
 	}
@@ -525,6 +554,9 @@ func (m *Machine) AllRecords() []storage.Change {
 	for _, id := range sortedStrings(m.tasks) {
 		add(storage.TableTasks, id)
 	}
+	for _, name := range sortedStrings(m.vms) {
+		add(storage.TableVMs, name)
+	}
 	return out
 }
 
@@ -554,6 +586,10 @@ func (m *Machine) valueLocked(k dirtyKey) []byte {
 		}
 	case storage.TableTasks:
 		if x, ok := m.tasks[k.key]; ok {
+			msg = x
+		}
+	case storage.TableVMs:
+		if x, ok := m.vms[k.key]; ok {
 			msg = x
 		}
 	}

@@ -17,7 +17,8 @@ const (
 	TableWorkerStatus   = "worker_status"
 	TableKV             = "kv"
 	TableTasks          = "tasks"
+	TableVMs            = "vms"
 )
 
 // Tables lists every state table.
-var Tables = []string{TableMembers, TableRemovedMembers, TableWorkers, TableWorkerStatus, TableKV, TableTasks}
+var Tables = []string{TableMembers, TableRemovedMembers, TableWorkers, TableWorkerStatus, TableKV, TableTasks, TableVMs}
