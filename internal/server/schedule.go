@@ -46,37 +46,15 @@ func (s *Server) schedulerLoop() {
 }
 
 func (s *Server) schedulePass(rng *rand.Rand) {
-	v := s.sm.ForScheduling()
-	if len(v.Pending) == 0 {
-		s.setWaiting(nil)
+	pass := scheduler.Pass(s.clock.Now(), s.sm.ForScheduling(), rng, nil)
+	s.setWaiting(pass.Waiting)
+	if pass.Place == nil {
 		return
-	}
-	if len(v.Workers) == 0 {
-		waiting := make(map[string]string, len(v.Pending))
-		for _, t := range v.Pending {
-			waiting[t.ID] = "no worker is ready and schedulable"
-		}
-		s.setWaiting(waiting)
-		return
-	}
-	in, attempts := scheduler.FromView(s.clock.Now(), v)
-	plan := scheduler.Schedule(in, rng)
-	waiting := make(map[string]string, len(plan.Unplaced))
-	for _, u := range plan.Unplaced {
-		waiting[u.TaskID] = u.Reason
-	}
-	s.setWaiting(waiting)
-	if len(plan.Placements) == 0 {
-		return
-	}
-	cmd := &pb.PlaceTasks{NowUnixNano: s.clock.Now().UnixNano()}
-	for _, p := range plan.Placements {
-		cmd.Placements = append(cmd.Placements, &pb.Placement{TaskId: p.TaskID, Attempt: attempts[p.TaskID], WorkerId: p.WorkerID})
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
 	defer cancel()
-	if _, err := s.propose(ctx, &pb.Command{Op: &pb.Command_PlaceTasks{PlaceTasks: cmd}}); err != nil {
-		s.log.Warn("proposing placements failed; the next pass retries", "placements", len(cmd.Placements), "err", err)
+	if _, err := s.propose(ctx, &pb.Command{Op: &pb.Command_PlaceTasks{PlaceTasks: pass.Place}}); err != nil {
+		s.log.Warn("proposing placements failed; the next pass retries", "placements", len(pass.Place.Placements), "err", err)
 	}
 }
 
