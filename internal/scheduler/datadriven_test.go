@@ -22,10 +22,12 @@ import (
 //	task id=t1 cpu=500 mem=128 [prio=1] [seq=7] [policy=spread]
 //	     [constraint=zone=a | constraint=(zone=a,disk=ssd)] [node=2] [notbefore=5s]
 //	    submits a pending task; seq defaults to submission order
+//	vm id=web cpu=1000 mem=512 [seq=7] [constraint=...] [node=2]
+//	    creates a pending VM (a Task of KindVM, bin-packed, priority 0)
 //	schedule [now=10s] [seed=1]
 //	    runs one pass, applies its placements, prints the plan
-//	release task=t1
-//	    the task finished: its resources are freed
+//	release task=t1 | release vm=web
+//	    the task finished (the VM was deleted): its resources are freed
 //	lose worker=1
 //	    the worker is gone: its tasks return to pending
 //	workers
@@ -87,6 +89,19 @@ func (m *model) run(t *testing.T, d *datadriven.TestData) string {
 		m.extra[id] = r
 		return ""
 
+	case "vm":
+		vm := Task{Kind: KindVM}
+		d.ScanArgs(t, "id", &vm.ID)
+		d.ScanArgs(t, "cpu", &vm.Resources.CPUMillis)
+		d.ScanArgs(t, "mem", &vm.Resources.MemoryMiB)
+		m.seq++
+		vm.Seq = m.seq
+		d.MaybeScanArgs(t, "seq", &vm.Seq)
+		d.MaybeScanArgs(t, "node", &vm.Node)
+		vm.Constraints = pairsArg(t, d, "constraint")
+		m.pending = append(m.pending, vm)
+		return ""
+
 	case "task":
 		var task Task
 		d.ScanArgs(t, "id", &task.ID)
@@ -123,9 +138,14 @@ func (m *model) run(t *testing.T, d *datadriven.TestData) string {
 
 	case "release":
 		var id string
-		d.ScanArgs(t, "task", &id)
+		if d.HasArg("vm") {
+			d.ScanArgs(t, "vm", &id)
+			id = "vm " + id
+		} else {
+			d.ScanArgs(t, "task", &id)
+		}
 		if _, ok := m.running[id]; !ok {
-			d.Fatalf(t, "task %s is not running", id)
+			d.Fatalf(t, "%s is not running", id)
 		}
 		delete(m.running, id)
 		return ""
@@ -138,9 +158,9 @@ func (m *model) run(t *testing.T, d *datadriven.TestData) string {
 		var out strings.Builder
 		for _, r := range m.sortedRunning() {
 			if r.worker == id {
-				delete(m.running, r.task.ID)
+				delete(m.running, r.task.label())
 				m.pending = append(m.pending, r.task)
-				fmt.Fprintf(&out, "%s returns to pending\n", r.task.ID)
+				fmt.Fprintf(&out, "%s returns to pending\n", r.task.label())
 			}
 		}
 		return out.String()
@@ -184,16 +204,17 @@ func (m *model) apply(plan Plan) string {
 	var out strings.Builder
 	where := map[string]uint64{}
 	for _, p := range plan.Placements {
-		where[p.TaskID] = p.WorkerID
-		fmt.Fprintf(&out, "place %s on worker %d\n", p.TaskID, p.WorkerID)
+		l := (&Task{ID: p.TaskID, Kind: p.Kind}).label()
+		where[l] = p.WorkerID
+		fmt.Fprintf(&out, "place %s on worker %d\n", l, p.WorkerID)
 	}
 	for _, u := range plan.Unplaced {
-		fmt.Fprintf(&out, "unplaced %s: %s\n", u.TaskID, u.Reason)
+		fmt.Fprintf(&out, "unplaced %s: %s\n", (&Task{ID: u.TaskID, Kind: u.Kind}).label(), u.Reason)
 	}
 	kept := m.pending[:0]
 	for _, task := range m.pending {
-		if w, ok := where[task.ID]; ok {
-			m.running[task.ID] = running{task: task, worker: w}
+		if w, ok := where[task.label()]; ok {
+			m.running[task.label()] = running{task: task, worker: w}
 			continue
 		}
 		kept = append(kept, task)
@@ -218,7 +239,7 @@ func (m *model) describe() string {
 		var tasks []string
 		for _, r := range running {
 			if r.worker == id {
-				tasks = append(tasks, r.task.ID)
+				tasks = append(tasks, r.task.label())
 			}
 		}
 		if len(tasks) > 0 {
@@ -243,7 +264,7 @@ func (m *model) sortedRunning() []running {
 	for _, r := range m.running {
 		out = append(out, r)
 	}
-	slices.SortFunc(out, func(a, b running) int { return cmp.Compare(a.task.ID, b.task.ID) })
+	slices.SortFunc(out, func(a, b running) int { return cmp.Compare(a.task.label(), b.task.label()) })
 	return out
 }
 

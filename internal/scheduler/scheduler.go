@@ -1,4 +1,4 @@
-// Package scheduler decides where pending tasks run.
+// Package scheduler decides where pending tasks and VMs run.
 //
 // It is pure, in the shape of Nomad's scheduler: Schedule reads a snapshot
 // (the ready workers, what they already hold, the pending tasks) and returns
@@ -7,6 +7,14 @@
 // deterministic simulation can drive it: the same Input and the same seed
 // give the same Plan. One call places as many tasks as fit, because upstream
 // one pass becomes one raft proposal.
+//
+// # Tasks and VMs
+//
+// A pending VM is a Task of Kind KindVM whose request is its vCPUs (1000m
+// each) and memory: tasks and VMs share the workers' capacity and one pass
+// places both, in the same order (VMs have priority 0 and their creation
+// index as Seq, so they queue FIFO with tasks of priority 0). IDs are
+// unique per kind; a VM's ID is its name, and reasons name it "vm NAME".
 //
 // # Order
 //
@@ -107,6 +115,26 @@ func (p Policy) String() string {
 	return "Policy(" + strconv.Itoa(int(p)) + ")"
 }
 
+// Kind says what a pending item is.
+type Kind int
+
+// Kinds. Explicit values; KindTask is the zero value.
+const (
+	KindTask Kind = 0
+	KindVM   Kind = 1
+)
+
+// String names the kind.
+func (k Kind) String() string {
+	switch k {
+	case KindTask:
+		return "task"
+	case KindVM:
+		return "vm"
+	}
+	return "Kind(" + strconv.Itoa(int(k)) + ")"
+}
+
 // Worker is a ready, schedulable worker as of the snapshot.
 type Worker struct {
 	ID       uint64
@@ -125,6 +153,15 @@ type Task struct {
 	Node        uint64            // if non-zero, only this worker
 	Policy      Policy
 	NotBefore   time.Time // retry backoff: not placeable before this
+	Kind        Kind      // task (zero) or VM
+}
+
+// label names t in reasons: its ID, prefixed "vm " for a VM.
+func (t *Task) label() string {
+	if t.Kind == KindVM {
+		return "vm " + t.ID
+	}
+	return t.ID
 }
 
 // Input is the snapshot one pass schedules against.
@@ -142,12 +179,14 @@ type Input struct {
 type Placement struct {
 	TaskID   string
 	WorkerID uint64
+	Kind     Kind
 }
 
 // Unplaced is a task left pending by this pass, with a human-readable reason.
 type Unplaced struct {
 	TaskID string
 	Reason string
+	Kind   Kind
 }
 
 // Plan is the outcome of one pass. Placements and Unplaced are both in the
@@ -171,10 +210,10 @@ func Schedule(in Input, rng *rand.Rand) Plan {
 		t := &in.Pending[ti]
 		w, reason := p.placeOne(ti, t)
 		if reason != "" {
-			plan.Unplaced = append(plan.Unplaced, Unplaced{TaskID: t.ID, Reason: reason})
+			plan.Unplaced = append(plan.Unplaced, Unplaced{TaskID: t.ID, Reason: reason, Kind: t.Kind})
 			continue
 		}
-		plan.Placements = append(plan.Placements, Placement{TaskID: t.ID, WorkerID: p.ids[w]})
+		plan.Placements = append(plan.Placements, Placement{TaskID: t.ID, WorkerID: p.ids[w], Kind: t.Kind})
 	}
 	return plan
 }
@@ -307,6 +346,9 @@ func (p *pass) order() []int32 {
 		if c := strings.Compare(pending[a.idx].ID, pending[b.idx].ID); c != 0 {
 			return c
 		}
+		if c := cmp.Compare(pending[a.idx].Kind, pending[b.idx].Kind); c != 0 {
+			return c
+		}
 		return cmp.Compare(a.idx, b.idx)
 	})
 	out := make([]int32, len(keys))
@@ -361,7 +403,7 @@ func (p *pass) placeOne(ti int32, t *Task) (int32, string) {
 		return 0, tooBig(c, cpu, mem)
 	}
 	if holder != noHolder {
-		return 0, fmt.Sprintf("%s (room held for %s, ahead in queue)", ReasonWaiting, p.in.Pending[holder].ID)
+		return 0, fmt.Sprintf("%s (room held for %s, ahead in queue)", ReasonWaiting, p.in.Pending[holder].label())
 	}
 	return 0, ReasonWaiting
 }

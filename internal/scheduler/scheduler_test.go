@@ -645,6 +645,7 @@ func randomInput(r *rand.Rand, workers, tasks int) Input {
 // worker that a task ahead in the queue was waiting for.
 func checkInvariants(t *testing.T, in Input, p Plan) {
 	t.Helper()
+	in, p = flattenKinds(in, p)
 	workers := map[uint64]Worker{}
 	for _, w := range in.Workers {
 		if _, dup := workers[w.ID]; !dup {
@@ -734,6 +735,31 @@ func checkInvariants(t *testing.T, in Input, p Plan) {
 			}
 		}
 	}
+}
+
+// flattenKinds gives VMs IDs that cannot collide with tasks' and sort
+// where the scheduler sorts them (after a task of the same ID), so the
+// checks above can key everything by ID.
+func flattenKinds(in Input, p Plan) (Input, Plan) {
+	id := func(k Kind, s string) string {
+		if k == KindVM {
+			return s + "\x00vm"
+		}
+		return s
+	}
+	in.Pending = slices.Clone(in.Pending)
+	for i := range in.Pending {
+		in.Pending[i].ID = id(in.Pending[i].Kind, in.Pending[i].ID)
+	}
+	p.Placements = slices.Clone(p.Placements)
+	for i := range p.Placements {
+		p.Placements[i].TaskID = id(p.Placements[i].Kind, p.Placements[i].TaskID)
+	}
+	p.Unplaced = slices.Clone(p.Unplaced)
+	for i := range p.Unplaced {
+		p.Unplaced[i].TaskID = id(p.Unplaced[i].Kind, p.Unplaced[i].TaskID)
+	}
+	return in, p
 }
 
 func couldUse(task Task, w Worker) bool {

@@ -40,3 +40,18 @@ func FromView(now time.Time, v state.SchedulingView) (Input, map[string]uint32) 
 	}
 	return in, attempts
 }
+
+// AddVMs appends the pending VMs to in (as Tasks of KindVM, bin-packed,
+// priority 0) and returns the generation each VM's placement gets.
+func AddVMs(in *Input, vms []state.PendingVM) map[string]uint32 {
+	gens := make(map[string]uint32, len(vms))
+	for _, v := range vms {
+		in.Pending = append(in.Pending, Task{
+			ID: v.Name, Seq: v.Seq, Kind: KindVM,
+			Resources:   Resources{CPUMillis: v.CPUMillis, MemoryMiB: v.MemoryMiB},
+			Constraints: v.Constraints, Node: v.Node, Policy: BinPack,
+		})
+		gens[v.Name] = v.Generation
+	}
+	return gens
+}
