@@ -20,17 +20,23 @@
 //
 // # Logs
 //
-// Stdout and stderr are files the child writes directly (no pipe through
-// the worker), in DataDir/tasks/<attemptID>/{stdout,stderr}, so a task
-// outlives a crashed worker without blocking or dying of SIGPIPE. While the
-// attempt runs the files are checked every 250 ms: one above MaxLogBytes
-// has its oldest part moved to stdout.1 / stderr.1 (which keeps at most
-// MaxLogBytes, the oldest dropped). On filesystems that support
-// FALLOC_FL_COLLAPSE_RANGE (ext4, xfs) this is lossless; elsewhere it is a
-// copy-then-truncate, and output written between the two is lost. The cap is
-// therefore approximate while running (a fast writer can overshoot it by
-// what it writes in one interval) and exact once the attempt has ended.
-// Result tails are read from the files at the end and span the rotation.
+// Stdout and stderr are pipes to the worker, which copies each into
+// DataDir/tasks/<attemptID>/{stdout,stderr}. The directory and each file are
+// created when the first byte arrives, so an attempt that prints nothing
+// creates no file: on ext4 each inode costs about half a millisecond, which
+// made file creation the largest cost of a short task and capped throughput
+// (docs/BENCHMARKS.md). A file that reaches MaxLogBytes is renamed to
+// stdout.1 / stderr.1 (replacing the older one) and a new one is started,
+// which is exact and loses nothing. The last TailBytes of each stream are
+// kept in memory for the result.
+//
+// The cost of pipes: if the worker process dies, an attempt's next write
+// fails (EPIPE, or SIGPIPE kills it) and what it prints until then is lost.
+// Such an attempt is an orphan either way: the restarted worker kills it
+// (KillOrphans) and the cluster has already marked it lost. When an attempt
+// ends, the worker waits up to a second for the pipes to close; a process
+// that escaped the group and the cgroup (possible only without cgroups) and
+// still holds them loses its output instead of holding the attempt open.
 //
 // # Cgroups
 //
@@ -72,12 +78,13 @@
 //
 // # Restarts
 //
-// While an attempt runs, DataDir/tasks/<attemptID>/pid records the leader's
-// pid, its start time (from /proc/<pid>/stat, to tell it apart from a later
-// process reusing the pid) and its cgroup directories. A worker that was
-// killed and restarted calls Orphans and KillOrphans to find and kill the
-// attempts a previous incarnation left running; with cgroups, KillOrphans
-// also removes attempt cgroups of this DataDir that have no pid file (the
-// worker died between fork and writing it). Prune deletes finished
-// attempts' directories after Config.Retention.
+// A worker that was killed and restarted calls Orphans and KillOrphans to
+// find and kill the attempts a previous incarnation left running. With
+// cgroups they are found by their cgroups (named after the attempt and the
+// DataDir), which every process of an attempt is born into, so nothing is
+// written per attempt. Without cgroups, DataDir/tasks/<attemptID>/pid
+// records the leader's pid and its start time (from /proc/<pid>/stat, to
+// tell it apart from a later process reusing the pid) while the attempt
+// runs. Prune deletes finished attempts' directories after
+// Config.Retention.
 package executor

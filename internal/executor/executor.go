@@ -44,8 +44,8 @@ var ErrStopped = errors.New("executor stopped")
 
 // Config configures an Executor.
 type Config struct {
-	DataDir        string        // logs go to DataDir/tasks/<attemptID>/{stdout,stderr}
-	MaxLogBytes    int64         // per stream, default 64 MiB; beyond it the file is rotated once (stdout.1) and the oldest dropped
+	DataDir        string        // logs go to DataDir/tasks/<attemptID>/{stdout,stderr}, created on the first byte
+	MaxLogBytes    int64         // per file, default 64 MiB; at the cap the file becomes stdout.1 (replacing the older one) and a new one starts
 	Retention      time.Duration // finished attempts' log dirs older than this are deleted by Prune; default 24h
 	TailBytes      int           // bytes of each stream kept in Result; default 64 KiB
 	CgroupRoot     string        // "" = autodetect at /sys/fs/cgroup; v2 (cgroup.controllers present) or v1 (memory+cpu dirs)
@@ -102,10 +102,9 @@ type Executor struct {
 	log      *slog.Logger
 	tasksDir string
 	cg       *cgroupDriver // nil without cgroups
-	collapse bool          // DataDir's filesystem supports lossless log rotation
 	basePath string        // PATH given to tasks unless Spec.Env sets one
-	// monitorInterval is a field rather than a constant so tests can make
-	// rotation happen while a process is still writing.
+	// monitorInterval is how often cgroup memory is sampled; a field so
+	// tests can change it.
 	monitorInterval time.Duration
 
 	mu       sync.Mutex
@@ -150,7 +149,6 @@ func New(cfg Config) (*Executor, error) {
 	if err := os.MkdirAll(e.tasksDir, 0o755); err != nil {
 		return nil, fmt.Errorf("executor: create tasks dir: %w", err)
 	}
-	e.collapse = probeCollapse(e.tasksDir)
 
 	if cfg.DisableCgroups {
 		e.log.Info("cgroups disabled by configuration: attempts run without CPU or memory limits")
@@ -258,10 +256,12 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 		return fmt.Errorf("before start: %w", err)
 	}
 	h.dir = filepath.Join(e.tasksDir, spec.AttemptID)
+	h.adir = &attemptDir{path: h.dir}
 	h.log = e.log.With("attempt", spec.AttemptID)
 
-	// Reserve the ID and create its directory under e.mu so Prune and
-	// KillOrphans never see a half-created attempt as finished or orphaned.
+	// Reserve the ID under e.mu so Prune and KillOrphans never see a
+	// starting attempt as finished or orphaned. The directory itself is
+	// created only when something needs it (output, or the pid file).
 	e.mu.Lock()
 	if e.stopped {
 		e.mu.Unlock()
@@ -271,12 +271,12 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 		e.mu.Unlock()
 		return fmt.Errorf("attempt is already running: %w", fs.ErrExist)
 	}
-	if err := os.Mkdir(h.dir, 0o755); err != nil {
+	if _, err := os.Lstat(h.dir); err == nil {
 		e.mu.Unlock()
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("attempt directory already exists (attempt IDs must be unique): %w", err)
-		}
-		return fmt.Errorf("create attempt directory: %w", err)
+		return fmt.Errorf("attempt directory already exists (attempt IDs must be unique): %w", fs.ErrExist)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		e.mu.Unlock()
+		return fmt.Errorf("check attempt directory: %w", err)
 	}
 	e.attempts[spec.AttemptID] = h
 	e.wg.Add(1)
@@ -291,16 +291,24 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 		}
 	}()
 
-	stdout, err := os.OpenFile(filepath.Join(h.dir, "stdout"), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
-	if err != nil {
-		return fmt.Errorf("create stdout log: %w", err)
+	// Output goes through pipes to logStreams, which create the log files
+	// on the first byte (see logStream for why).
+	var pipes [4]*os.File // stdout r, w; stderr r, w
+	for i := 0; i < 4; i += 2 {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return fmt.Errorf("create output pipe: %w", err)
+		}
+		pipes[i], pipes[i+1] = r, w
 	}
-	defer stdout.Close() // the child has its own copy
-	stderr, err := os.OpenFile(filepath.Join(h.dir, "stderr"), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
-	if err != nil {
-		return fmt.Errorf("create stderr log: %w", err)
-	}
-	defer stderr.Close()
+	defer func() {
+		_ = pipes[1].Close() // the child has its own copies
+		_ = pipes[3].Close()
+		if !launched {
+			_ = pipes[0].Close()
+			_ = pipes[2].Close()
+		}
+	}()
 	stdin, err := os.Open(os.DevNull)
 	if err != nil {
 		return fmt.Errorf("open %s for stdin: %w", os.DevNull, err)
@@ -342,7 +350,7 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 	attr := &os.ProcAttr{
 		Dir:   spec.Dir,
 		Env:   envList(env),
-		Files: []*os.File{stdin, stdout, stderr},
+		Files: []*os.File{stdin, pipes[1], pipes[3]},
 		Sys:   sys,
 	}
 	argv := append([]string{spec.Command}, spec.Args...)
@@ -387,6 +395,9 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 		var st procStat
 		st, err2 = readProcStat(proc.Pid)
 		if err2 == nil {
+			err2 = h.adir.create()
+		}
+		if err2 == nil {
 			err2 = writePidFile(h.dir, pidState{PID: proc.Pid, StartTicks: st.startTicks})
 		}
 	}
@@ -405,6 +416,12 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 	h.pid = proc.Pid
 	e.mu.Unlock()
 	launched = true
+	h.stdout = newLogStream(filepath.Join(h.dir, "stdout"), h.adir.create, e.cfg.MaxLogBytes, e.cfg.TailBytes, h.log, pipes[0])
+	h.stderr = newLogStream(filepath.Join(h.dir, "stderr"), h.adir.create, e.cfg.MaxLogBytes, e.cfg.TailBytes, h.log, pipes[2])
+	// Both copies end before supervise does (it drains them in finish),
+	// so they are covered by its e.wg count.
+	go h.stdout.run()
+	go h.stderr.run()
 	h.log.Debug("attempt started", "pid", proc.Pid, "command", path)
 	go h.supervise(ctx)
 	return nil

@@ -95,7 +95,9 @@ func runHelper(args []string) int {
 			return 1
 		}
 		h, err := e.Start(context.Background(), Spec{
-			AttemptID: "orphan.1", Command: "/bin/sh", Args: []string{"-c", "sleep 1000 & echo $!; wait"},
+			// The child's pid goes to a file, not stdout: a pipe whose
+			// reader (this worker) is killed cannot carry it.
+			AttemptID: "orphan.1", Command: "/bin/sh", Args: []string{"-c", "sleep 1000 & echo $! > " + filepath.Join(args[1], "child.pid") + "; wait"},
 		})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -392,7 +394,6 @@ func TestLogCapAndRotation(t *testing.T) {
 	t.Parallel()
 	const maxLog, lines = 64 << 10, 60000
 	e, _ := newExec(t, func(c *Config) { c.MaxLogBytes = maxLog; c.TailBytes = 1000 })
-	e.monitorInterval = 5 * time.Millisecond // rotate while the writer runs
 	var want bytes.Buffer
 	for i := 0; i < lines; i++ {
 		fmt.Fprintf(&want, "%07d\n", i)
@@ -402,9 +403,9 @@ func TestLogCapAndRotation(t *testing.T) {
 	if r.ExitCode != 0 {
 		t.Fatalf("result = %+v", r)
 	}
-	t.Logf("rotations: %d, lossless: %v", h.rotations, e.collapse)
-	if h.rotations == 0 {
-		t.Fatal("no rotation happened")
+	// 480,000 bytes through a 64 KiB cap: at least 7 rotations.
+	if h.rotations < want.Len()/maxLog-1 {
+		t.Fatalf("rotations = %d, want at least %d", h.rotations, want.Len()/maxLog-1)
 	}
 	if !bytes.Equal(r.StdoutTail, want.Bytes()[want.Len()-1000:]) {
 		t.Fatalf("tail = %q", r.StdoutTail)
@@ -417,15 +418,58 @@ func TestLogCapAndRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cur) > maxLog || len(old) > maxLog || len(old) == 0 {
+	if len(cur) > maxLog || len(old) > maxLog || len(old) == 0 || len(cur) == 0 {
 		t.Fatalf("sizes: stdout %d, stdout.1 %d, cap %d", len(cur), len(old), maxLog)
 	}
-	if e.collapse {
-		// Lossless rotation: the two files are exactly the stream's end.
-		if got := append(old, cur...); !bytes.HasSuffix(want.Bytes(), got) || len(got) <= maxLog {
-			t.Fatalf("stdout.1+stdout (%d bytes) is not the end of the output", len(got))
-		}
+	// Rotation is lossless: the two files are exactly the stream's end,
+	// and the older one was full when it was rotated.
+	if got := append(old, cur...); !bytes.HasSuffix(want.Bytes(), got) {
+		t.Fatalf("stdout.1+stdout (%d bytes) is not the end of the output", len(got))
 	}
+	if len(old) < maxLog-32<<10 {
+		t.Fatalf("stdout.1 has %d bytes; it was rotated long before the %d-byte cap", len(old), maxLog)
+	}
+}
+
+// An attempt that prints nothing creates no files at all: each inode is
+// about half a millisecond on ext4, the largest cost of a short task.
+func TestSilentAttemptCreatesNoFiles(t *testing.T) {
+	t.Parallel()
+	e, _ := newExec(t, nil)
+	r := run(t, e, Spec{AttemptID: "silent.1", Command: "/bin/true"})
+	if r.ExitCode != 0 || len(r.StdoutTail) != 0 || len(r.StderrTail) != 0 {
+		t.Fatalf("result = %+v", r)
+	}
+	if _, err := os.Lstat(filepath.Join(e.tasksDir, "silent.1")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("attempt directory of a silent attempt: err = %v, want not exist", err)
+	}
+	// Output on stderr only creates only stderr.
+	r = run(t, e, sh("erronly.1", "echo oops >&2"))
+	if string(r.StderrTail) != "oops\n" {
+		t.Fatalf("stderr tail = %q", r.StderrTail)
+	}
+	if _, err := os.Lstat(e.LogPath("erronly.1", false)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("stdout of a stderr-only attempt: err = %v, want not exist", err)
+	}
+	if b, err := os.ReadFile(e.LogPath("erronly.1", true)); err != nil || string(b) != "oops\n" {
+		t.Fatalf("stderr file = %q, %v", b, err)
+	}
+}
+
+// A process that escapes the attempt (its own session, no cgroup to find
+// it by) and keeps stdout open does not keep the attempt from finishing.
+func TestEscapedProcessDoesNotHoldAttemptOpen(t *testing.T) {
+	t.Parallel()
+	e, _ := newExec(t, func(c *Config) { c.DisableCgroups = true })
+	r := run(t, e, sh("escape.1", "setsid sleep 1000 & echo $! ; echo started"))
+	if r.ExitCode != 0 || !strings.Contains(string(r.StdoutTail), "started") {
+		t.Fatalf("result = %+v", r)
+	}
+	pid, err := strconv.Atoi(strings.SplitN(string(r.StdoutTail), "\n", 2)[0])
+	if err != nil {
+		t.Fatalf("escaped pid from %q: %v", r.StdoutTail, err)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL) // it is out of the attempt's reach by design
 }
 
 func TestEnvAndDir(t *testing.T) {
@@ -505,7 +549,7 @@ func TestStartErrors(t *testing.T) {
 func TestDuplicateAttemptID(t *testing.T) {
 	t.Parallel()
 	e, _ := newExec(t, nil)
-	run(t, e, Spec{AttemptID: "dup.1", Command: "/bin/true"})
+	run(t, e, sh("dup.1", "echo first"))
 	_, err := e.Start(context.Background(), Spec{AttemptID: "dup.1", Command: "/bin/true"})
 	if !errors.Is(err, fs.ErrExist) {
 		t.Fatalf("err = %v, want fs.ErrExist", err)
@@ -686,7 +730,12 @@ func TestOrphansAfterWorkerKill(t *testing.T) {
 	}
 
 	e, _ := newExec(t, func(c *Config) { c.DataDir = dataDir })
-	child, _ := strconv.Atoi(logLine(t, e, "orphan.1"))
+	var child int
+	waitFor(t, "the orphan's child pid file", func() bool {
+		b, _ := os.ReadFile(filepath.Join(dataDir, "child.pid"))
+		child, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	})
 	// With cgroups the attempt is found through its cgroup (no pid file
 	// is written); without, through its pid file.
 	want := Orphan{AttemptID: "orphan.1"}
@@ -719,9 +768,6 @@ func TestOrphansAfterWorkerKill(t *testing.T) {
 				t.Fatalf("cgroup %s left", n)
 			}
 		}
-	}
-	if _, err := os.Stat(e.LogPath("orphan.1", false)); err != nil {
-		t.Fatalf("log removed: %v", err)
 	}
 }
 
@@ -770,9 +816,10 @@ func TestPrune(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	run(t, e, Spec{AttemptID: "old.1", Command: "/bin/true"})
-	run(t, e, Spec{AttemptID: "new.1", Command: "/bin/true"})
-	running := start(t, e, Spec{AttemptID: "running.1", Command: "sleep", Args: []string{"1000"}})
+	run(t, e, sh("old.1", "echo old"))
+	run(t, e, sh("new.1", "echo new"))
+	running := start(t, e, sh("running.1", "echo running; exec sleep 1000"))
+	logLine(t, e, "running.1")
 	age("old.1")
 	age("running.1")
 	if err := os.Mkdir(filepath.Join(e.tasksDir, "orphan.1"), 0o755); err != nil {

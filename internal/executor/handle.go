@@ -31,14 +31,17 @@ type Handle struct {
 	proc      *os.Process
 	cg        *attemptCgroup
 	startedAt time.Time
+	adir      *attemptDir
+	stdout    *logStream
+	stderr    *logStream
 
 	cancelOnce sync.Once
 	cancelCh   chan struct{}
 	done       chan struct{}
 	result     Result // written before done is closed
 
-	// rotations counts log rotations; owned by the supervisor, read by
-	// tests after done.
+	// rotations counts log rotations; set before done is closed, read by
+	// tests.
 	rotations int
 }
 
@@ -83,8 +86,12 @@ func (h *Handle) supervise(ctx context.Context) {
 		timeoutC = t.C
 	}
 	var grace *time.Timer
-	ticker := time.NewTicker(h.e.monitorInterval)
-	defer ticker.Stop()
+	var tickC <-chan time.Time
+	if h.cg != nil {
+		ticker := time.NewTicker(h.e.monitorInterval)
+		defer ticker.Stop()
+		tickC = ticker.C
+	}
 
 	var timedOut, cancelled bool
 	terminate := func(why string) {
@@ -138,8 +145,8 @@ loop:
 			if h.cg != nil {
 				h.cg.kill()
 			}
-		case <-ticker.C:
-			h.monitor()
+		case <-tickC:
+			h.cg.sample()
 		}
 	}
 	if grace != nil {
@@ -153,21 +160,6 @@ loop:
 func (h *Handle) signalGroup(sig unix.Signal) {
 	if err := unix.Kill(-h.pid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
 		h.log.Warn("signalling process group failed", "signal", unix.SignalName(sig), "err", err)
-	}
-}
-
-func (h *Handle) monitor() {
-	for _, p := range []string{filepath.Join(h.dir, "stdout"), filepath.Join(h.dir, "stderr")} {
-		rotated, err := rotateLive(p, h.e.cfg.MaxLogBytes, h.e.collapse)
-		if rotated {
-			h.rotations++
-		}
-		if err != nil {
-			h.log.Warn("rotating log failed", "path", p, "err", err)
-		}
-	}
-	if h.cg != nil {
-		h.cg.sample()
 	}
 }
 
@@ -212,24 +204,16 @@ func (h *Handle) finish(timedOut, cancelled bool) {
 		}
 	}
 
-	for _, stream := range []struct {
-		name string
-		tail *[]byte
-	}{{"stdout", &res.StdoutTail}, {"stderr", &res.StderrTail}} {
-		p := filepath.Join(h.dir, stream.name)
-		rotated, err := rotateFinal(p, h.e.cfg.MaxLogBytes)
-		if rotated {
-			h.rotations++
+	// Every process of the attempt is gone, so the pipes reach
+	// end-of-file unless something escaped the group and the cgroup.
+	drainStreams(drainGrace, h.stdout, h.stderr)
+	res.StdoutTail = h.stdout.tailBytes()
+	res.StderrTail = h.stderr.tailBytes()
+	h.rotations = h.stdout.rotations + h.stderr.rotations
+	if h.cg == nil {
+		if err := os.Remove(filepath.Join(h.dir, pidFileName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			h.log.Warn("removing pid file failed", "err", err)
 		}
-		if err != nil {
-			h.log.Warn("rotating log failed", "path", p, "err", err)
-		}
-		if *stream.tail, err = readTail(p, h.e.cfg.TailBytes); err != nil {
-			h.log.Warn("reading log tail failed", "path", p, "err", err)
-		}
-	}
-	if err := os.Remove(filepath.Join(h.dir, pidFileName)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		h.log.Warn("removing pid file failed", "err", err)
 	}
 	res.FinishedAt = time.Now()
 	h.result = res

@@ -4,189 +4,188 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
-
-	"golang.org/x/sys/unix"
+	"sync"
+	"time"
 )
 
-// probeCollapse reports whether dir's filesystem can cut the head off a
-// file in place (FALLOC_FL_COLLAPSE_RANGE), which makes rotating a file
-// that a process is appending to lossless.
-func probeCollapse(dir string) bool {
-	f, err := os.CreateTemp(dir, ".collapse-probe-")
-	if err != nil {
-		return false
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	bs := blockSize(f)
-	if _, err := f.Write(make([]byte, 2*bs)); err != nil {
-		return false
-	}
-	return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_COLLAPSE_RANGE, 0, bs) == nil
+// drainGrace is how long the end of an attempt waits for its output pipes
+// to reach end-of-file after every process of the attempt is gone. Only a
+// process that escaped both the process group and the cgroup can still hold
+// a pipe open; after the grace it loses its stdout (EPIPE/SIGPIPE) rather
+// than keeping the attempt from finishing.
+const drainGrace = time.Second
+
+// logStream copies one output stream of an attempt from a pipe into its log
+// file. The file (and the attempt's directory) is created when the first
+// byte arrives, so an attempt that prints nothing costs no inode: on ext4
+// an inode allocation is about half a millisecond here, which bounded task
+// throughput when every attempt created a directory and two files up front.
+// At MaxLogBytes the file is renamed to <name>.1 (replacing the older one)
+// and a new file started, so nothing between the two is lost. The last
+// TailBytes stay in memory for the result.
+type logStream struct {
+	path    string
+	mkdir   func() error // creates the attempt's directory (once)
+	limit   int64
+	tailMax int
+	log     *slog.Logger
+
+	r    *os.File
+	done chan struct{}
+
+	// Owned by the copying goroutine until done is closed.
+	f         *os.File
+	size      int64
+	tail      []byte
+	rotations int
+	failed    bool // a write failed: the rest is discarded (but tailed)
 }
 
-func blockSize(f *os.File) int64 {
-	var st unix.Statfs_t
-	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil || st.Bsize <= 0 {
-		return 4096
-	}
-	return st.Bsize
+func newLogStream(path string, mkdir func() error, limit int64, tailMax int, log *slog.Logger, r *os.File) *logStream {
+	return &logStream{path: path, mkdir: mkdir, limit: limit, tailMax: tailMax, log: log, r: r, done: make(chan struct{})}
 }
 
-// rotateLive rotates path if it is over limit while a process may still be
-// appending to it. With collapse, the head is moved to path.1 and cut off
-// in place at a block boundary, so nothing written concurrently is lost;
-// otherwise the file is copied and truncated, losing what is written in
-// between.
-func rotateLive(path string, limit int64, collapse bool) (bool, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil // deleted by someone: nothing to cap
-	}
-	if err != nil {
-		return false, fmt.Errorf("open log: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return false, fmt.Errorf("stat log: %w", err)
-	}
-	size := fi.Size()
-	if size <= limit {
-		return false, nil
-	}
-	if collapse {
-		bs := blockSize(f)
-		// The collapsed range must end before EOF and be block-aligned.
-		if k := (size - 1) / bs * bs; k > 0 {
-			if err := appendToRotated(path, f, k, limit); err != nil {
-				return false, err
+// run copies until end-of-file or until the read end is closed.
+func (s *logStream) run() {
+	defer close(s.done)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := s.r.Read(buf)
+		if n > 0 {
+			s.keepTail(buf[:n])
+			s.write(buf[:n])
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrClosed) {
+				s.log.Warn("reading attempt output failed", "path", s.path, "err", err)
 			}
-			if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_COLLAPSE_RANGE, 0, k); err != nil {
-				// The head is now in both files; duplicated output beats
-				// lost output.
-				return true, fmt.Errorf("cut rotated part off log: %w", err)
-			}
-			return true, nil
+			break
 		}
 	}
-	if err := appendToRotated(path, f, size, limit); err != nil {
-		return false, err
+	if s.f != nil {
+		if err := s.f.Close(); err != nil && !s.failed {
+			s.log.Warn("closing log failed", "path", s.path, "err", err)
+		}
+		s.f = nil
 	}
-	if err := f.Truncate(0); err != nil {
-		return true, fmt.Errorf("truncate rotated log: %w", err)
-	}
-	return true, nil
 }
 
-// rotateFinal brings path down to at most limit bytes once nothing writes to
-// it any more, moving the excess head to path.1.
-func rotateFinal(path string, limit int64) (bool, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return false, fmt.Errorf("open log: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return false, fmt.Errorf("stat log: %w", err)
-	}
-	size := fi.Size()
-	if size <= limit {
-		return false, nil
-	}
-	k := size - limit
-	if err := appendToRotated(path, f, k, limit); err != nil {
-		return false, err
-	}
-	if err := writeFileAtomic(path, io.NewSectionReader(f, k, limit)); err != nil {
-		return true, fmt.Errorf("shorten rotated log: %w", err)
-	}
-	return true, nil
-}
-
-// appendToRotated makes path.1 the last limit bytes of (old path.1 followed
-// by the first k bytes of src): one older generation, oldest dropped.
-func appendToRotated(path string, src *os.File, k, limit int64) error {
-	rotated := path + ".1"
-	fromSrc := min(k, limit)
-	readers := []io.Reader{}
-	if keep := limit - fromSrc; keep > 0 {
-		old, err := os.Open(rotated)
-		switch {
-		case err == nil:
-			defer old.Close()
-			fi, err := old.Stat()
-			if err != nil {
-				return fmt.Errorf("stat rotated log: %w", err)
+// drainStreams waits for the streams to reach end-of-file, for at most
+// grace in all, then closes their read ends (which ends a copy still
+// waiting) and waits for the copies to stop.
+func drainStreams(grace time.Duration, streams ...*logStream) {
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	expired := false
+	for _, s := range streams {
+		if !expired {
+			select {
+			case <-s.done:
+			case <-t.C:
+				expired = true
 			}
-			n := min(keep, fi.Size())
-			readers = append(readers, io.NewSectionReader(old, fi.Size()-n, n))
-		case !errors.Is(err, os.ErrNotExist):
-			return fmt.Errorf("open rotated log: %w", err)
+		}
+		if expired {
+			select {
+			case <-s.done:
+			default:
+				s.log.Warn("a process outside the attempt still holds its output open; closing it", "path", s.path)
+			}
+		}
+		_ = s.r.Close()
+		<-s.done
+	}
+}
+
+func (s *logStream) keepTail(p []byte) {
+	if s.tailMax <= 0 {
+		return
+	}
+	if len(p) >= s.tailMax {
+		s.tail = append(s.tail[:0], p[len(p)-s.tailMax:]...)
+		return
+	}
+	s.tail = append(s.tail, p...)
+	if len(s.tail) > 2*s.tailMax {
+		// Trim rarely: copying down on every write would cost O(tail).
+		s.tail = append(s.tail[:0], s.tail[len(s.tail)-s.tailMax:]...)
+	}
+}
+
+// tailBytes is the last TailBytes of the stream; valid after done.
+func (s *logStream) tailBytes() []byte {
+	if len(s.tail) > s.tailMax {
+		return s.tail[len(s.tail)-s.tailMax:]
+	}
+	return s.tail
+}
+
+func (s *logStream) write(p []byte) {
+	if s.failed {
+		return
+	}
+	if err := s.writeErr(p); err != nil {
+		// Keep draining the pipe so the task does not block on a full
+		// disk; the result still gets the tail.
+		s.failed = true
+		s.log.Warn("writing attempt log failed; the rest of this stream is not saved", "path", s.path, "err", err)
+	}
+}
+
+func (s *logStream) writeErr(p []byte) error {
+	if s.f != nil && s.size > 0 && s.size+int64(len(p)) > s.limit {
+		if err := s.rotate(); err != nil {
+			return err
 		}
 	}
-	readers = append(readers, io.NewSectionReader(src, k-fromSrc, fromSrc))
-	if err := writeFileAtomic(rotated, io.MultiReader(readers...)); err != nil {
-		return fmt.Errorf("write rotated log: %w", err)
+	if s.f == nil {
+		if err := s.mkdir(); err != nil {
+			return fmt.Errorf("create attempt directory: %w", err)
+		}
+		f, err := os.OpenFile(s.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return fmt.Errorf("create log: %w", err)
+		}
+		s.f, s.size = f, 0
 	}
-	return nil
-}
-
-func writeFileAtomic(path string, r io.Reader) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(tmp, r)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp.Name())
-	}
+	n, err := s.f.Write(p)
+	s.size += int64(n)
 	return err
 }
 
-// readTail returns the last n bytes of the stream, reaching into path.1
-// when path alone is shorter.
-func readTail(path string, n int) ([]byte, error) {
-	cur, err := readLast(path, int64(n))
+// rotate makes the current file <path>.1 (dropping the older one) and
+// starts a new one on the next write.
+func (s *logStream) rotate() error {
+	err := s.f.Close()
+	s.f = nil
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("close log before rotating: %w", err)
 	}
-	if len(cur) >= n {
-		return cur, nil
+	if err := os.Rename(s.path, s.path+".1"); err != nil {
+		return fmt.Errorf("rotate log: %w", err)
 	}
-	prev, err := readLast(path+".1", int64(n-len(cur)))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return cur, err
-	}
-	return append(prev, cur...), nil
+	s.rotations++
+	return nil
 }
 
-func readLast(path string, n int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	n = min(n, fi.Size())
-	buf := make([]byte, n)
-	if _, err := f.ReadAt(buf, fi.Size()-n); err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
-	}
-	return buf, nil
+// attemptDir creates an attempt's directory once, for whichever stream (or
+// the pid file) needs it first.
+type attemptDir struct {
+	path string
+	once sync.Once
+	err  error
+}
+
+func (d *attemptDir) create() error {
+	d.once.Do(func() {
+		d.err = os.MkdirAll(d.path, 0o755)
+		if d.err == nil {
+			return
+		}
+		d.err = fmt.Errorf("create %s: %w", filepath.Base(d.path), d.err)
+	})
+	return d.err
 }

@@ -218,12 +218,6 @@ func (e *Executor) killOrphan(c candidate) error {
 	if err := removeCgroupDirs(c.cgDirs); err != nil {
 		return err
 	}
-	// The logs may have grown past the cap while nobody watched.
-	for _, name := range []string{"stdout", "stderr"} {
-		if _, err := rotateFinal(filepath.Join(c.dir, name), e.cfg.MaxLogBytes); err != nil && !errors.Is(err, os.ErrNotExist) {
-			e.log.Warn("rotating orphan's log failed", "attempt", c.id, "err", err)
-		}
-	}
 	if err := os.Remove(filepath.Join(c.dir, pidFileName)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove pid file: %w", err)
 	}
