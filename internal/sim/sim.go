@@ -12,8 +12,6 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
-	"go.etcd.io/raft/v3/tracker"
-	"google.golang.org/protobuf/proto"
 
 	pb "github.com/blixard/blixard/api/blixardpb"
 	"github.com/blixard/blixard/internal/raftnode"
@@ -44,10 +42,6 @@ type Config struct {
 	// commands) a fixed random amount within ±ClockSkew off true time, as
 	// with a broken NTP setup. By default wall clocks are within 250 ms.
 	ClockSkew time.Duration
-	// NoWorkarounds turns off the operator workarounds for known
-	// production bugs (see knownBugWorkarounds), so that a run shows the
-	// bug instead of working around it.
-	NoWorkarounds bool
 
 	// Hooks for the deliberately broken variants in the tests. Nil means
 	// the production behaviour; the simulation itself never needs them.
@@ -123,7 +117,6 @@ type Stats struct {
 	LeaderAfterHeal  time.Duration
 	QuiesceAfterHeal time.Duration
 	ScanSkipped      int
-	Workarounds      int
 	ClockSteps       int
 }
 
@@ -295,7 +288,6 @@ func (s *Sim) setup() {
 	}
 	s.after(time.Duration(float64(s.p.faultMean)*s.rng.ExpFloat64())+time.Second, s.faultLoop)
 	s.after(10*time.Second, s.sweepLoop)
-	s.after(time.Second, s.workaroundLoop)
 	s.after(s.clockFaultGap(), s.clockFaultLoop)
 }
 
@@ -325,19 +317,6 @@ func (s *Sim) clockFaultLoop() {
 		}
 	}
 	s.after(s.clockFaultGap(), s.clockFaultLoop)
-}
-
-// workaroundLoop applies the known-bug workarounds during the workload
-// too: a stuck learner otherwise makes every client that talks to it time
-// out, and the leader streams it the whole state every round trip.
-func (s *Sim) workaroundLoop() {
-	if s.phase != phaseWorkload || s.cfg.NoWorkarounds {
-		return
-	}
-	if l := s.leader(); l != nil {
-		s.knownBugWorkarounds(l)
-	}
-	s.after(time.Second, s.workaroundLoop)
 }
 
 func addrOf(id uint64) string { return fmt.Sprintf("n%d:7000", id) }
@@ -660,9 +639,6 @@ func (s *Sim) quiesceLoop() {
 			return
 		}
 	}
-	if l != nil && !s.cfg.NoWorkarounds {
-		s.knownBugWorkarounds(l)
-	}
 	if s.leaderSeen && l != nil && s.busy == 0 {
 		if done, _ := s.quiet(l); done {
 			s.stats.QuiesceAfterHeal = since
@@ -687,47 +663,6 @@ const (
 	leaderBound     = 10 * electionTimeout
 	quiesceBound    = 5 * time.Minute
 )
-
-// knownBugWorkarounds does what an operator would do about the known
-// production bugs listed in docs/RELIABILITY.md, so that every seed can
-// still check everything else. Each workaround triggers only on its bug's
-// exact signature and is counted in Stats.Workarounds.
-//
-// Learner stuck behind a snapshot that predates it: etcd raft refuses to
-// install a snapshot whose ConfState does not contain the recipient, and
-// raftnode.Core only snapshots every SnapshotEvery entries, so a learner
-// that joined after the leader's last snapshot and needs one waits for the
-// next; in a quiet cluster forever. The workaround writes filler entries
-// until the leader takes a new snapshot.
-func (s *Sim) knownBugWorkarounds(l *node) {
-	st := l.core.Status()
-	snap, err := l.disk.Snapshot()
-	if err != nil {
-		return
-	}
-	in := map[uint64]bool{}
-	for _, id := range snap.GetMetadata().GetConfState().GetVoters() {
-		in[id] = true
-	}
-	for _, id := range snap.GetMetadata().GetConfState().GetLearners() {
-		in[id] = true
-	}
-	for _, id := range sortedKeys(st.Progress) {
-		pr := st.Progress[id]
-		if id == l.id || in[id] || pr.State != tracker.StateSnapshot {
-			continue
-		}
-		s.stats.Workarounds++
-		if s.tracing() {
-			s.logf("WORKAROUND (known bug): n%d needs a snapshot but the leader's (index %d) predates it; writing filler entries", id, snap.GetMetadata().GetIndex())
-		}
-		for range 50 {
-			payload := mustMarshal(&pb.Command{Op: &pb.Command_Put{Put: &pb.Put{Key: "filler", Value: []byte("x")}}})
-			l.issue(&request{kind: rqPropose, payload: payload, done: func(proto.Message, error) {}}, 5*time.Second)
-		}
-		return
-	}
-}
 
 func (s *Sim) majorityFollows(l *node) bool {
 	st := l.core.Status()

@@ -25,7 +25,6 @@ var (
 	flagOps     = flag.Int("sim.ops", defaultOps, "client operations per seed")
 	flagTrace   = flag.Bool("sim.trace", false, "print a readable trace of every event to stdout")
 	flagBroken  = flag.Int("sim.broken-seeds", defaultBrokenSeeds, "seeds a broken variant may take to be caught")
-	flagStrict  = flag.Bool("sim.strict", false, "no workarounds for known production bugs: show them instead")
 	flagSkew    = flag.Duration("sim.clock-skew", 0, "put each node's wall clock up to this far off true time (default: within 250 ms)")
 	flagDupProp = flag.Bool("sim.dup-proposals", false, "let the network duplicate forwarded proposals (MsgProp), which the production transport never does")
 )
@@ -41,7 +40,6 @@ func run(t *testing.T, cfg sim.Config) sim.Result {
 	if *flagTrace {
 		cfg.Trace = os.Stdout
 	}
-	cfg.NoWorkarounds = *flagStrict
 	cfg.DuplicateProposals = *flagDupProp
 	cfg.ClockSkew = *flagSkew
 	return sim.Run(cfg)
@@ -63,9 +61,6 @@ func seeds() []uint64 {
 func replay(test string, seed uint64) string {
 	// -sim.ops always: its default differs between race and plain builds.
 	cmd := fmt.Sprintf("replay: go test ./internal/sim -run '^%s$' -sim.seed=%d -sim.ops=%d", test, seed, *flagOps)
-	if *flagStrict {
-		cmd += " -sim.strict"
-	}
 	if *flagSkew != 0 {
 		cmd += " -sim.clock-skew=" + flagSkew.String()
 	}

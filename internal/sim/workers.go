@@ -3,7 +3,7 @@ package sim
 import (
 	"errors"
 	"fmt"
-	"slices"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -12,6 +12,7 @@ import (
 	pb "github.com/blixard/blixard/api/blixardpb"
 	"github.com/blixard/blixard/internal/scheduler"
 	"github.com/blixard/blixard/internal/state"
+	"github.com/blixard/blixard/internal/worker"
 )
 
 type attemptKey struct {
@@ -21,38 +22,28 @@ type attemptKey struct {
 
 func (k attemptKey) String() string { return fmt.Sprintf("%s#%d", k.task, k.attempt) }
 
-func compareKeys(a, b attemptKey) int {
-	if c := strings.Compare(a.task, b.task); c != 0 {
-		return c
-	}
-	return int(a.attempt) - int(b.attempt)
-}
-
 // attemptRun is a "process" of the simulated executor.
 type attemptRun struct {
 	cancelled bool
-	over      bool
 	startedAt int64 // wall clock, carried in the result
 }
 
-// simWorker is the worker side of a node, with worker.Agent's and
-// worker.Runner's behaviour: register, heartbeat to the leader, reconcile
-// after a start, converge on the assigned attempts, report starts and
-// results (retrying until recorded or refused as stale). Attempts "run"
-// for a random sim duration with a random outcome.
+// simWorker is the worker side of a node. Registration and heartbeats
+// re-enact worker.Agent; what runs is decided by the production
+// worker.RunnerCore, fed the state's assignments, process exits,
+// proposal outcomes and the node's monotonic time, as worker.Runner's
+// goroutine shell feeds it in production. Its actions run against a
+// simulated launcher: attempts "run" for a random sim duration with a
+// random outcome.
 type simWorker struct {
 	n          *node
 	capacity   *pb.Resources
 	registered bool
-	reconciled bool
-	running    map[attemptKey]*attemptRun
-	finished   map[attemptKey]bool
+	core       *worker.RunnerCore
+	procs      map[attemptKey]*attemptRun
 	due        bool
-	// seen is the state's AssignedVersion at the last converge: like the
-	// Runner, a round is skipped when this worker's assignments did not
-	// change.
-	seen      uint64
-	converged bool
+	wakeSet    bool
+	wakeAt     time.Time
 }
 
 func newWorker(n *node) *simWorker {
@@ -60,61 +51,33 @@ func newWorker(n *node) *simWorker {
 	return &simWorker{n: n, capacity: &pb.Resources{CpuMillis: int64(2000 + 1000*r.IntN(7)), MemoryMib: int64(2048 * (1 + r.IntN(4)))}}
 }
 
-// start runs when the node's process starts: nothing of ours runs (the
-// executor killed orphans), so reconcile with an empty list.
+// isStale is the server's classification of report errors.
+func isStale(err error) bool { return errors.Is(err, state.ErrStaleAttempt) }
+
+// start runs when the node's process starts: a fresh runner core, whose
+// first action is the start-up reconcile.
 func (w *simWorker) start() {
-	w.registered, w.reconciled, w.due, w.converged = false, false, false, false
-	w.running = map[attemptKey]*attemptRun{}
-	w.finished = map[attemptKey]bool{}
+	n := w.n
+	w.registered, w.due, w.wakeSet = false, false, false
+	w.procs = map[attemptKey]*attemptRun{}
+	cfg := worker.RunnerConfig{Stale: isStale}
+	if n.s.tracing() {
+		cfg.Logger = slog.New(&logHandler{s: n.s, node: n.id})
+	}
+	w.core = worker.NewRunnerCore(cfg)
 	w.register()
-	w.retry("reconcile", func() *pb.Command {
-		return &pb.Command{Op: &pb.Command_ReconcileWorker{ReconcileWorker: &pb.ReconcileWorker{WorkerId: w.n.id, NowUnixNano: w.n.localNow().UnixNano()}}}
-	}, func() {
-		w.reconciled = true
-		w.kick()
-	})
-	w.n.after(heartbeatInterval, w.heartbeatLoop)
+	w.do(w.core.Start(n.monoNow()))
+	n.after(heartbeatInterval, w.heartbeatLoop)
 }
 
 func (w *simWorker) crash() {
-	w.running, w.finished = nil, nil
+	w.core, w.procs = nil, nil
 }
 
 func (w *simWorker) log(format string, args ...any) {
 	if w.n.s.tracing() {
 		w.n.s.logf("%s worker: %s", w.n.name(), fmt.Sprintf(format, args...))
 	}
-}
-
-// propose sends cmd through the local node with timeout and calls done.
-func (w *simWorker) propose(cmd *pb.Command, timeout time.Duration, done func(proto.Message, error)) {
-	w.n.issue(&request{kind: rqPropose, payload: mustMarshal(cmd), done: done}, timeout)
-}
-
-// retry proposes mk() until it succeeds (or is refused as stale), backing
-// off 50 ms → 2 s like worker.Runner.retry; it dies with the process.
-func (w *simWorker) retry(what string, mk func() *pb.Command, ok func()) {
-	n := w.n
-	inc := n.inc
-	backoff := 50 * time.Millisecond
-	var try func()
-	try = func() {
-		w.propose(mk(), 10*time.Second, func(_ proto.Message, err error) {
-			if n.inc != inc {
-				return
-			}
-			if err == nil || errors.Is(err, state.ErrStaleAttempt) || errors.Is(err, state.ErrUnknownTask) {
-				w.log("%s: %v", what, errOK(err))
-				if ok != nil {
-					ok()
-				}
-				return
-			}
-			n.after(backoff, try)
-			backoff = min(2*backoff, 2*time.Second)
-		})
-	}
-	try()
 }
 
 func errOK(err error) string {
@@ -128,13 +91,13 @@ func (w *simWorker) register() {
 	n := w.n
 	inc := n.inc
 	wk := &pb.Worker{Id: n.id, Addr: addrOf(n.id), Capacity: w.capacity}
-	w.propose(&pb.Command{Op: &pb.Command_RegisterWorker{RegisterWorker: &pb.RegisterWorker{Worker: wk, NowUnixNano: n.localNow().UnixNano()}}},
-		3*heartbeatInterval+time.Second, func(_ proto.Message, err error) {
+	n.issue(&request{kind: rqPropose, payload: mustMarshal(&pb.Command{Op: &pb.Command_RegisterWorker{RegisterWorker: &pb.RegisterWorker{Worker: wk, NowUnixNano: n.localNow().UnixNano()}}}),
+		done: func(_ proto.Message, err error) {
 			if n.inc == inc && err == nil {
 				w.registered = true
 				w.log("registered")
 			}
-		})
+		}}, 3*heartbeatInterval+time.Second)
 }
 
 // heartbeatLoop is worker.Agent's loop. The heartbeat is an RPC to the
@@ -165,112 +128,105 @@ func (w *simWorker) heartbeatLoop() {
 // few milliseconds of coalescing stand for its goroutine's scheduling
 // latency and keep the cost of copying the assignments down.
 func (w *simWorker) kick() {
-	if w.due || w.running == nil {
+	if w.due || w.core == nil {
 		return
 	}
 	w.due = true
 	w.n.after(time.Duration(2+w.n.s.rng.IntN(10))*time.Millisecond, w.converge)
 }
 
-// converge is worker.Runner.converge, run when the worker's assignments
-// changed.
+// converge is one round of worker.Runner's loop: the core converges when
+// this worker's assignments changed.
 func (w *simWorker) converge() {
 	w.due = false
-	if !w.reconciled {
-		return
-	}
 	n := w.n
-	v := n.sm.AssignedVersion(n.id)
-	if w.converged && v == w.seen {
-		return
-	}
-	w.seen, w.converged = v, true
-	want := map[attemptKey]bool{}
-	for _, t := range n.sm.Assigned(n.id) {
-		if len(t.Attempts) == 0 {
-			continue
-		}
-		a := t.Attempts[len(t.Attempts)-1]
-		k := attemptKey{t.Id, a.Number}
-		want[k] = true
-		run, running := w.running[k]
-		switch {
-		case running && t.CancelRequested:
-			if !run.cancelled {
-				run.cancelled = true
-				// The kill grace: the process exits soon after SIGTERM.
-				n.after(time.Duration(1+n.s.rng.IntN(200))*time.Millisecond, func() { w.exited(k, run) })
-			}
-		case running || w.finished[k]:
-		case t.CancelRequested:
-			w.finished[k] = true
-			w.report(k, &pb.TaskResult{Cancelled: true})
-		case a.State == pb.TaskState_TASK_STATE_ASSIGNED || a.State == pb.TaskState_TASK_STATE_RUNNING:
-			w.launch(k)
-		}
-	}
-	var kill []attemptKey
-	for k := range w.running {
-		if !want[k] {
-			kill = append(kill, k)
-		}
-	}
-	slices.SortFunc(kill, compareKeys)
-	for _, k := range kill {
-		w.log("killing %v: no longer owned", k)
-		w.finished[k] = true
-		w.running[k].over = true
-		delete(w.running, k)
-	}
-	for k := range w.finished {
-		if _, run := w.running[k]; !run && !want[k] {
-			delete(w.finished, k)
-		}
+	if v := n.sm.AssignedVersion(n.id); w.core.WantsAssignments(v) {
+		w.do(w.core.Converge(n.monoNow(), v, n.sm.Assigned(n.id)))
 	}
 }
 
-func (w *simWorker) launch(k attemptKey) {
+// do carries out the core's actions, as worker.Runner's shell does, then
+// sets the wake-up for the core's next timer.
+func (w *simWorker) do(acts []worker.RunnerAction) {
+	for _, a := range acts {
+		if w.core == nil {
+			return
+		}
+		k := attemptKey{a.TaskID, a.Attempt}
+		switch a.Kind {
+		case worker.ActLaunch:
+			err := w.launch(k)
+			w.do(w.core.Launched(w.n.monoNow(), k.task, k.attempt, err))
+		case worker.ActCancel:
+			w.cancel(k)
+		default:
+			w.propose(a)
+		}
+	}
+	w.wake()
+}
+
+// wake arranges for Advance to run at the core's next timer.
+func (w *simWorker) wake() {
+	if w.core == nil {
+		return
+	}
+	at, ok := w.core.NextWake()
+	if !ok || (w.wakeSet && !at.Before(w.wakeAt)) {
+		return
+	}
+	w.wakeSet, w.wakeAt = true, at
+	core := w.core
+	// At least a microsecond: the node's clock rate may round a wait of
+	// a few nanoseconds to nothing.
+	w.n.after(max(at.Sub(w.n.monoNow()), time.Microsecond), func() {
+		if w.core != core || !w.wakeSet || !w.wakeAt.Equal(at) {
+			return
+		}
+		w.wakeSet = false
+		w.do(w.core.Advance(w.n.monoNow()))
+	})
+}
+
+// launch is the simulated executor starting an attempt: now and then it
+// fails, half of the time because of the task (bad command) and half
+// because of the worker (which counts towards marking it unschedulable).
+func (w *simWorker) launch(k attemptKey) error {
 	n := w.n
 	s := n.s
 	if s.rng.IntN(50) == 0 {
 		w.log("%v could not start", k)
-		w.finished[k] = true
-		w.report(k, &pb.TaskResult{ExitCode: -1, Error: "simulated launch failure"})
-		return
+		if s.rng.IntN(2) == 0 {
+			return fmt.Errorf("%w: simulated: no such command", worker.ErrTaskSpec)
+		}
+		return errors.New("simulated launch failure")
 	}
 	run := &attemptRun{startedAt: n.localNow().UnixNano()}
-	w.running[k] = run
+	w.procs[k] = run
 	s.trace(evWorker, n.id, uint64(k.attempt), payloadHash([]byte(k.task)))
 	w.log("starting %v", k)
-	// Like the Runner, the start is proposed only once the attempt has
-	// run for startedDelay; shorter attempts report just their result,
-	// which carries the start time.
-	n.after(startedDelay, func() {
-		if run.over {
-			return
-		}
-		w.propose(&pb.Command{Op: &pb.Command_TaskStarted{TaskStarted: &pb.TaskStarted{TaskId: k.task, Attempt: k.attempt, WorkerId: n.id, NowUnixNano: n.localNow().UnixNano()}}},
-			10*time.Second, func(proto.Message, error) {})
-	})
 	n.after(time.Duration(5+s.rng.IntN(3000))*time.Millisecond, func() { w.exited(k, run) })
+	return nil
 }
 
-// startedDelay is worker.RunnerConfig.StartedDelay's default.
-const startedDelay = 20 * time.Millisecond
+// cancel is SIGTERM: the process exits soon after (the kill grace).
+func (w *simWorker) cancel(k attemptKey) {
+	run := w.procs[k]
+	if run == nil || run.cancelled {
+		return
+	}
+	run.cancelled = true
+	w.log("cancelling %v", k)
+	w.n.after(time.Duration(1+w.n.s.rng.IntN(200))*time.Millisecond, func() { w.exited(k, run) })
+}
 
-// exited is the attempt's process ending: report its result if the
-// attempt is still ours.
+// exited is the attempt's process ending.
 func (w *simWorker) exited(k attemptKey, run *attemptRun) {
-	if run.over || w.running[k] != run {
+	if w.procs[k] != run {
 		return
 	}
-	run.over = true
-	delete(w.running, k)
-	if w.finished[k] {
-		return
-	}
-	w.finished[k] = true
-	w.report(k, w.outcome(run))
+	delete(w.procs, k)
+	w.do(w.core.Exited(w.n.monoNow(), k.task, k.attempt, w.outcome(run)))
 }
 
 func (w *simWorker) outcome(run *attemptRun) *pb.TaskResult {
@@ -291,11 +247,37 @@ func (w *simWorker) outcome(run *attemptRun) *pb.TaskResult {
 	return r
 }
 
-func (w *simWorker) report(k attemptKey, r *pb.TaskResult) {
+// propose makes one try of a proposal action through the local node, as
+// the server's taskCluster does (10 s per try), and hands the outcome to
+// the core.
+func (w *simWorker) propose(a worker.RunnerAction) {
 	n := w.n
-	w.retry("report "+k.String(), func() *pb.Command {
-		return &pb.Command{Op: &pb.Command_TaskFinished{TaskFinished: &pb.TaskFinished{TaskId: k.task, Attempt: k.attempt, WorkerId: n.id, Result: r, NowUnixNano: n.localNow().UnixNano()}}}
-	}, nil)
+	now := n.localNow().UnixNano()
+	var cmd *pb.Command
+	switch a.Kind {
+	case worker.ActReportStarted:
+		cmd = &pb.Command{Op: &pb.Command_TaskStarted{TaskStarted: &pb.TaskStarted{TaskId: a.TaskID, Attempt: a.Attempt, WorkerId: n.id, NowUnixNano: now}}}
+	case worker.ActReportFinished:
+		cmd = &pb.Command{Op: &pb.Command_TaskFinished{TaskFinished: &pb.TaskFinished{TaskId: a.TaskID, Attempt: a.Attempt, WorkerId: n.id, Result: a.Result, NowUnixNano: now}}}
+	case worker.ActReconcile:
+		cmd = &pb.Command{Op: &pb.Command_ReconcileWorker{ReconcileWorker: &pb.ReconcileWorker{WorkerId: n.id, NowUnixNano: now}}}
+	case worker.ActSetUnschedulable:
+		cmd = &pb.Command{Op: &pb.Command_SetWorkerSchedulable{SetWorkerSchedulable: &pb.SetWorkerSchedulable{WorkerId: n.id, Reason: a.Reason, NowUnixNano: now}}}
+	default:
+		n.s.violate("runner", "n%d: unknown runner action %v", n.id, a)
+		return
+	}
+	core := w.core
+	n.issue(&request{kind: rqPropose, payload: mustMarshal(cmd), done: func(_ proto.Message, err error) {
+		if w.core != core {
+			return // the process died meanwhile
+		}
+		w.log("%v: %v", a, errOK(err))
+		w.do(w.core.Reported(n.monoNow(), a, err))
+		if a.Kind == worker.ActReconcile && err == nil {
+			w.kick()
+		}
+	}}, 10*time.Second)
 }
 
 // ---------------------------------------------------------------------------
@@ -347,32 +329,21 @@ func (n *node) schedKick() {
 	}
 }
 
-// schedPass is server.schedulePass: one pass, one PlaceTasks proposal,
-// and no new pass until it is applied.
+// schedPass is server.schedulePass: one production scheduler.Pass, one
+// PlaceTasks proposal, and no new pass until it is applied.
 func (n *node) schedPass() {
 	s := n.s
 	if n.schedBusy || !n.core.IsLeader() {
 		return
 	}
 	n.schedDue = false
-	v := n.sm.ForScheduling()
-	if len(v.Pending) == 0 || len(v.Workers) == 0 {
+	pass := scheduler.Pass(n.localNow(), n.sm.ForScheduling(), n.schedRng, s.cfg.Schedule)
+	if len(pass.Input.Pending) > 0 {
+		s.chk.plan(n, pass.Input, pass.Plan)
+	}
+	cmd := pass.Place
+	if cmd == nil {
 		return
-	}
-	now := n.localNow()
-	in, attempts := scheduler.FromView(now, v)
-	schedule := scheduler.Schedule
-	if s.cfg.Schedule != nil {
-		schedule = s.cfg.Schedule
-	}
-	plan := schedule(in, n.schedRng)
-	s.chk.plan(n, in, plan)
-	if len(plan.Placements) == 0 {
-		return
-	}
-	cmd := &pb.PlaceTasks{NowUnixNano: now.UnixNano()}
-	for _, p := range plan.Placements {
-		cmd.Placements = append(cmd.Placements, &pb.Placement{TaskId: p.TaskID, Attempt: attempts[p.TaskID], WorkerId: p.WorkerID})
 	}
 	s.stats.Placements += len(cmd.Placements)
 	s.trace(evSched, n.id, uint64(len(cmd.Placements)), 0)
