@@ -58,6 +58,12 @@ func toStatus(err error) error {
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, state.ErrInvalidCommand):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, state.ErrVMExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, state.ErrStaleVM), errors.Is(err, state.ErrVMDeleting):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, state.ErrUnknownVM):
+		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, state.ErrUnknownWorker), errors.Is(err, state.ErrUnknownTask):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, state.ErrStaleAttempt):

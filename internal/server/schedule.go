@@ -10,10 +10,11 @@ import (
 )
 
 // schedulerLoop runs a scheduling pass on the leader whenever something
-// was applied (a submission, a finished attempt, a worker change), and at
-// least every half second so retries whose backoff ends are placed. One
-// pass becomes one PlaceTasks proposal; the next pass starts only after it
-// is applied, so passes never overlap.
+// was applied (a submission, a finished attempt, a worker change, a VM
+// created, started or removed), and at least every half second so retries
+// whose backoff ends are placed. One pass places tasks and VMs together
+// and becomes at most one PlaceTasks and one PlaceVMs proposal; the next
+// pass starts only after they are applied, so passes never overlap.
 func (s *Server) schedulerLoop() {
 	rng := rand.New(rand.NewPCG(s.cfg.ID, uint64(s.clock.Now().UnixNano())))
 	tick := s.clock.NewTicker(500 * time.Millisecond)
@@ -46,15 +47,26 @@ func (s *Server) schedulerLoop() {
 }
 
 func (s *Server) schedulePass(rng *rand.Rand) {
-	pass := scheduler.Pass(s.clock.Now(), s.sm.ForScheduling(), rng, nil)
+	// The two reads are not one snapshot; a placement applied between
+	// them only makes this pass plan against an older view, and applying
+	// re-checks every placement, so nothing can over-commit.
+	pass := scheduler.FullPass(s.clock.Now(), s.sm.ForScheduling(), s.sm.PendingVMs(), rng, nil)
 	s.setWaiting(pass.Waiting)
-	if pass.Place == nil {
+	s.setVMWaiting(pass.VMWaiting)
+	if pass.Place == nil && pass.PlaceVMs == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
 	defer cancel()
-	if _, err := s.propose(ctx, &pb.Command{Op: &pb.Command_PlaceTasks{PlaceTasks: pass.Place}}); err != nil {
-		s.log.Warn("proposing placements failed; the next pass retries", "placements", len(pass.Place.Placements), "err", err)
+	if pass.Place != nil {
+		if _, err := s.propose(ctx, &pb.Command{Op: &pb.Command_PlaceTasks{PlaceTasks: pass.Place}}); err != nil {
+			s.log.Warn("proposing placements failed; the next pass retries", "placements", len(pass.Place.Placements), "err", err)
+		}
+	}
+	if pass.PlaceVMs != nil {
+		if _, err := s.propose(ctx, &pb.Command{Op: &pb.Command_PlaceVms{PlaceVms: pass.PlaceVMs}}); err != nil {
+			s.log.Warn("proposing VM placements failed; the next pass retries", "placements", len(pass.PlaceVMs.Placements), "err", err)
+		}
 	}
 }
 

@@ -98,8 +98,15 @@ type Server struct {
 	applied  *broadcast         // notified after every Ready that applied entries
 	exec     *executor.Executor // nil unless this node is a worker
 
-	waitMu  sync.Mutex
-	waiting map[string]string // leader only: task → why the last pass left it pending
+	waitMu    sync.Mutex
+	waiting   map[string]string // leader only: task → why the last pass left it pending
+	vmWaiting map[string]string // leader only: VM name → why the last pass left it pending
+
+	// vmConsole finds a VM's console log on this worker; set by the VM
+	// reconciler when this node runs VMs (see setVMConsole).
+	vmConsoleMu sync.Mutex
+	vmConsole   func(name string) (path string, ok bool)
+
 	remOnce sync.Once
 }
 
