@@ -147,7 +147,15 @@ type Core struct {
 	// simulation).
 	confSnapshot bool
 	ticks        int
+	// proposals are the (origin, proposal ID) pairs of the entries in this
+	// leader's log window and of the proposals it accepted this term, by
+	// log index; a forwarded proposal delivered twice is appended once
+	// (see dropDuplicateProposals). Nil unless leading.
+	proposals     map[proposalKey]uint64
+	proposalsTerm uint64
 }
+
+type proposalKey struct{ origin, id uint64 }
 
 // NewCore opens a node over its storage. peers is non-empty only when a
 // brand-new cluster is bootstrapped; it is ignored if the log has state.
@@ -255,10 +263,114 @@ func (c *Core) Step(m *raftpb.Message) error {
 	if raft.IsLocalMsg(m.GetType()) {
 		return fmt.Errorf("raftnode: refusing local message type %v from the network", m.GetType())
 	}
+	if m.GetType() == raftpb.MessageType_MsgProp {
+		if m = c.dropDuplicateProposals(m); m == nil {
+			return nil
+		}
+	}
 	if err := c.rn.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 		return err
 	}
 	return nil
+}
+
+// dropDuplicateProposals removes, on the leader, the entries of a
+// forwarded proposal whose (origin, proposal ID) is already in its log or
+// was accepted before this term: a network that delivers a MsgProp twice
+// would otherwise have the command appended, and applied, twice (found by
+// the simulation). The check is the leader's alone, before anything is
+// appended, so every node still applies exactly the log; a new leader
+// rebuilds the set from its log, which holds every committed entry. A copy
+// delayed until its original was compacted out of the leader's log
+// (SnapshotKeep entries behind a snapshot) is not recognised. It returns
+// nil when nothing is left to step.
+func (c *Core) dropDuplicateProposals(m *raftpb.Message) *raftpb.Message {
+	st := c.rn.BasicStatus()
+	if st.RaftState != raft.StateLeader {
+		c.proposals = nil
+		return m
+	}
+	if c.proposals == nil || c.proposalsTerm != st.GetTerm() {
+		c.indexProposals(st.GetTerm())
+	}
+	last, _ := c.log.LastIndex()
+	var kept []*raftpb.Entry
+	dropped := 0
+	for i, e := range m.GetEntries() {
+		k, ok := proposalOf(e)
+		if ok {
+			if _, seen := c.proposals[k]; seen {
+				if kept == nil {
+					kept = append([]*raftpb.Entry{}, m.GetEntries()[:i]...)
+				}
+				dropped++
+				continue
+			}
+			c.proposals[k] = last + 1
+		}
+		if kept != nil {
+			kept = append(kept, e)
+		}
+	}
+	if dropped == 0 {
+		return m
+	}
+	c.cfg.Logger.Warn("dropping duplicated proposals", "from", m.GetFrom(), "entries", dropped)
+	if len(kept) == 0 {
+		return nil
+	}
+	m = proto.Clone(m).(*raftpb.Message)
+	m.Entries = kept
+	return m
+}
+
+// indexProposals rebuilds the leader's proposal set from its log.
+func (c *Core) indexProposals(term uint64) {
+	c.proposals, c.proposalsTerm = map[proposalKey]uint64{}, term
+	first, err := c.log.FirstIndex()
+	if err != nil {
+		return
+	}
+	last, err := c.log.LastIndex()
+	if err != nil || last < first {
+		return
+	}
+	ents, err := c.log.Entries(first, last+1, 1<<62)
+	if err != nil {
+		c.cfg.Logger.Warn("cannot read the log to index proposals", "err", err)
+		return
+	}
+	for _, e := range ents {
+		if k, ok := proposalOf(e); ok {
+			c.proposals[k] = e.GetIndex()
+		}
+	}
+}
+
+// pruneProposals forgets proposals compacted out of the log.
+func (c *Core) pruneProposals() {
+	first, err := c.log.FirstIndex()
+	if c.proposals == nil || err != nil {
+		return
+	}
+	for k, idx := range c.proposals {
+		if idx < first {
+			delete(c.proposals, k)
+		}
+	}
+}
+
+// proposalOf is the origin and proposal ID of a normal entry with an
+// envelope and a non-zero ID.
+func proposalOf(e *raftpb.Entry) (proposalKey, bool) {
+	if e.GetType() != raftpb.EntryNormal {
+		return proposalKey{}, false
+	}
+	origin, id, _, ok := decodeEnvelope(e.GetData())
+	if !ok || id == 0 {
+		return proposalKey{}, false
+	}
+	return proposalKey{origin, id}, true
 }
 
 // Propose appends a command; id (non-zero) comes back in Output.Applied
@@ -539,6 +651,7 @@ func (c *Core) snapshot() error {
 		return fmt.Errorf("raftnode: save snapshot at %d: %w", c.appliedIndex, err)
 	}
 	c.snapIndex = c.appliedIndex
+	c.pruneProposals()
 	c.cfg.Logger.Debug("snapshot taken", "index", c.appliedIndex, "bytes", len(data))
 	return nil
 }

@@ -446,3 +446,70 @@ func TestCoreLearnerJoiningAfterCompactionIsSeeded(t *testing.T) {
 		t.Fatalf("learner 4 is missing k%02d", i)
 	}
 }
+
+// A forwarded proposal the network delivers twice must be applied once: a
+// second copy arriving after a later write would otherwise undo it (found
+// by the simulation with -sim.dup-proposals: lost updates).
+func TestCoreDuplicatedForwardedProposalAppliedOnce(t *testing.T) {
+	tc := newTestCluster(t, Config{}, 1, 2, 3)
+	tc.stabilize()
+	lead := tc.elect()
+	follower := lead%3 + 1
+	if err := tc.cores[follower].Propose(42, putCmd(t, "k", "old")); err != nil {
+		t.Fatal(err)
+	}
+	// Run the follower's Ready so that the forwarded MsgProp is queued,
+	// and keep a copy of it for later.
+	for tc.cores[follower].HasReady() {
+		if _, err := tc.cores[follower].HandleReady(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var dup *raftpb.Message
+	for _, m := range tc.net.queue {
+		if m.GetType() == raftpb.MessageType_MsgProp {
+			dup = proto.Clone(m).(*raftpb.Message)
+		}
+	}
+	if dup == nil {
+		t.Fatal("no forwarded MsgProp")
+	}
+	tc.stabilize()
+	if err := tc.cores[lead].Propose(43, putCmd(t, "k", "new")); err != nil {
+		t.Fatal(err)
+	}
+	tc.stabilize()
+	// The duplicate arrives late, at the leader, and again after a leader
+	// change (re-forwarded by the old leader, or sent to the new one).
+	if err := tc.cores[lead].Step(dup); err != nil {
+		t.Fatal(err)
+	}
+	tc.stabilize()
+	tc.net.down[lead] = true
+	var next uint64
+	for i := 0; i < 100 && next == 0; i++ {
+		tc.tickAll(1)
+		for _, id := range tc.ids() {
+			if id != lead && tc.cores[id].IsLeader() {
+				next = id
+			}
+		}
+	}
+	if next == 0 {
+		t.Fatal("no new leader")
+	}
+	dup2 := proto.Clone(dup).(*raftpb.Message)
+	dup2.To = proto.Uint64(next)
+	if err := tc.cores[next].Step(dup2); err != nil {
+		t.Fatal(err)
+	}
+	tc.stabilize()
+	for _, id := range tc.ids() {
+		if id == lead {
+			continue
+		}
+		if kv, _ := tc.sms[id].Get("k"); string(kv.Value) != "new" {
+			t.Fatalf("node %d: k=%q, want new: the duplicated proposal was applied again", id, kv.Value)
+		}
+	}
+}
