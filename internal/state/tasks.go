@@ -251,6 +251,25 @@ func backoff(spec *pb.TaskSpec, n uint32) time.Duration {
 	return min(d, max)
 }
 
+// retryBase is when a failed attempt ended, on the clock of the leader
+// that placed it, which is what the scheduling leader compares NotBefore
+// with: the time of the placement (leader-stamped) plus how long the
+// attempt ran, measured on the worker's clock from its start to its end
+// (both worker-stamped, so the worker's clock offset cancels out). Using
+// the worker's clock directly delayed every retry by the worker's skew
+// (found by the simulation). An attempt whose start is unknown counts as
+// having run for no time.
+func retryBase(a *pb.Attempt, workerNow int64) int64 {
+	if a.AssignedAtUnixNano == 0 {
+		return workerNow
+	}
+	var ran int64
+	if a.StartedAtUnixNano != 0 && workerNow > a.StartedAtUnixNano {
+		ran = workerNow - a.StartedAtUnixNano
+	}
+	return a.AssignedAtUnixNano + ran
+}
+
 func (m *Machine) taskFinished(c *pb.TaskFinished) (proto.Message, error) {
 	t, a, err := m.fenced(c.TaskId, c.Attempt, c.WorkerId)
 	if err != nil {
@@ -286,7 +305,7 @@ func (m *Machine) taskFinished(c *pb.TaskFinished) (proto.Message, error) {
 		if t.RetriesUsed < uint32(t.Spec.MaxRetries) {
 			t.RetriesUsed++
 			t.State = pb.TaskState_TASK_STATE_PENDING
-			t.NotBeforeUnixNano = c.NowUnixNano + int64(backoff(t.Spec, t.RetriesUsed))
+			t.NotBeforeUnixNano = retryBase(a, c.NowUnixNano) + int64(backoff(t.Spec, t.RetriesUsed))
 		} else {
 			m.finishTask(t, final, c.NowUnixNano)
 		}
