@@ -128,6 +128,9 @@ func (a *app) runDev(cmd *cobra.Command, o *devOptions) error {
 		MemoryMiB: mem,
 		Labels:    map[string]string{},
 		Logger:    logger,
+		// VMs run here; a temporary data dir takes them with it on exit.
+		VMs:          true,
+		VMStopOnExit: temp,
 	}
 	tn := defaultTuning()
 	tn.apply(&cfg)

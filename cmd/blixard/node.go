@@ -145,6 +145,8 @@ type nodeOptions struct {
 	disk         int64
 	labels       []string
 	capabilities []string
+	vmImage      string
+	vmAccel      string
 	tuning       tuning
 	log          logOptions
 }
@@ -194,6 +196,8 @@ By default (--worker) the node also offers its resources to run work. --cpu and
 	fs.Int64Var(&o.disk, "disk", 0, "disk offered as a worker, in `MiB` (default 0: none advertised)")
 	fs.StringArrayVar(&o.labels, "labels", nil, "worker labels `KEY=VALUE,...`, e.g. zone=eu-1,disk=ssd (repeatable)")
 	fs.StringSliceVar(&o.capabilities, "capabilities", nil, "worker capabilities `NAME,...`, e.g. docker,gpu (repeatable)")
+	fs.StringVar(&o.vmImage, "vm-image", "", "directory `DIR` with the default micro-VM guest image (vmlinux, initrd.img; see 'blixard image build') (default: <data-dir>/vm-image, built on first use)")
+	fs.StringVar(&o.vmAccel, "vm-accel", "auto", "micro-VM accelerator: `auto` (KVM when the CPU really has it, else TCG), kvm or tcg")
 	o.tuning.addFlags(fs)
 	o.log.addFlags(fs)
 	expect(fs, "id", "a positive integer")
@@ -263,7 +267,7 @@ func (o *nodeOptions) config(fs *pflag.FlagSet, d deps) (server.Config, []string
 
 	// Worker resources.
 	if !o.worker {
-		for _, name := range []string{"cpu", "memory", "disk", "labels", "capabilities"} {
+		for _, name := range []string{"cpu", "memory", "disk", "labels", "capabilities", "vm-image", "vm-accel"} {
 			if changed(name) {
 				return cfg, nil, usageError(fmt.Sprintf("--%s only applies to workers", name), fmt.Sprintf("drop --worker=false, or drop --%s", name))
 			}
@@ -294,6 +298,9 @@ func (o *nodeOptions) config(fs *pflag.FlagSet, d deps) (server.Config, []string
 		return cfg, nil, err
 	}
 
+	if err := validateVMFlags(o.vmImage, o.vmAccel, changed("vm-image")); err != nil {
+		return cfg, nil, err
+	}
 	if err := o.tuning.validate(); err != nil {
 		return cfg, nil, err
 	}
@@ -335,12 +342,43 @@ func (o *nodeOptions) config(fs *pflag.FlagSet, d deps) (server.Config, []string
 		DiskMiB:      o.disk,
 		Labels:       labels,
 		Capabilities: caps,
+		VMs:          o.worker,
+		VMImageDir:   o.vmImage,
+		VMAccel:      o.vmAccel,
 	}
 	if joining && !restart {
 		cfg.Join = o.join
 	}
 	o.tuning.apply(&cfg)
 	return cfg, notes, nil
+}
+
+// validateVMFlags checks --vm-image (a directory holding a guest image)
+// and --vm-accel.
+func validateVMFlags(image, accel string, imageSet bool) error {
+	switch accel {
+	case "auto", "kvm", "tcg":
+	default:
+		return usageError(fmt.Sprintf("--vm-accel must be auto, kvm or tcg (got %q)", accel), "leave --vm-accel out (auto) unless you must force one")
+	}
+	if !imageSet {
+		return nil
+	}
+	hint := "build one with 'blixard image build --output DIR' and pass --vm-image DIR, or leave --vm-image out to build one on first use"
+	if strings.TrimSpace(image) == "" {
+		return usageError("--vm-image must name a directory (got \"\")", hint)
+	}
+	for _, f := range []string{"vmlinux", "initrd.img"} {
+		p := filepath.Join(image, f)
+		st, err := os.Stat(p)
+		switch {
+		case err != nil:
+			return usageError(fmt.Sprintf("--vm-image %q holds no guest image: %v", image, err), hint)
+		case !st.Mode().IsRegular():
+			return usageError(fmt.Sprintf("--vm-image %q: %s is not a regular file", image, p), hint)
+		}
+	}
+	return nil
 }
 
 // holdsNode reports whether dir already holds a node's data (a restart).

@@ -49,6 +49,10 @@ func TestNodeFlagValidation(t *testing.T) {
 		want []string // all must appear in the one error line
 	}{
 		{"id missing", withOut("--id"), []string{"--id is required"}},
+		{"vm accel unknown", with("--vm-accel", "hvf"), []string{`--vm-accel must be auto, kvm or tcg (got "hvf")`}},
+		{"vm image missing", with("--vm-image", filepath.Join(dir, "nope")), []string{"--vm-image", "holds no guest image", "blixard image build"}},
+		{"vm image empty dir", with("--vm-image", dir), []string{"--vm-image", "vmlinux"}},
+		{"vm image without worker", with("--worker=false", "--vm-image", dir), []string{"--vm-image only applies to workers"}},
 		{"id zero", withOut("--id", "--id", "0"), []string{`--id must be a positive integer (got "0")`}},
 		{"id not a number", withOut("--id", "--id", "abc"), []string{`--id must be a positive integer (got "abc")`}},
 		{"id negative", withOut("--id", "--id", "-3"), []string{`--id must be a positive integer (got "-3")`}},
@@ -149,6 +153,7 @@ func TestNodeBuildsConfig(t *testing.T) {
 		Join: "10.0.0.1:7000", Worker: true, CPUMillis: 500, MemoryMiB: 2048, DiskMiB: 100,
 		Labels:       map[string]string{"zone": "eu-1", "disk": "ssd", "rack": "r2"},
 		Capabilities: []string{"docker", "gpu"},
+		VMs:          true, VMAccel: "auto",
 		TickInterval: 50 * time.Millisecond, ElectionTicks: 20, HeartbeatTicks: 1,
 		SnapshotEvery: 100, SnapshotKeep: 10, CheckpointEvery: defaultCheckpointEvery,
 		HeartbeatInterval: 2 * time.Second, WorkerTTL: 10 * time.Second, UsageInterval: defaultUsageInterval, TaskRetention: defaultTaskRetention,

@@ -22,6 +22,12 @@ type Config struct {
 	Labels       map[string]string
 	Capabilities []string
 
+	// MicroVMs (workers only).
+	VMs          bool   // run VMs placed on this worker
+	VMImageDir   string // default guest image (vmlinux, initrd.img); empty: <DataDir>/vm-image, built on first use
+	VMAccel      string // "auto" (default), "kvm" or "tcg"
+	VMStopOnExit bool   // kill this node's VMs when it stops (its data goes with it); normally they outlive it
+
 	TickInterval      time.Duration // raft tick; default 100ms
 	ElectionTicks     int           // default 10
 	HeartbeatTicks    int           // default 1

@@ -97,6 +97,7 @@ type Server struct {
 	removedc chan struct{}      // closed when this node learns it was removed
 	applied  *broadcast         // notified after every Ready that applied entries
 	exec     *executor.Executor // nil unless this node is a worker
+	vms      *vmWorker          // nil unless this node runs VMs
 
 	waitMu    sync.Mutex
 	waiting   map[string]string // leader only: task → why the last pass left it pending
@@ -316,6 +317,11 @@ func (s *Server) startWorker() error {
 	}, localCluster{s})
 	s.goRun(func() { agent.Run(s.ctx) })
 	s.goRun(func() { runner.Run(s.ctx) })
+	if s.cfg.VMs {
+		if err := s.startVMWorker(); err != nil {
+			return err
+		}
+	}
 	s.goRun(func() {
 		t := s.clock.NewTicker(time.Hour)
 		defer t.Stop()
@@ -431,6 +437,9 @@ func (s *Server) Stop() {
 		s.wg.Wait() // the runner has cancelled its attempts
 		if s.exec != nil {
 			s.exec.Stop()
+		}
+		if err := s.vms.close(); err != nil {
+			s.log.Warn("closing the VM driver", "err", err)
 		}
 		s.node.Stop()
 		s.tr.Stop()

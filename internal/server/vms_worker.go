@@ -1,0 +1,178 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	pb "github.com/blixard/blixard/api/blixardpb"
+	"github.com/blixard/blixard/internal/vm"
+	"github.com/blixard/blixard/internal/vm/image"
+	"github.com/blixard/blixard/internal/vm/qemu"
+	"github.com/blixard/blixard/internal/worker"
+)
+
+// vmCluster is the VM reconciler's view of this node.
+type vmCluster struct{ s *Server }
+
+func (c vmCluster) VMs() []*pb.VM                  { return c.s.sm.VMsOnWorker(c.s.cfg.ID) }
+func (c vmCluster) VMsVersion() uint64             { return c.s.sm.VMsVersion() }
+func (c vmCluster) Changed() <-chan struct{}       { return c.s.applied.Wait() }
+func (c vmCluster) Sync(ctx context.Context) error { return c.s.node.ReadIndex(ctx) }
+
+func (c vmCluster) ReportVM(ctx context.Context, r *pb.ReportVM) error {
+	_, err := c.s.propose(ctx, &pb.Command{Op: &pb.Command_ReportVm{ReportVm: r}})
+	return err
+}
+
+// vmWorker is the node's VM side: the hypervisor driver and the
+// reconciler that runs what the cluster places here.
+type vmWorker struct {
+	drv vm.Driver
+	rec *worker.VMReconciler
+}
+
+// vmStateRoot is where the VMs' state directories live.
+func (c *Config) vmStateRoot() string {
+	root := filepath.Join(c.DataDir, "vms")
+	if abs, err := filepath.Abs(root); err == nil {
+		root = abs
+	}
+	return root
+}
+
+// vmImageDir is the default guest image directory and whether the node
+// builds it on first use (no --vm-image).
+// The path is absolute: QEMU runs in the VM's state directory.
+func (c *Config) vmImageDir() (string, bool) {
+	dir, auto := c.VMImageDir, false
+	if dir == "" {
+		dir, auto = filepath.Join(c.DataDir, "vm-image"), true
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	return dir, auto
+}
+
+// startVMWorker opens the QEMU driver (adopting the VMs an earlier run of
+// this node left running) and starts the reconciler. Without QEMU the node
+// still runs: every VM placed here fails with the reason.
+func (s *Server) startVMWorker() error {
+	root := s.cfg.vmStateRoot()
+	var drv vm.Driver
+	d, err := qemu.New(qemu.Config{StateRoot: root, Accel: s.cfg.VMAccel, Logger: s.log.With("component", "qemu")})
+	switch {
+	case err == nil:
+		accel, why := d.Accel()
+		s.log.Info("VM driver ready", "accel", accel, "why", why, "state_root", root)
+		drv = d
+	case s.cfg.VMAccel != "" && s.cfg.VMAccel != "auto":
+		// An explicit choice that cannot be honoured is a configuration error.
+		return fmt.Errorf("vm-accel %s: %w", s.cfg.VMAccel, err)
+	default:
+		s.log.Warn("VMs cannot run on this worker; VMs placed here will fail", "err", err)
+		drv = unavailableDriver{err: err}
+	}
+	imageDir, auto := s.cfg.vmImageDir()
+	b := &imageBuilder{dir: imageDir, auto: auto, s: s}
+	rec := worker.NewVMReconciler(worker.VMReconcilerConfig{
+		Core: worker.VMCoreConfig{
+			WorkerID:  s.cfg.ID,
+			ImageDir:  imageDir,
+			StateRoot: root,
+		},
+		Clock:      s.clock,
+		Logger:     s.log.With("component", "vms"),
+		Stale:      isStaleVM,
+		Prepare:    b.prepare,
+		KillOnExit: s.cfg.VMStopOnExit,
+	}, vmCluster{s}, drv)
+	s.vms = &vmWorker{drv: drv, rec: rec}
+	s.setVMConsole(rec.ConsoleLog)
+	s.goRun(func() { rec.Run(s.ctx) })
+	return nil
+}
+
+// ConsoleLog returns the console log of VM name on this worker.
+func (w *vmWorker) ConsoleLog(name string) (string, bool) {
+	if w == nil {
+		return "", false
+	}
+	return w.rec.ConsoleLog(name)
+}
+
+// close releases the driver once the reconciler has stopped; the VMs keep
+// running for the next run of this node to adopt.
+func (w *vmWorker) close() error {
+	if w == nil {
+		return nil
+	}
+	return w.drv.Close()
+}
+
+// imageBuilder makes sure the default guest image exists before a VM that
+// uses it starts, building it on first use when no --vm-image was given.
+type imageBuilder struct {
+	dir  string
+	auto bool
+	s    *Server
+	mu   sync.Mutex
+}
+
+func (b *imageBuilder) prepare(ctx context.Context, op worker.VMOp) error {
+	if !op.DefaultImage {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	kernel := filepath.Join(b.dir, image.VmlinuxName)
+	initrd := filepath.Join(b.dir, image.InitrdName)
+	if fileExists(kernel) && fileExists(initrd) {
+		return nil
+	}
+	if !b.auto {
+		return fmt.Errorf("%w: kernel: the guest image in --vm-image %s is missing (%s): run 'blixard image build --output %s' on this worker", vm.ErrInvalidSpec, b.dir, kernel, b.dir)
+	}
+	b.s.log.Info("building the default guest image on first use", "dir", b.dir)
+	if _, err := image.Build(ctx, b.dir, image.Options{}); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return fmt.Errorf("%w: kernel: this worker has no guest image and cannot build one (%v): run 'blixard image build --output %s' on it, or start the node with --vm-image DIR", vm.ErrInvalidSpec, err, b.dir)
+	}
+	b.s.log.Info("built the default guest image", "dir", b.dir)
+	return nil
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
+}
+
+// unavailableDriver stands in when this worker cannot run VMs (no QEMU):
+// every start fails with the reason, so the VM is marked failed instead of
+// waiting forever.
+type unavailableDriver struct{ err error }
+
+var _ vm.Driver = unavailableDriver{}
+
+func (d unavailableDriver) Start(context.Context, vm.Spec) (vm.ID, error) {
+	return "", fmt.Errorf("%w: this worker cannot run VMs: %v", vm.ErrInvalidSpec, d.err)
+}
+func (d unavailableDriver) WaitReady(context.Context, vm.ID) error { return vm.ErrNotFound }
+func (d unavailableDriver) Stop(context.Context, vm.ID) error      { return vm.ErrNotFound }
+func (d unavailableDriver) Kill(vm.ID) error                       { return vm.ErrNotFound }
+func (d unavailableDriver) Status(context.Context, vm.ID) (vm.Status, error) {
+	return vm.Status{}, vm.ErrNotFound
+}
+func (d unavailableDriver) Wait(id vm.ID) <-chan vm.Exit {
+	ch := make(chan vm.Exit, 1)
+	ch <- vm.Exit{ID: id, State: vm.StateFailed, Reason: "no such VM", ExitCode: -1, GuestExitCode: -1, Err: vm.ErrNotFound}
+	return ch
+}
+func (d unavailableDriver) Recover(context.Context) ([]vm.ID, error) { return nil, nil }
+func (d unavailableDriver) Capabilities() vm.Caps                    { return vm.Caps{Driver: "unavailable"} }
+func (d unavailableDriver) Close() error                             { return nil }
