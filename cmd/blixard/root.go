@@ -105,6 +105,7 @@ Start a throwaway single-node cluster with 'blixard dev', then try
 		a.newWorkerCmd(),
 		a.newKVCmd(),
 		a.newTaskCmd(),
+		a.newVMCmd(),
 		a.newImageCmd(),
 	)
 	return root
