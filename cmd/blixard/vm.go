@@ -754,7 +754,7 @@ func (vc *vmConn) mapErr(err error, name string) error {
 	st, _ := status.FromError(err)
 	switch st.Code() {
 	case codes.NotFound:
-		return failure(fmt.Sprintf("vm %q not found", name), "list VMs with 'blixard vm list'")
+		return failure(st.Message(), "list VMs with 'blixard vm list'")
 	case codes.FailedPrecondition:
 		return failure(st.Message(), fmt.Sprintf("see 'blixard vm status %s'", name))
 	}

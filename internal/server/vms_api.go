@@ -124,7 +124,7 @@ func (a *api) CreateVM(ctx context.Context, req *pb.CreateVMRequest) (*pb.VMResp
 		return nil, toStatus(err)
 	}
 	if _, ok := a.s.sm.VM(spec.Name); ok {
-		return nil, status.Errorf(codes.AlreadyExists, "name: vm %q already exists; pick another name or delete it first", spec.Name)
+		return nil, status.Errorf(codes.AlreadyExists, "name: vm %q already exists", spec.Name)
 	}
 	if err := a.s.fitsSomeWorker(spec); err != nil {
 		return nil, err
@@ -147,7 +147,7 @@ func (a *api) readVM(ctx context.Context, name string) (*pb.VM, error) {
 	}
 	vm, ok := a.s.sm.VM(name)
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "vm %q not found; see 'blixard vm list'", name)
+		return nil, status.Errorf(codes.NotFound, "vm %q not found", name)
 	}
 	return vm, nil
 }
@@ -188,7 +188,7 @@ func (a *api) SetVMDesired(ctx context.Context, req *pb.SetVMDesiredRequest) (*p
 	}}})
 	if err != nil {
 		if errors.Is(err, state.ErrUnknownVM) {
-			return nil, status.Errorf(codes.NotFound, "vm %q not found; see 'blixard vm list'", req.Name)
+			return nil, status.Errorf(codes.NotFound, "vm %q not found", req.Name)
 		}
 		return nil, toStatus(err)
 	}
@@ -300,7 +300,7 @@ func (s *Server) serveConsole(stream rpcpb.Cluster_VMLogsServer, name string, fo
 		return err
 	}
 	if !ok && !follow {
-		return status.Errorf(codes.NotFound, "vm %s has no console log on worker %d yet", name, s.cfg.ID)
+		return status.Errorf(codes.FailedPrecondition, "vm %s has no console log on worker %d: it has not started there", name, s.cfg.ID)
 	}
 	tick := s.clock.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()

@@ -236,9 +236,9 @@ func (m *Machine) createVM(index uint64, c *pb.CreateVM) (proto.Message, error) 
 	}
 	if old, ok := m.vms[spec.Name]; ok {
 		if old.Desired == pb.VMDesired_VM_DESIRED_DELETED {
-			return nil, fmt.Errorf("name: %w: %q is still being deleted; wait until it is gone", ErrVMExists, spec.Name)
+			return nil, fmt.Errorf("name: %w: %q is still being deleted", ErrVMExists, spec.Name)
 		}
-		return nil, fmt.Errorf("name: %w: %q; pick another name or delete it first", ErrVMExists, spec.Name)
+		return nil, fmt.Errorf("name: %w: %q", ErrVMExists, spec.Name)
 	}
 	vm := &pb.VM{
 		Spec:              spec,
