@@ -1,0 +1,328 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// VM tests boot real QEMU microVMs (under TCG on CI: 3-4 s a boot, far
+// more on a loaded 2-core machine), so waits are generous and one cluster
+// serves every step.
+const vmWait = 3 * time.Minute
+
+// vmCLI runs the CLI without the harness's short global --timeout (the vm
+// commands wait for the cluster with their own --timeout).
+func vmCLI(addr string, args ...string) (string, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), vmWait+30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, blixardBin, append([]string{"--addr", addr}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+type vmJSON struct {
+	Name       string  `json:"name"`
+	State      string  `json:"state"`
+	Desired    string  `json:"desired"`
+	Worker     uint64  `json:"worker"`
+	VCPUs      uint32  `json:"vcpus"`
+	MemoryMiB  uint32  `json:"memory_mib"`
+	Restarts   uint32  `json:"restarts"`
+	StartedAt  *string `json:"started_at"`
+	Reason     *string `json:"reason"`
+	Generation uint32  `json:"generation"`
+}
+
+func (v vmJSON) reason() string {
+	if v.Reason == nil {
+		return ""
+	}
+	return *v.Reason
+}
+
+// vmStatus returns the VM's status as `vm status` prints it; found is
+// false when the VM does not exist.
+func vmStatus(addr, name string) (v vmJSON, found bool, raw string) {
+	out, errOut, err := cli(addr, "--output", "json", "vm", "status", name)
+	if err != nil {
+		return v, !strings.Contains(errOut, "not found"), fmt.Sprintf("vm status %s via %s: %v: %s", name, addr, err, strings.TrimSpace(errOut))
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		return v, true, fmt.Sprintf("bad vm status JSON %q: %v", out, err)
+	}
+	return v, true, strings.TrimSpace(out)
+}
+
+func waitVM(t testing.TB, addr, name, what string, cond func(v vmJSON) bool) vmJSON {
+	t.Helper()
+	var last vmJSON
+	waitFor(t, vmWait, "vm "+name+" "+what, func() (bool, string) {
+		v, found, raw := vmStatus(addr, name)
+		last = v
+		return found && cond(v), raw
+	})
+	return last
+}
+
+// qemuPIDs lists the live QEMU processes whose command line mentions
+// under (a node's data dir or a test's temp dir) and, if name is not
+// empty, that VM's directory.
+func qemuPIDs(under, name string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if !strings.Contains(filepath.Base(args[0]), "qemu") {
+			continue
+		}
+		st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
+			continue // a zombie is gone already
+		}
+		want := under + "/"
+		if name != "" {
+			want = "/vms/" + name + "/"
+		}
+		if slices.ContainsFunc(args, func(a string) bool {
+			return strings.Contains(a, under+"/") && strings.Contains(a, want)
+		}) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// killQEMUsAtCleanup kills every QEMU started under dir when the test
+// ends: VMs outlive the nodes by design, but not the test.
+func killQEMUsAtCleanup(t testing.TB, dir string) {
+	t.Cleanup(func() {
+		for _, pid := range qemuPIDs(dir, "") {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+}
+
+// vmNodes starts a 3-node cluster whose workers each offer 2 CPUs and
+// 1024 MiB, so "more memory than any worker" is easy to ask for.
+func vmNodes(t *testing.T) *cluster {
+	c := threeNodes(t, "--cpu", "2", "--memory", "1024")
+	for _, n := range c.nodes {
+		killQEMUsAtCleanup(t, n.dir)
+	}
+	return c
+}
+
+// vmFiles lists what is left in a VM's directory on node n.
+func vmFiles(n *node, name string) []string {
+	entries, err := os.ReadDir(filepath.Join(n.dir, "vms", name))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// deleteAndWait deletes a VM that runs nowhere (--detach: the blocking
+// form's own wait is the CLI's business) and waits until it is gone.
+func deleteAndWait(t testing.TB, addr, name string) {
+	t.Helper()
+	if out, errOut, err := vmCLI(addr, "vm", "delete", "--detach", name); err != nil {
+		t.Fatalf("vm delete %s: %v: %s%s", name, err, out, errOut)
+	}
+	waitFor(t, vmWait, "vm "+name+" to be gone", func() (bool, string) {
+		_, found, raw := vmStatus(addr, name)
+		return !found, raw
+	})
+}
+
+func TestVMLifecycleOnThreeNodes(t *testing.T) {
+	c := vmNodes(t)
+	n1 := c.nodes[1]
+
+	// create → running, reported by the CLI itself.
+	out, errOut, err := vmCLI(n1.addr, "vm", "create", "web", "--memory", "128")
+	if err != nil {
+		t.Fatalf("vm create: %v\nstdout: %s\nstderr: %s", err, out, errOut)
+	}
+	v := waitVM(t, n1.addr, "web", "running", func(v vmJSON) bool { return v.State == "running" })
+	if v.StartedAt == nil || v.Worker == 0 || v.MemoryMiB != 128 || v.VCPUs != 1 || v.Desired != "running" {
+		t.Fatalf("vm status after create: %+v", v)
+	}
+	worker := c.nodes[v.Worker]
+	pids := qemuPIDs(worker.dir, "web")
+	if len(pids) != 1 {
+		t.Fatalf("worker %d runs %d QEMU processes for web, want 1", v.Worker, len(pids))
+	}
+
+	t.Run("console through another node", func(t *testing.T) {
+		via := c.other(worker)
+		waitFor(t, 30*time.Second, "the readiness marker in vm logs", func() (bool, string) {
+			out, errOut, err := cli(via.addr, "vm", "logs", "web")
+			if err != nil {
+				return false, errOut
+			}
+			return strings.Contains(out, "BLIXARD-READY"), out
+		})
+	})
+
+	t.Run("killed QEMU is restarted", func(t *testing.T) {
+		if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		v := waitVM(t, n1.addr, "web", "restarted and running", func(v vmJSON) bool {
+			return v.Restarts == 1 && v.State == "running"
+		})
+		if !strings.Contains(v.reason(), "SIGKILL") {
+			t.Errorf("reason %q does not say why it restarted", v.reason())
+		}
+		now := qemuPIDs(worker.dir, "web")
+		if len(now) != 1 || now[0] == pids[0] {
+			t.Fatalf("QEMU processes for web after the restart: %v (killed %d)", now, pids[0])
+		}
+		pids = now
+	})
+
+	t.Run("stop and start", func(t *testing.T) {
+		if out, errOut, err := vmCLI(n1.addr, "vm", "stop", "web"); err != nil {
+			t.Fatalf("vm stop: %v: %s%s", err, out, errOut)
+		}
+		waitVM(t, n1.addr, "web", "stopped", func(v vmJSON) bool { return v.State == "stopped" })
+		if p := qemuPIDs(worker.dir, "web"); len(p) != 0 {
+			t.Fatalf("QEMU still runs after stop: %v", p)
+		}
+		for _, f := range vmFiles(worker, "web") {
+			if f != "console.log" && f != "blixard.generation" {
+				t.Errorf("%s left in the VM's directory after stop", f)
+			}
+		}
+		if out, errOut, err := vmCLI(n1.addr, "vm", "start", "web"); err != nil {
+			t.Fatalf("vm start: %v: %s%s", err, out, errOut)
+		}
+		waitVM(t, n1.addr, "web", "running again", func(v vmJSON) bool { return v.State == "running" })
+		if p := qemuPIDs(worker.dir, "web"); len(p) != 1 {
+			t.Fatalf("QEMU processes after start: %v", p)
+		}
+	})
+
+	t.Run("bad input", func(t *testing.T) {
+		// Unknown kernel path: the worker refuses it, naming the file.
+		_, errOut, err := vmCLI(n1.addr, "vm", "create", "nokernel", "--kernel", "/nonexistent/vmlinux", "--timeout", "2m")
+		if err == nil {
+			t.Fatal("vm create with an unknown kernel succeeded")
+		}
+		v := waitVM(t, n1.addr, "nokernel", "failed", func(v vmJSON) bool { return v.State == "failed" })
+		t.Logf("unknown kernel: %s", strings.TrimSpace(errOut))
+		if !strings.Contains(v.reason(), "/nonexistent/vmlinux") || !strings.Contains(errOut+v.reason(), "does not exist") {
+			t.Errorf("unknown kernel: stderr %q, reason %q; want both to name the file", errOut, v.reason())
+		}
+		deleteAndWait(t, n1.addr, "nokernel")
+
+		// More memory than any worker has.
+		out, errOut, err := vmCLI(n1.addr, "vm", "create", "huge", "--memory", "4096", "--timeout", "10s")
+		if err == nil {
+			t.Fatalf("vm create --memory 4096 on 1024 MiB workers succeeded: %s", out)
+		}
+		t.Logf("memory larger than any worker: %s", strings.TrimSpace(errOut))
+		if !strings.Contains(errOut, "4096") {
+			t.Errorf("memory larger than any worker: stderr %q does not say how much was asked", errOut)
+		}
+		if _, found, raw := vmStatus(n1.addr, "huge"); found {
+			t.Errorf("a VM that fits no worker was created (half-created): %s", raw)
+			deleteAndWait(t, n1.addr, "huge")
+		}
+
+		// A duplicate name changes nothing.
+		before, _, _ := vmStatus(n1.addr, "web")
+		_, errOut, err = vmCLI(n1.addr, "vm", "create", "web", "--memory", "256")
+		t.Logf("duplicate name: %s", strings.TrimSpace(errOut))
+		if err == nil || !strings.Contains(errOut, "web") || !strings.Contains(errOut, "exists") {
+			t.Fatalf("duplicate create: err %v, stderr %q", err, errOut)
+		}
+		after, _, _ := vmStatus(n1.addr, "web")
+		if after.MemoryMiB != 128 || after.Generation != before.Generation || after.Restarts != before.Restarts {
+			t.Fatalf("duplicate create changed the VM: before %+v after %+v", before, after)
+		}
+		if p := qemuPIDs(worker.dir, "web"); len(p) != 1 {
+			t.Fatalf("QEMU processes for web after a duplicate create: %v", p)
+		}
+	})
+
+	t.Run("worker killed: the VM moves", func(t *testing.T) {
+		old := worker
+		via := c.other(old)
+		before, _, _ := vmStatus(via.addr, "web")
+		stale := qemuPIDs(old.dir, "web")
+		old.kill9()
+		v := waitVM(t, via.addr, "web", "running on another worker", func(v vmJSON) bool {
+			return v.State == "running" && v.Worker != old.id && v.Worker != 0
+		})
+		if v.Generation <= before.Generation || v.Restarts <= before.Restarts {
+			t.Errorf("re-placement not counted: before %+v after %+v", before, v)
+		}
+		worker = c.nodes[v.Worker]
+		if p := qemuPIDs(worker.dir, "web"); len(p) != 1 {
+			t.Fatalf("new worker %d runs %v for web", v.Worker, p)
+		}
+		// The killed worker's QEMU outlived it (a worker process crash,
+		// not a host crash); when the worker returns it kills what it no
+		// longer owns, so only one copy remains.
+		old.restart()
+		waitFor(t, vmWait, "the returning worker to kill its stale copy", func() (bool, string) {
+			p := qemuPIDs(old.dir, "web")
+			return len(p) == 0, fmt.Sprintf("stale QEMU %v (was %v)", p, stale)
+		})
+		waitFor(t, vmWait, "the stale directory to be removed", func() (bool, string) {
+			f := vmFiles(old, "web")
+			return len(f) == 0, fmt.Sprint(f)
+		})
+		if p := qemuPIDs(worker.dir, "web"); len(p) != 1 {
+			t.Fatalf("the current copy is gone too: %v", p)
+		}
+	})
+
+	t.Run("delete leaves nothing", func(t *testing.T) {
+		via := c.other(worker)
+		if out, errOut, err := vmCLI(via.addr, "vm", "delete", "web"); err != nil {
+			t.Fatalf("vm delete: %v: %s%s", err, out, errOut)
+		}
+		waitFor(t, vmWait, "web to be gone", func() (bool, string) {
+			_, found, raw := vmStatus(via.addr, "web")
+			return !found, raw
+		})
+		for _, n := range c.nodes {
+			if p := qemuPIDs(n.dir, ""); len(p) != 0 {
+				t.Errorf("node %d still runs QEMU %v", n.id, p)
+			}
+			if f := vmFiles(n, "web"); len(f) != 0 {
+				t.Errorf("node %d keeps %v of web", n.id, f)
+			}
+		}
+	})
+}
