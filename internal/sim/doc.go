@@ -1,15 +1,16 @@
 // Package sim is a deterministic simulation of a Blixard cluster. It runs
-// the production raftnode.Core, state.Machine, worker.Monitor and
-// scheduler.Schedule on a simulated clock, network, disk and executor,
-// all driven by one goroutine from one seed, and checks raft safety,
-// linearizability of the key-value API, the task invariants and liveness
-// after the faults heal.
+// the production raftnode.Core, state.Machine, worker.Monitor,
+// worker.RunnerCore and scheduler.FullPass on a simulated clock, network,
+// disk and executor, all driven by one goroutine from one seed, and checks
+// raft safety, linearizability of the key-value API, the task invariants
+// and liveness after the faults heal.
 //
 // What the production server and raftnode.Node do with goroutines and
-// channels (proposal waiters, linearizable reads, checkpoints, the
-// scheduler loop, worker liveness, the worker agent and runner) is
-// re-enacted here as events, following the production code's rules; the
-// packages under test need no simulation-only branches.
+// channels (proposal waiters, linearizable reads, checkpoints, the loops
+// that call the scheduling pass and the liveness monitor, the worker
+// agent, and the worker.Runner shell that carries out RunnerCore's
+// actions) is re-enacted here as events, following the production code's
+// rules; the packages under test need no simulation-only branches.
 //
 // # Determinism
 //

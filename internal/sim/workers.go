@@ -329,7 +329,7 @@ func (n *node) schedKick() {
 	}
 }
 
-// schedPass is server.schedulePass: one production scheduler.Pass, one
+// schedPass is server.schedulePass: one production scheduler.FullPass, one
 // PlaceTasks proposal, and no new pass until it is applied.
 func (n *node) schedPass() {
 	s := n.s
@@ -337,7 +337,9 @@ func (n *node) schedPass() {
 		return
 	}
 	n.schedDue = false
-	pass := scheduler.Pass(n.localNow(), n.sm.ForScheduling(), n.schedRng, s.cfg.Schedule)
+	// The server's pass: tasks and VMs together (the workload has no VMs
+	// yet, so no VM placements come out of it).
+	pass := scheduler.FullPass(n.localNow(), n.sm.ForScheduling(), n.sm.PendingVMs(), n.schedRng, s.cfg.Schedule)
 	if len(pass.Input.Pending) > 0 {
 		s.chk.plan(n, pass.Input, pass.Plan)
 	}
