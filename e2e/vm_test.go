@@ -44,6 +44,7 @@ type vmJSON struct {
 	StartedAt  *string `json:"started_at"`
 	Reason     *string `json:"reason"`
 	Generation uint32  `json:"generation"`
+	UpdatedAt  *string `json:"updated_at"`
 }
 
 func (v vmJSON) reason() string {
@@ -128,8 +129,16 @@ func killQEMUsAtCleanup(t testing.TB, dir string) {
 
 // vmNodes starts a 3-node cluster whose workers each offer 2 CPUs and
 // 1024 MiB, so "more memory than any worker" is easy to ask for.
+// The worker TTL is long enough for a killed worker to restart and adopt
+// its VMs before the leader gives up on it.
 func vmNodes(t *testing.T) *cluster {
-	c := threeNodes(t, "--cpu", "2", "--memory", "1024")
+	c := newCluster(t)
+	c.timers = []string{"--tick", "50ms", "--heartbeat-interval", "200ms", "--worker-ttl", "8s"}
+	extra := []string{"--cpu", "2", "--memory", "1024"}
+	n1 := c.add(1, append([]string{"--bootstrap"}, extra...)...)
+	c.add(2, append([]string{"--join", n1.addr}, extra...)...)
+	c.add(3, append([]string{"--join", n1.addr}, extra...)...)
+	c.waitVoters(n1, 1, 2, 3)
 	for _, n := range c.nodes {
 		killQEMUsAtCleanup(t, n.dir)
 	}
@@ -271,6 +280,29 @@ func TestVMLifecycleOnThreeNodes(t *testing.T) {
 		}
 		if p := qemuPIDs(worker.dir, "web"); len(p) != 1 {
 			t.Fatalf("QEMU processes for web after a duplicate create: %v", p)
+		}
+	})
+
+	t.Run("worker restarted: the VM is adopted", func(t *testing.T) {
+		via := c.other(worker)
+		before, _, _ := vmStatus(via.addr, "web")
+		pids = qemuPIDs(worker.dir, "web")
+		worker.kill9()
+		worker.restart()
+		waitFor(t, vmWait, "the restarted worker to adopt web", func() (bool, string) {
+			return strings.Contains(worker.logs(), "adopted a VM that was still running"), "no adoption logged yet"
+		})
+		// Adopted means: the same QEMU process, the same generation, no
+		// restart counted, still running — once the restarted worker has
+		// converged (its first report after adopting it).
+		after := waitVM(t, via.addr, "web", "reported running by the restarted worker", func(v vmJSON) bool {
+			return v.State == "running" && v.UpdatedAt != nil && before.UpdatedAt != nil && *v.UpdatedAt != *before.UpdatedAt
+		})
+		if after.Generation != before.Generation || after.Restarts != before.Restarts || after.Worker != before.Worker {
+			t.Fatalf("not adopted in place: before %+v after %+v", before, after)
+		}
+		if now := qemuPIDs(worker.dir, "web"); !slices.Equal(now, pids) {
+			t.Fatalf("QEMU processes for web: %v, before the worker restart %v", now, pids)
 		}
 	})
 
