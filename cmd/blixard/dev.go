@@ -205,7 +205,7 @@ func printDevReady(w io.Writer, cfg server.Config, addr, clientDefault string, t
 	fmt.Fprintf(w, "data dir: %s (%s)\n", cfg.DataDir, keep)
 	fmt.Fprintf(w, "worker: %s CPU, %d MiB memory\n", strconv.FormatFloat(float64(cfg.CPUMillis)/1000, 'f', -1, 64), cfg.MemoryMiB)
 	fmt.Fprintf(w, "\ntry, in another terminal:\n")
-	for _, c := range []string{"cluster status", "worker list", "kv put hello world", "kv get hello"} {
+	for _, c := range []string{"cluster status", "worker list", "kv put hello world", "kv get hello", "vm create hello", "vm logs hello"} {
 		fmt.Fprintf(w, "  %s %s\n", blixard, c)
 	}
 	fmt.Fprintf(w, "\nstop with Ctrl-C\n")

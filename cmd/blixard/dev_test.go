@@ -91,6 +91,7 @@ func TestDevPrintsNextStepsOnceServing(t *testing.T) {
 		"\n  blixard cluster status\n",
 		"\n  blixard worker list\n",
 		"\n  blixard kv put hello world\n",
+		"\n  blixard vm create hello\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("stdout lacks %q:\n%s", want, out)

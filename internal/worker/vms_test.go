@@ -741,3 +741,36 @@ func TestVMReconcilerShell(t *testing.T) {
 		}
 	}
 }
+
+// TestVMReconcilerLeavesVMsRunningOnExitUnlessAsked: VMs outlive the
+// worker process (the next one adopts them); KillOnExit (a dev node whose
+// data goes away) ends them.
+func TestVMReconcilerLeavesVMsRunningOnExitUnlessAsked(t *testing.T) {
+	for _, kill := range []bool{false, true} {
+		t.Run(fmt.Sprintf("KillOnExit=%v", kill), func(t *testing.T) {
+			clk := clock.NewFake(time.Unix(1_700_000_000, 0))
+			host := vm.NewFakeHost(vm.FakeOptions{Now: clk.Now})
+			c := newShellCluster()
+			r := NewVMReconciler(VMReconcilerConfig{
+				Core:  VMCoreConfig{WorkerID: vmTestWorker, ImageDir: "/images", StateRoot: t.TempDir()},
+				Clock: clk, KillOnExit: kill,
+			}, c, host.NewDriver())
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				r.Run(ctx)
+			}()
+			c.change(func(m *vmModel) {
+				m.vms["a"] = &pb.VM{Spec: &pb.VMSpec{Name: "a", Network: "none"}, Desired: pb.VMDesired_VM_DESIRED_RUNNING, WorkerId: vmTestWorker, Generation: 1}
+			})
+			c.waitVM(t, "a", "running", func(v *pb.VM) bool { return v.GetState() == pb.VMState_VM_STATE_RUNNING })
+			cancel()
+			<-done
+			running := len(host.Running()) == 1
+			if running == kill {
+				t.Fatalf("after Run returned: host runs %v", host.Running())
+			}
+		})
+	}
+}
