@@ -345,6 +345,15 @@ func (a *app) runVMDesired(cmd *cobra.Command, name, verb string, desired blixar
 		fmt.Fprintf(out, "vm %s: %s\n", name, done)
 		return nil
 	}
+	if verb == "start" && before.GetState() == blixardpb.VMState_VM_STATE_RUNNING &&
+		before.GetDesired() == blixardpb.VMDesired_VM_DESIRED_RUNNING {
+		// Nothing changes: waiting for a new run would wait forever.
+		if a.jsonOutput() {
+			return writeJSON(out, toVMJSON(resp.GetVm()))
+		}
+		fmt.Fprintf(out, "vm %s is already running on worker %d\n", name, before.GetWorkerId())
+		return nil
+	}
 	if !a.jsonOutput() {
 		fmt.Fprintf(out, "vm %s: %s\n", name, done)
 	}
@@ -355,7 +364,9 @@ func (a *app) runVMDesired(cmd *cobra.Command, name, verb string, desired blixar
 	case "delete":
 		cond = untilRemoved
 	default:
-		cond = untilRunning(before, restart || before.GetState() == blixardpb.VMState_VM_STATE_RUNNING)
+		// A restart, or a start of a failed VM (which the cluster restarts),
+		// must see a new run: the old state does not count.
+		cond = untilRunning(before, restart || before.GetState() == blixardpb.VMState_VM_STATE_FAILED)
 	}
 	vm, err := vc.waitFor(cmd, name, wait, cond)
 	if err != nil {
@@ -514,6 +525,24 @@ func (vc *vmConn) waitFor(cmd *cobra.Command, name string, limit time.Duration, 
 			// The server may end the stream at the deadline a moment
 			// before this side's context notices.
 			return nil, vc.timedOut(cmd, name, limit, last)
+		case status.Code(err) == codes.NotFound:
+			// The record went before the stream opened (a delete the
+			// worker finished quickly): that is a removal, not an error.
+			gone := last
+			if gone == nil {
+				gone = &blixardpb.VM{Spec: &blixardpb.VMSpec{Name: name}}
+			}
+			done, what, hint := cond(gone, true, sawChange)
+			switch {
+			case done && what == "":
+				if !vc.a.jsonOutput() {
+					fmt.Fprintf(out, "vm %s deleted\n", name)
+				}
+				return gone, nil
+			case done:
+				return gone, failure(what, hint)
+			}
+			return gone, failure(fmt.Sprintf("vm %s is gone", name), "see 'blixard vm list'")
 		case errors.Is(err, io.EOF) || vc.retryable(status.Code(err)):
 			if sleepCtx(ctx, bo.next()) != nil {
 				continue // the next round reports the deadline or interrupt

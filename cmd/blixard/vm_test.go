@@ -26,6 +26,7 @@ type fakeVMs struct {
 	createErr error
 	vm        *blixardpb.VM           // what GetVM returns (nil: NotFound)
 	script    []*blixardpb.VMResponse // what WaitVM streams, then it blocks
+	waitErr   error                   // if set, WaitVM fails with it at once
 	logs      string
 }
 
@@ -71,8 +72,11 @@ func (f *fakeVMs) SetVMDesired(_ context.Context, req *blixardpb.SetVMDesiredReq
 
 func (f *fakeVMs) WaitVM(_ *blixardpb.WaitVMRequest, stream rpcpb.Cluster_WaitVMServer) error {
 	f.mu.Lock()
-	script := f.script
+	script, waitErr := f.script, f.waitErr
 	f.mu.Unlock()
+	if waitErr != nil {
+		return waitErr
+	}
 	for _, m := range script {
 		if err := stream.Send(m); err != nil {
 			return err
@@ -347,4 +351,54 @@ func TestVMStopAndDeleteWait(t *testing.T) {
 		t.Fatalf("exit %d", code)
 	}
 	h.wantErrorLine(`vm "nope" not found`)
+}
+
+// A delete the worker finishes before the CLI's wait stream opens is a
+// success, not "not found".
+func TestVMDeleteGoneBeforeWait(t *testing.T) {
+	running := vmAt("web", blixardpb.VMState_VM_STATE_RUNNING, 2, "").Vm
+	f := &fakeVMs{vm: running, waitErr: status.Error(codes.NotFound, `vm "web" not found`)}
+	addr := startFake(t, f)
+	h := newHarness(t)
+	if code := h.run("--addr", addr, "vm", "delete", "web"); code != exitOK {
+		t.Fatalf("delete exit %d: %s", code, h.stderr.String())
+	}
+	if got := h.stdout.String(); got != "vm web: delete requested\nvm web deleted\n" {
+		t.Fatalf("delete output %q", got)
+	}
+	// A stop that finds the VM gone says so.
+	h = newHarness(t)
+	if code := h.run("--addr", addr, "vm", "stop", "web"); code != exitFailure {
+		t.Fatalf("stop exit %d", code)
+	}
+	h.wantErrorLine("vm web was deleted")
+}
+
+// Starting a VM that already runs returns at once; starting a failed one
+// waits for a new run (the failure from before does not count).
+func TestVMStartRunningAndFailed(t *testing.T) {
+	running := vmAt("web", blixardpb.VMState_VM_STATE_RUNNING, 2, "").Vm
+	f := &fakeVMs{vm: running} // WaitVM would block: start must not wait
+	addr := startFake(t, f)
+	h := newHarness(t)
+	if code := h.run("--addr", addr, "vm", "start", "web"); code != exitOK {
+		t.Fatalf("start exit %d: %s", code, h.stderr.String())
+	}
+	if got := h.stdout.String(); got != "vm web is already running on worker 2\n" {
+		t.Fatalf("start output %q", got)
+	}
+
+	failed := vmAt("web", blixardpb.VMState_VM_STATE_FAILED, 2, "kernel panic").Vm
+	starting := vmAt("web", blixardpb.VMState_VM_STATE_STARTING, 2, "").Vm
+	f.mu.Lock()
+	f.vm = failed
+	f.script = []*blixardpb.VMResponse{{Vm: failed}, {Vm: starting}, vmAt("web", blixardpb.VMState_VM_STATE_RUNNING, 2, "")}
+	f.mu.Unlock()
+	h = newHarness(t)
+	if code := h.run("--addr", addr, "vm", "start", "web"); code != exitOK {
+		t.Fatalf("start of failed vm exit %d: %s", code, h.stderr.String())
+	}
+	if got := h.stdout.String(); !strings.HasSuffix(got, "vm web running on worker 2\n") {
+		t.Fatalf("start of failed vm output %q", got)
+	}
 }
