@@ -105,8 +105,8 @@ func (s *Server) fitsSomeWorker(spec *pb.VMSpec) error {
 		which = "pinned worker"
 	}
 	if m := bigMem.GetCapacity().GetMemoryMib(); need.MemoryMib > m {
-		return status.Errorf(codes.InvalidArgument, "memory_mib: %d MiB is more than any worker offers (%s %d, has %d MiB); ask for at most %d",
-			spec.MemoryMib, which, bigMem.Id, m, m)
+		return status.Errorf(codes.InvalidArgument, "memory_mib: %d MiB (plus %d MiB for the hypervisor) is more than any worker offers (%s %d, has %d MiB); ask for at most %d",
+			spec.MemoryMib, state.VMOverheadMiB, which, bigMem.Id, m, max(m-state.VMOverheadMiB, 0))
 	}
 	if c := bigCPU.GetCapacity().GetCpuMillis(); need.CpuMillis > c {
 		return status.Errorf(codes.InvalidArgument, "vcpus: %d vCPUs need %dm CPU, more than any worker offers (%s %d, has %dm); ask for at most %d",

@@ -179,9 +179,17 @@ func ValidateVMSpec(s *pb.VMSpec) error {
 	return nil
 }
 
-// VMReservation is what a VM reserves on its worker.
+// VMOverheadMiB is the host memory a VM costs beyond its guest's
+// memory_mib: the hypervisor process itself. Measured for QEMU microvm
+// under TCG: an idle 74 MiB guest lowers the host's available memory by
+// about 148 MiB (docs/BENCHMARKS.md). A VM reserves it too, so that tasks
+// and VMs placed together do not over-commit a worker's real memory.
+const VMOverheadMiB = 64
+
+// VMReservation is what a VM reserves on its worker: a whole core per
+// vCPU, and its guest memory plus VMOverheadMiB.
 func VMReservation(s *pb.VMSpec) *pb.Resources {
-	return &pb.Resources{CpuMillis: int64(s.GetVcpus()) * vcpuMillis, MemoryMib: int64(s.GetMemoryMib())}
+	return &pb.Resources{CpuMillis: int64(s.GetVcpus()) * vcpuMillis, MemoryMib: int64(s.GetMemoryMib()) + VMOverheadMiB}
 }
 
 // touchVM marks a VM changed (or removed) for the next checkpoint and for

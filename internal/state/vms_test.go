@@ -205,7 +205,7 @@ func TestPlaceVMsIsRecheckedAndSharesCapacityWithTasks(t *testing.T) {
 	if vm := h.vm("a"); vm.WorkerId != 1 || vm.Generation != 1 || vm.State != pb.VMState_VM_STATE_SCHEDULED {
 		t.Fatalf("placed vm = %v", vm)
 	}
-	if u := h.used(1); u.CPUMillis != 1000 || u.MemoryMiB != 512 {
+	if u := h.used(1); u.CPUMillis != 1000 || u.MemoryMiB != 512+VMOverheadMiB {
 		t.Fatalf("reservation = %+v", u)
 	}
 	if h.place("a", 2, 2) {
@@ -327,7 +327,7 @@ func TestSetVMDesired(t *testing.T) {
 	}
 	// Stop keeps the placement and the reservation.
 	r, _ = h.desire("a", pb.VMDesired_VM_DESIRED_STOPPED, false)
-	if r.Vm.WorkerId != 1 || h.used(1).MemoryMiB != 128 {
+	if r.Vm.WorkerId != 1 || h.used(1).MemoryMiB != 128+VMOverheadMiB {
 		t.Fatalf("stopped vm released its worker: %v", r.Vm)
 	}
 
