@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "github.com/blixard/blixard/api/blixardpb"
@@ -84,6 +85,8 @@ type VMReconciler struct {
 	repWake chan struct{}
 
 	wg sync.WaitGroup
+	// healthBusy is set while a health check runs (at most one at a time).
+	healthBusy atomic.Bool
 	// started is closed once recovery and the first sync are done.
 	started chan struct{}
 }
@@ -181,9 +184,17 @@ func (r *VMReconciler) Run(ctx context.Context) {
 			first = false
 			close(r.started)
 		}
-		if !now.Before(nextHealth) {
+		if !now.Before(nextHealth) && r.healthBusy.CompareAndSwap(false, true) {
+			// Off the planning loop: a wedged QMP socket costs a
+			// timeout per VM, which must not delay starting or stopping
+			// the others.
 			nextHealth = now.Add(r.cfg.HealthEvery)
-			r.checkHealth(ctx)
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				defer r.healthBusy.Store(false)
+				r.checkHealth(ctx)
+			}()
 		}
 		seen := r.cluster.VMsVersion()
 	wait:

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -773,4 +774,71 @@ func TestVMReconcilerLeavesVMsRunningOnExitUnlessAsked(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hangingStatus is a driver whose Status blocks, ignoring its context,
+// while hang is set: a wedged QMP socket at its worst.
+type hangingStatus struct {
+	vm.Driver
+	hang    atomic.Bool
+	entered chan struct{} // closed when a Status call starts hanging
+	once    sync.Once
+	release chan struct{}
+}
+
+func (d *hangingStatus) Status(ctx context.Context, id vm.ID) (vm.Status, error) {
+	if d.hang.Load() {
+		d.once.Do(func() { close(d.entered) })
+		<-d.release
+	}
+	return d.Driver.Status(ctx, id)
+}
+
+// A health check stuck on one VM does not hold up starting another.
+func TestVMReconcilerHealthCheckDoesNotBlockPlanning(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1_700_000_000, 0))
+	host := vm.NewFakeHost(vm.FakeOptions{Now: clk.Now})
+	drv := &hangingStatus{Driver: host.NewDriver(), entered: make(chan struct{}), release: make(chan struct{})}
+	c := newShellCluster()
+	r := NewVMReconciler(VMReconcilerConfig{
+		Core:        VMCoreConfig{WorkerID: vmTestWorker, ImageDir: "/images", StateRoot: t.TempDir()},
+		Clock:       clk,
+		HealthEvery: time.Second,
+	}, c, drv)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.Run(ctx)
+	}()
+	defer func() {
+		close(drv.release)
+		cancel()
+		<-done
+	}()
+	add := func(name string) {
+		c.change(func(m *vmModel) {
+			m.vms[name] = &pb.VM{
+				Spec:    &pb.VMSpec{Name: name, Vcpus: 1, MemoryMib: 128, Network: "user"},
+				Desired: pb.VMDesired_VM_DESIRED_RUNNING, WorkerId: vmTestWorker, Generation: 1,
+			}
+		})
+	}
+	add("wedged")
+	c.waitVM(t, "wedged", "running", func(v *pb.VM) bool { return v.GetState() == pb.VMState_VM_STATE_RUNNING })
+	drv.hang.Store(true)
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	for waiting := true; waiting; {
+		clk.Advance(time.Second) // the next tick is due for a health check
+		select {
+		case <-drv.entered:
+			waiting = false
+		case <-deadline.C:
+			t.Fatal("no health check started within 10s")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	add("web")
+	c.waitVM(t, "web", "running while a health check hangs", func(v *pb.VM) bool { return v.GetState() == pb.VMState_VM_STATE_RUNNING })
 }
