@@ -2,6 +2,7 @@ package sim_test
 
 import (
 	"encoding/binary"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	pb "github.com/blixard/blixard/api/blixardpb"
 	"github.com/blixard/blixard/internal/raftnode"
 	"github.com/blixard/blixard/internal/scheduler"
 	"github.com/blixard/blixard/internal/sim"
@@ -247,4 +249,30 @@ func (e *earlyApply) ApplyCommand(index uint64, data []byte) (proto.Message, err
 		e.done[i] = result{r, rerr}
 	}
 	return res, err
+}
+
+// TestFenceBlindVMReconcilerIsCaught: a worker's VM reconciler that keeps
+// every VM it was once given, ignoring that the state moved it to another
+// worker or generation (or deleted it): the copies it should kill run on.
+func TestFenceBlindVMReconcilerIsCaught(t *testing.T) {
+	caught(t, "TestFenceBlindVMReconcilerIsCaught", []string{"vms"}, func(seed uint64) sim.Config {
+		seen := map[uint64]map[string]*pb.VM{}
+		return sim.Config{Seed: seed, Ops: brokenOps(), VMView: func(worker uint64, assigned []*pb.VM) []*pb.VM {
+			mem := seen[worker]
+			if mem == nil {
+				mem = map[string]*pb.VM{}
+				seen[worker] = mem
+			}
+			out := slices.Clone(assigned)
+			for _, v := range assigned {
+				mem[v.Spec.GetName()] = v
+			}
+			for _, name := range slices.Sorted(maps.Keys(mem)) {
+				if !slices.ContainsFunc(assigned, func(v *pb.VM) bool { return v.Spec.GetName() == name }) {
+					out = append(out, mem[name])
+				}
+			}
+			return out
+		}}
+	})
 }

@@ -113,6 +113,10 @@ func (r *recorder) ApplyCommand(index uint64, data []byte) (proto.Message, error
 	if f := cmd.GetTaskFinished(); f != nil {
 		pre, _ = r.m.Task(f.GetTaskId())
 	}
+	var preVM *pb.VM
+	if c := cmd.GetCreateVm(); c != nil {
+		preVM, _ = r.m.VM(c.GetSpec().GetName())
+	}
 	if p := cmd.GetPut(); p != nil {
 		if _, ok := s.chk.putApplied[string(p.Value)]; !ok {
 			s.chk.putApplied[string(p.Value)] = s.now
@@ -124,6 +128,9 @@ func (r *recorder) ApplyCommand(index uint64, data []byte) (proto.Message, error
 		s.logf("n%d applies %d (term %d): %s", n.id, index, term, describeCommand(&cmd, err))
 	}
 	r.checkAfter(&cmd, pre, err)
+	if preVM != nil && err == nil {
+		s.violate("vms", "n%d created vm %s at index %d although vm %s (seq %d) existed", n.id, preVM.Spec.GetName(), index, preVM.Spec.GetName(), preVM.Seq)
+	}
 	return res, err
 }
 
@@ -158,6 +165,17 @@ func (r *recorder) checkAfter(cmd *pb.Command, pre *pb.Task, err error) {
 			chk.task(n, r.m, p.TaskId)
 			// Capacity is a function of the (identical) state: checking
 			// it on the leader alone is enough and saves copying.
+			if n.core != nil && n.core.IsLeader() && !seen[p.WorkerId] {
+				seen[p.WorkerId] = true
+				chk.capacity(n, r.m, p.WorkerId)
+			}
+		}
+	case *pb.Command_PlaceVms:
+		// Placements are the only commands that add reservations (tasks'
+		// and VMs'; a worker's capacity is fixed in the simulation), so
+		// checking after them checks after every apply.
+		seen := map[uint64]bool{}
+		for _, p := range op.PlaceVms.Placements {
 			if n.core != nil && n.core.IsLeader() && !seen[p.WorkerId] {
 				seen[p.WorkerId] = true
 				chk.capacity(n, r.m, p.WorkerId)
@@ -229,7 +247,8 @@ func (c *checker) taskRecord(n *node, t *pb.Task) {
 	}
 }
 
-// capacity checks that the attempts active on a worker fit it.
+// capacity checks that the attempts active on a worker and the VMs placed
+// on it (running or stopped: both reserve) fit it.
 func (c *checker) capacity(n *node, m *state.Machine, worker uint64) {
 	w, ok := m.Worker(worker)
 	if !ok {
@@ -240,9 +259,16 @@ func (c *checker) capacity(n *node, m *state.Machine, worker uint64) {
 		cpu += t.GetSpec().GetResources().GetCpuMillis()
 		mem += t.GetSpec().GetResources().GetMemoryMib()
 	}
+	vms := 0
+	for _, v := range m.VMsOnWorker(worker) {
+		r := state.VMReservation(v.Spec)
+		cpu += r.GetCpuMillis()
+		mem += r.GetMemoryMib()
+		vms++
+	}
 	if cpu > w.GetCapacity().GetCpuMillis() || mem > w.GetCapacity().GetMemoryMib() {
-		c.s.violate("tasks", "n%d: worker %d holds %dm CPU / %d MiB of attempts, capacity %dm / %d MiB",
-			n.id, worker, cpu, mem, w.GetCapacity().GetCpuMillis(), w.GetCapacity().GetMemoryMib())
+		c.s.violate("capacity", "n%d: worker %d holds %dm CPU / %d MiB of attempts and %d VMs, capacity %dm / %d MiB",
+			n.id, worker, cpu, mem, vms, w.GetCapacity().GetCpuMillis(), w.GetCapacity().GetMemoryMib())
 	}
 }
 
@@ -397,6 +423,15 @@ func diffState(a, b *state.Machine) string {
 	for i := range min(len(wa), len(wb)) {
 		if !proto.Equal(wa[i], wb[i]) {
 			return fmt.Sprintf("worker %d: %v vs %v", wa[i].Id, wa[i], wb[i])
+		}
+	}
+	va, vb := a.VMs(), b.VMs()
+	if len(va) != len(vb) {
+		return fmt.Sprintf("%d vms vs %d", len(va), len(vb))
+	}
+	for i := range va {
+		if !proto.Equal(va[i], vb[i]) {
+			return fmt.Sprintf("vm %s: %v vs %v", va[i].Spec.GetName(), va[i], vb[i])
 		}
 	}
 	ma, mb := a.Members(), b.Members()
@@ -600,6 +635,15 @@ func describeCommand(cmd *pb.Command, err error) string {
 		d = fmt.Sprintf("register worker %d", op.RegisterWorker.Worker.GetId())
 	case *pb.Command_ReconcileWorker:
 		d = fmt.Sprintf("reconcile worker %d", op.ReconcileWorker.WorkerId)
+	case *pb.Command_CreateVm:
+		d = "create vm " + op.CreateVm.GetSpec().GetName()
+	case *pb.Command_SetVmDesired:
+		d = fmt.Sprintf("vm %s desired %v restart=%v", op.SetVmDesired.Name, op.SetVmDesired.Desired, op.SetVmDesired.Restart)
+	case *pb.Command_PlaceVms:
+		d = fmt.Sprintf("place %d vms", len(op.PlaceVms.Placements))
+	case *pb.Command_ReportVm:
+		r := op.ReportVm
+		d = fmt.Sprintf("report vm %s gen %d on %d: %v (%s)", r.Name, r.Generation, r.WorkerId, r.State, r.Reason)
 	default:
 		d = fmt.Sprintf("%T", cmd.Op)
 	}

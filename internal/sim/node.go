@@ -83,8 +83,9 @@ type node struct {
 	schedDue  bool
 	schedRng  *rand.Rand
 	w         *simWorker
-	stopDue   bool // removal applied somewhere: the operator stops it soon
-	idle      bool // a join that has not happened (yet): clients avoid it
+	vmh       *vmHost // the machine: outlives the process
+	stopDue   bool    // removal applied somewhere: the operator stops it soon
+	idle      bool    // a join that has not happened (yet): clients avoid it
 }
 
 func (n *node) name() string { return fmt.Sprintf("n%d", n.id) }
@@ -283,6 +284,9 @@ func (n *node) handleOutput(out raftnode.Output) {
 	}
 	if advanced {
 		n.w.kick()
+		if n.w.vms != nil {
+			n.w.vms.applied()
+		}
 		n.schedKick()
 	}
 }
@@ -537,6 +541,8 @@ func (n *node) stop(err error) {
 		n.w.crash()
 	}
 	n.st = stGone
+	// The operator decommissions the machine: its VMs go with it.
+	n.vmh.powerLoss("decommissioned after its removal")
 }
 
 func beUint64(b []byte) uint64 {

@@ -48,6 +48,9 @@ type Config struct {
 	NewDisk          func(id uint64, rng *rand.Rand) NodeDisk
 	WrapStateMachine func(id uint64, sm raftnode.StateMachine, log raft.Storage) raftnode.StateMachine
 	Schedule         func(scheduler.Input, *rand.Rand) scheduler.Plan
+	// VMView, if set, replaces what a worker's VM reconciler is told the
+	// state assigns it (state.Machine.VMsOnWorker).
+	VMView func(worker uint64, assigned []*pb.VM) []*pb.VM
 }
 
 // Violation is one broken invariant.
@@ -118,6 +121,13 @@ type Stats struct {
 	QuiesceAfterHeal time.Duration
 	ScanSkipped      int
 	ClockSteps       int
+	VMOps            int
+	VMsCreated       int
+	VMPlacements     int
+	VMStarts         int
+	VMFaults         int
+	VMAdopted        int
+	MachineLosses    int
 }
 
 // params are the per-seed knobs: each seed draws its own cluster size,
@@ -289,6 +299,8 @@ func (s *Sim) setup() {
 	s.after(time.Duration(float64(s.p.faultMean)*s.rng.ExpFloat64())+time.Second, s.faultLoop)
 	s.after(10*time.Second, s.sweepLoop)
 	s.after(s.clockFaultGap(), s.clockFaultLoop)
+	s.after(time.Duration(float64(8*time.Second)*s.rng.ExpFloat64())+time.Second, s.vmFaultLoop)
+	s.after(250*time.Millisecond, s.vmCheckLoop)
 }
 
 func (s *Sim) clockFaultGap() time.Duration {
@@ -343,6 +355,7 @@ func (s *Sim) newNode(id uint64, peers []raft.Peer) *node {
 		n.step = time.Duration(s.clockRng.Int64N(int64(2*s.cfg.ClockSkew))) - s.cfg.ClockSkew
 	}
 	n.w = newWorker(n)
+	n.vmh = newVMHost(n)
 	if s.tracing() {
 		s.logf("n%d created: clock rate %.4f, wall clock %v off, worker capacity %dm CPU / %d MiB",
 			id, n.rate, n.offset/8+n.step, n.w.capacity.GetCpuMillis(), n.w.capacity.GetMemoryMib())
@@ -460,6 +473,12 @@ func (s *Sim) injectFault() {
 		}
 		s.stats.Crashes++
 		n.crash("fault injection")
+		// The process died alone (its VMs run on and the next process
+		// adopts them) or with its machine (the VMs are gone).
+		if s.rng.IntN(2) == 0 {
+			s.stats.MachineLosses++
+			n.vmh.powerLoss("the machine crashed")
+		}
 		d := time.Duration(100+s.rng.IntN(5000)) * time.Millisecond
 		s.restartLater(n, d)
 	case k < 32 && allowDown:
@@ -699,7 +718,7 @@ func (s *Sim) quiet(l *node) (bool, string) {
 			return false, fmt.Sprintf("%d tasks %v, e.g. %s (attempts %d, cancel=%v)", len(ts), st, t.Id, len(t.Attempts), t.CancelRequested)
 		}
 	}
-	return true, ""
+	return s.vmsQuiet(l)
 }
 
 func members(st raft.Status) []uint64 {

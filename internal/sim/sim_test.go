@@ -87,8 +87,8 @@ func TestSimulation(t *testing.T) {
 		}
 		if len(ss) == 1 || testing.Verbose() {
 			st := res.Stats
-			t.Logf("seed %d: %d voters, sim %v, %d events, %d msgs, %d crashes, %d partitions, %d kv ops, %d tasks acked, quiesce %v, %v wall",
-				seed, st.Voters, st.SimTime.Round(time.Second), st.Events, st.MsgsSent, st.Crashes, st.Partitions, st.KVOps, st.TasksAcked, st.QuiesceAfterHeal, time.Since(t0).Round(time.Millisecond))
+			t.Logf("seed %d: %d voters, sim %v, %d events, %d msgs, %d crashes, %d partitions, %d kv ops, %d tasks acked, %d VM starts, quiesce %v, %v wall",
+				seed, st.Voters, st.SimTime.Round(time.Second), st.Events, st.MsgsSent, st.Crashes, st.Partitions, st.KVOps, st.TasksAcked, st.VMStarts, st.QuiesceAfterHeal, time.Since(t0).Round(time.Millisecond))
 		}
 	}
 	t.Logf("%d seeds × %d ops in %v: %s", len(ss), *flagOps, time.Since(start).Round(time.Millisecond), summary(total))
@@ -130,6 +130,13 @@ func add(t *sim.Stats, s sim.Stats) {
 	t.KVUnknown += s.KVUnknown
 	t.TasksAcked += s.TasksAcked
 	t.Placements += s.Placements
+	t.VMOps += s.VMOps
+	t.VMsCreated += s.VMsCreated
+	t.VMPlacements += s.VMPlacements
+	t.VMStarts += s.VMStarts
+	t.VMFaults += s.VMFaults
+	t.VMAdopted += s.VMAdopted
+	t.MachineLosses += s.MachineLosses
 	t.NodesCreated += s.NodesCreated
 	t.LeaderAfterHeal = max(t.LeaderAfterHeal, s.LeaderAfterHeal)
 	t.QuiesceAfterHeal = max(t.QuiesceAfterHeal, s.QuiesceAfterHeal)
@@ -144,10 +151,12 @@ func add(t *sim.Stats, s sim.Stats) {
 func summary(s sim.Stats) string {
 	return fmt.Sprintf("sim time %v, %d events, %d msgs (%d dropped, %d duplicated), %d crashes, %d restarts, %d pauses, %d partitions, "+
 		"%d disk faults (%d storage failures), %d terms, %d membership changes applied, %d nodes, %d client ops, %d kv ops (%d unknown), "+
-		"%d tasks acked, %d placements, final %v; worst leader-after-heal %v, worst quiesce %v",
+		"%d tasks acked, %d placements, final %v; %d VM ops (%d creates applied), %d VM placements, %d VM starts, %d VM faults, %d VMs adopted, %d machine losses; "+
+		"worst leader-after-heal %v, worst quiesce %v",
 		s.SimTime.Round(time.Second), s.Events, s.MsgsSent, s.MsgsDropped, s.MsgsDuplicated, s.Crashes, s.Restarts, s.Pauses, s.Partitions,
 		s.DiskFaults, s.StorageFailures, s.Terms, s.ConfChanges, s.NodesCreated, s.ClientOps, s.KVOps, s.KVUnknown,
-		s.TasksAcked, s.Placements, s.TasksFinal, s.LeaderAfterHeal, s.QuiesceAfterHeal)
+		s.TasksAcked, s.Placements, s.TasksFinal, s.VMOps, s.VMsCreated, s.VMPlacements, s.VMStarts, s.VMFaults, s.VMAdopted, s.MachineLosses,
+		s.LeaderAfterHeal, s.QuiesceAfterHeal)
 }
 
 // TestMain trades memory for speed: the simulation allocates heavily and

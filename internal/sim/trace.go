@@ -58,6 +58,7 @@ const (
 	evSched
 	evRemoved
 	evClock
+	evVM
 )
 
 func (s *Sim) trace(k evKind, node, a, b uint64) { s.tr.mix(uint64(s.now), uint64(k), node, a, b) }

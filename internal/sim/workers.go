@@ -44,6 +44,7 @@ type simWorker struct {
 	due        bool
 	wakeSet    bool
 	wakeAt     time.Time
+	vms        *vmProc
 }
 
 func newWorker(n *node) *simWorker {
@@ -68,10 +69,15 @@ func (w *simWorker) start() {
 	w.register()
 	w.do(w.core.Start(n.monoNow()))
 	n.after(heartbeatInterval, w.heartbeatLoop)
+	w.startVMs()
 }
 
 func (w *simWorker) crash() {
 	w.core, w.procs = nil, nil
+	if w.vms != nil {
+		w.vms.crash()
+		w.vms = nil
+	}
 }
 
 func (w *simWorker) log(format string, args ...any) {
@@ -337,29 +343,52 @@ func (n *node) schedPass() {
 		return
 	}
 	n.schedDue = false
-	// The server's pass: tasks and VMs together (the workload has no VMs
-	// yet, so no VM placements come out of it).
+	// The server's pass: tasks and VMs together.
 	pass := scheduler.FullPass(n.localNow(), n.sm.ForScheduling(), n.sm.PendingVMs(), n.schedRng, s.cfg.Schedule)
 	if len(pass.Input.Pending) > 0 {
 		s.chk.plan(n, pass.Input, pass.Plan)
 	}
-	cmd := pass.Place
-	if cmd == nil {
+	var cmds []*pb.Command
+	if cmd := pass.Place; cmd != nil {
+		s.stats.Placements += len(cmd.Placements)
+		s.trace(evSched, n.id, uint64(len(cmd.Placements)), 0)
+		if s.tracing() {
+			var ps []string
+			for _, p := range cmd.Placements {
+				ps = append(ps, fmt.Sprintf("%s#%d→n%d", p.TaskId, p.Attempt, p.WorkerId))
+			}
+			s.logf("%s scheduler: place %s", n.name(), strings.Join(ps, " "))
+		}
+		cmds = append(cmds, &pb.Command{Op: &pb.Command_PlaceTasks{PlaceTasks: cmd}})
+	}
+	if cmd := pass.PlaceVMs; cmd != nil {
+		s.stats.VMPlacements += len(cmd.Placements)
+		s.trace(evSched, n.id, uint64(len(cmd.Placements)), 1)
+		if s.tracing() {
+			var ps []string
+			for _, p := range cmd.Placements {
+				ps = append(ps, fmt.Sprintf("vm %s gen %d→n%d", p.Name, p.Generation, p.WorkerId))
+			}
+			s.logf("%s scheduler: place %s", n.name(), strings.Join(ps, " "))
+		}
+		cmds = append(cmds, &pb.Command{Op: &pb.Command_PlaceVms{PlaceVms: cmd}})
+	}
+	if len(cmds) == 0 {
 		return
 	}
-	s.stats.Placements += len(cmd.Placements)
-	s.trace(evSched, n.id, uint64(len(cmd.Placements)), 0)
-	if s.tracing() {
-		var ps []string
-		for _, p := range cmd.Placements {
-			ps = append(ps, fmt.Sprintf("%s#%d→n%d", p.TaskId, p.Attempt, p.WorkerId))
-		}
-		s.logf("%s scheduler: place %s", n.name(), strings.Join(ps, " "))
-	}
 	n.schedBusy = true
-	inc := n.inc
-	n.issue(&request{kind: rqPropose, payload: mustMarshal(&pb.Command{Op: &pb.Command_PlaceTasks{PlaceTasks: cmd}}), done: func(proto.Message, error) {
+	n.proposePass(cmds, n.inc)
+}
+
+// proposePass proposes a pass's commands one after the other, as
+// server.schedulePass does, and allows the next pass after the last.
+func (n *node) proposePass(cmds []*pb.Command, inc int) {
+	n.issue(&request{kind: rqPropose, payload: mustMarshal(cmds[0]), done: func(proto.Message, error) {
 		if n.inc != inc {
+			return
+		}
+		if len(cmds) > 1 {
+			n.proposePass(cmds[1:], inc)
 			return
 		}
 		n.schedBusy = false

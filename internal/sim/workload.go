@@ -56,16 +56,18 @@ func (c *client) next() {
 	}
 	c.seq++
 	switch k := s.rng.IntN(100); {
-	case k < 30:
+	case k < 28:
 		c.put()
-	case k < 52:
+	case k < 48:
 		c.get()
-	case k < 76:
+	case k < 70:
 		c.submit()
-	case k < 82:
+	case k < 76:
 		c.cancel()
-	case k < 98:
+	case k < 90:
 		c.readTask()
+	case k < 98:
+		c.vmOp()
 	default:
 		c.membership()
 	}
@@ -320,4 +322,102 @@ func caughtUp(st raft.Status, id uint64) bool {
 // outcomeUnknown says whether a failed request may still take effect.
 func outcomeUnknown(err error) bool {
 	return errors.Is(err, raftnode.ErrLeaderChanged) || errors.Is(err, errTimeout) || errors.Is(err, raftnode.ErrStopped)
+}
+
+// vmNames is the small name space VM operations race on: creates of a
+// name in use must be refused, deletes and re-creates reuse names, and
+// five 1-vCPU VMs fit the smallest cluster (three 2-CPU workers).
+var vmNames = []string{"vm-a", "vm-b", "vm-c", "vm-d", "vm-e"}
+
+// vmOp is one VM command, as the CLI's vm create/stop/start/restart/delete
+// send it, retried by the client while its outcome is unknown.
+func (c *client) vmOp() {
+	s := c.s
+	name := vmNames[s.rng.IntN(len(vmNames))]
+	s.stats.VMOps++
+	switch k := s.rng.IntN(10); {
+	case k < 4:
+		r := s.rng
+		spec := state.NormalizeVMSpec(&pb.VMSpec{
+			Name:      name,
+			MemoryMib: uint32(64 * (1 + r.IntN(4))),
+			Restart: []pb.RestartPolicy{pb.RestartPolicy_RESTART_POLICY_ALWAYS, pb.RestartPolicy_RESTART_POLICY_ALWAYS,
+				pb.RestartPolicy_RESTART_POLICY_ALWAYS, pb.RestartPolicy_RESTART_POLICY_ON_FAILURE, pb.RestartPolicy_RESTART_POLICY_NEVER}[r.IntN(5)],
+		})
+		c.createVM(spec, 1)
+	case k < 6:
+		c.setVM(name, pb.VMDesired_VM_DESIRED_STOPPED, false, 1)
+	case k < 7:
+		c.setVM(name, pb.VMDesired_VM_DESIRED_RUNNING, false, 1)
+	case k < 8:
+		c.setVM(name, pb.VMDesired_VM_DESIRED_RUNNING, true, 1)
+	default:
+		c.setVM(name, pb.VMDesired_VM_DESIRED_DELETED, false, 1)
+	}
+}
+
+// retryVM retries a VM command whose outcome is unknown (or that found no
+// process), as a user would, a few times with backoff.
+func (c *client) retryVM(attempt int, again func()) {
+	if attempt >= 6 {
+		c.then()
+		return
+	}
+	c.s.after(min(time.Duration(50<<attempt)*time.Millisecond, time.Second), again)
+}
+
+// createVM is api.CreateVM: a linearizable read, the name check, then the
+// proposal (which refuses a duplicate that slipped past the check).
+func (c *client) createVM(spec *pb.VMSpec, attempt int) {
+	s := c.s
+	n := c.pick()
+	name := spec.Name
+	again := func() { c.createVM(spec, attempt+1) }
+	n.issue(&request{kind: rqRead, done: func(_ proto.Message, err error) {
+		if err != nil {
+			c.traceOp(n, "vm create "+name+" (read)", err)
+			c.retryVM(attempt, again)
+			return
+		}
+		if _, ok := n.sm.VM(name); ok {
+			c.traceOp(n, "vm create "+name, errors.New("already exists (API check)"))
+			c.then()
+			return
+		}
+		payload := mustMarshal(&pb.Command{Op: &pb.Command_CreateVm{CreateVm: &pb.CreateVM{Spec: spec, NowUnixNano: n.localNow().UnixNano()}}})
+		n.issue(&request{kind: rqPropose, payload: payload, done: func(_ proto.Message, err error) {
+			c.traceOp(n, fmt.Sprintf("vm create %s (try %d)", name, attempt), err)
+			switch {
+			case err == nil:
+				s.stats.VMsCreated++
+				c.then()
+			case errors.Is(err, state.ErrVMExists):
+				c.then()
+			case errors.Is(err, state.ErrInvalidCommand):
+				s.violate("vms", "vm create %s refused as invalid: %v", name, err)
+			default:
+				c.retryVM(attempt, again)
+			}
+		}}, c.timeout())
+	}}, c.timeout())
+}
+
+// setVM is api.SetVMDesired: vm stop, start, restart or delete.
+func (c *client) setVM(name string, desired pb.VMDesired, restart bool, attempt int) {
+	s := c.s
+	n := c.pick()
+	payload := mustMarshal(&pb.Command{Op: &pb.Command_SetVmDesired{SetVmDesired: &pb.SetVMDesired{
+		Name: name, Desired: desired, Restart: restart, NowUnixNano: n.localNow().UnixNano(),
+	}}})
+	n.issue(&request{kind: rqPropose, payload: payload, done: func(_ proto.Message, err error) {
+		c.traceOp(n, fmt.Sprintf("vm %s desired %v restart=%v (try %d)", name, desired, restart, attempt), err)
+		switch {
+		case err == nil, errors.Is(err, state.ErrUnknownVM), errors.Is(err, state.ErrVMDeleting):
+			c.then()
+		case errors.Is(err, state.ErrInvalidCommand):
+			s.violate("vms", "vm %s desired %v refused as invalid: %v", name, desired, err)
+		default:
+			c.retryVM(attempt, func() { c.setVM(name, desired, restart, attempt+1) })
+		}
+	}}, c.timeout())
 }
