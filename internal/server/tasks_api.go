@@ -48,17 +48,25 @@ func (a *api) SubmitTask(ctx context.Context, req *pb.SubmitTaskRequest) (*pb.Ta
 
 // readTask returns a task as of a linearizable read.
 func (a *api) readTask(ctx context.Context, id string) (*pb.Task, error) {
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "id: must not be empty")
+	return linearGet(ctx, a, "task", "id", id, a.s.sm.Task)
+}
+
+// linearGet reads one record (a task, a VM) by key after a linearizable
+// read barrier, with the API's errors for an empty key (naming field) and
+// an unknown one.
+func linearGet[T any](ctx context.Context, a *api, kind, field, key string, get func(string) (T, bool)) (T, error) {
+	var zero T
+	if key == "" {
+		return zero, status.Errorf(codes.InvalidArgument, "%s: must not be empty", field)
 	}
 	if err := a.s.node.ReadIndex(ctx); err != nil {
-		return nil, toStatus(err)
+		return zero, toStatus(err)
 	}
-	t, ok := a.s.sm.Task(id)
+	v, ok := get(key)
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "task %q not found", id)
+		return zero, status.Errorf(codes.NotFound, "%s %q not found", kind, key)
 	}
-	return t, nil
+	return v, nil
 }
 
 func (a *api) GetTask(ctx context.Context, req *pb.GetTaskRequest) (*pb.TaskResponse, error) {

@@ -139,17 +139,7 @@ func (a *api) CreateVM(ctx context.Context, req *pb.CreateVMRequest) (*pb.VMResp
 
 // readVM returns a VM as of a linearizable read.
 func (a *api) readVM(ctx context.Context, name string) (*pb.VM, error) {
-	if name == "" {
-		return nil, status.Error(codes.InvalidArgument, "name: must not be empty")
-	}
-	if err := a.s.node.ReadIndex(ctx); err != nil {
-		return nil, toStatus(err)
-	}
-	vm, ok := a.s.sm.VM(name)
-	if !ok {
-		return nil, status.Errorf(codes.NotFound, "vm %q not found", name)
-	}
-	return vm, nil
+	return linearGet(ctx, a, "vm", "name", name, a.s.sm.VM)
 }
 
 func (a *api) GetVM(ctx context.Context, req *pb.GetVMRequest) (*pb.VMResponse, error) {
