@@ -494,14 +494,14 @@ func (s *Server) transferLeadershipAway() {
 	}
 }
 
-// leaderDuties runs the leader's periodic work: worker liveness. It also
+// leaderDuties runs the leader's periodic work: worker liveness and the
+// purge of old tasks, as worker.LeaderDuties decides them. It also
 // notices, on any node, that the node was removed while cut off.
 func (s *Server) leaderDuties() {
 	t := s.clock.NewTicker(s.cfg.HeartbeatInterval / 2)
 	defer t.Stop()
-	var ledTerm uint64
+	duties := worker.NewLeaderDuties(s.mon, s.cfg.TaskRetention)
 	var leaderless time.Time
-	purging := false
 	purgeDone := make(chan struct{}, 1)
 	for {
 		select {
@@ -509,43 +509,36 @@ func (s *Server) leaderDuties() {
 			return
 		case <-t.C():
 		}
-		now := s.clock.Now()
-		if !s.node.IsLeader() {
-			ledTerm = 0
-			if s.node.Leader() == 0 {
-				if leaderless.IsZero() {
-					leaderless = now
-				} else if now.Sub(leaderless) > 3*time.Duration(s.cfg.ElectionTicks)*s.cfg.TickInterval {
-					s.checkRemoved()
-					leaderless = now
-				}
-			} else {
-				leaderless = time.Time{}
-			}
-			continue
-		}
-		leaderless = time.Time{}
-		if term := s.node.Term(); term != ledTerm {
-			ledTerm = term
-			s.mon.Reset(now, s.sm.Workers())
-			continue
-		}
-		for _, tr := range s.mon.Check(now, s.sm.Workers()) {
-			s.goRun(func() { s.proposeWorkerState(tr) })
-		}
-		if cutoff := now.Add(-s.cfg.TaskRetention).UnixNano(); !purging {
-			if oldest := s.sm.OldestFinished(); oldest != 0 && oldest < cutoff {
-				purging = true
-				s.goRun(func() {
-					s.purgeTasks(cutoff)
-					purgeDone <- struct{}{}
-				})
-			}
-		}
 		select {
 		case <-purgeDone:
-			purging = false
+			duties.PurgeDone()
 		default:
+		}
+		now := s.clock.Now()
+		leader := s.node.IsLeader()
+		in := worker.DutyInput{Now: now, Leader: leader}
+		if leader {
+			leaderless = time.Time{}
+			in.Term, in.Workers, in.OldestFinished = s.node.Term(), s.sm.Workers(), s.sm.OldestFinished()
+		} else if s.node.Leader() == 0 {
+			if leaderless.IsZero() {
+				leaderless = now
+			} else if now.Sub(leaderless) > 3*time.Duration(s.cfg.ElectionTicks)*s.cfg.TickInterval {
+				s.checkRemoved()
+				leaderless = now
+			}
+		} else {
+			leaderless = time.Time{}
+		}
+		plan := duties.Tick(in)
+		for _, tr := range plan.Transitions {
+			s.goRun(func() { s.proposeWorkerState(tr) })
+		}
+		if cutoff := plan.PurgeBefore; cutoff != 0 {
+			s.goRun(func() {
+				s.purgeTasks(cutoff)
+				purgeDone <- struct{}{}
+			})
 		}
 	}
 }

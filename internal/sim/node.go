@@ -37,7 +37,8 @@ const (
 	heartbeatInterval = time.Second
 	workerTTL         = 5 * time.Second
 	schedulerEvery    = 500 * time.Millisecond
-	inboxLimit        = 4096 // raftnode.Node's receive channel
+	taskRetention     = 24 * time.Hour // server.Config's default: no run lasts that long
+	inboxLimit        = 4096           // raftnode.Node's receive channel
 )
 
 // Client-side errors.
@@ -78,7 +79,7 @@ type node struct {
 	scanned    uint64 // highest applied index whose log entry was checked
 
 	mon       *worker.Monitor
-	ledTerm   uint64
+	duties    *worker.LeaderDuties
 	schedBusy bool
 	schedDue  bool
 	schedRng  *rand.Rand
@@ -175,7 +176,7 @@ func (n *node) open() {
 	n.readyDue, n.schedBusy, n.schedDue = false, false, false
 	n.scanned = core.AppliedIndex()
 	n.mon = worker.NewMonitor(workerTTL)
-	n.ledTerm = 0
+	n.duties = worker.NewLeaderDuties(n.mon, taskRetention)
 	n.after(tickInterval, n.tickLoop)
 	n.after(time.Duration(s.rng.Int64N(int64(checkpointEvery))), n.checkpointLoop)
 	n.after(heartbeatInterval/2, n.dutiesLoop)

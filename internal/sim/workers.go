@@ -290,31 +290,37 @@ func (w *simWorker) propose(a worker.RunnerAction) {
 // Leader duties: worker liveness and scheduling
 // ---------------------------------------------------------------------------
 
-// dutiesLoop is server.leaderDuties: the production worker.Monitor fed
-// with sim-time heartbeats, proposing ready/down transitions.
+// dutiesLoop is server.leaderDuties' loop: each tick asks the production
+// worker.LeaderDuties what to propose (worker state changes from the
+// worker.Monitor fed with sim-time heartbeats; purges of old tasks) and
+// proposes it.
 func (n *node) dutiesLoop() {
 	defer n.after(heartbeatInterval/2, n.dutiesLoop)
 	// The monitor measures heartbeat gaps on the monotonic clock, as
-	// time.Now's monotonic reading does in production; the command is
+	// time.Now's monotonic reading does in production; commands are
 	// stamped with the wall clock.
-	now := n.monoNow()
-	if !n.core.IsLeader() {
-		n.ledTerm = 0
-		return
+	in := worker.DutyInput{Now: n.monoNow(), Leader: n.core.IsLeader()}
+	if in.Leader {
+		in.Term, in.Workers = n.term, n.sm.Workers()
+		// The cutoff is compared with finish times, which are wall-clock
+		// stamps, so the input is too.
+		in.OldestFinished = n.sm.OldestFinished() - n.localNow().Sub(n.monoNow()).Nanoseconds()
 	}
-	if n.term != n.ledTerm {
-		n.ledTerm = n.term
-		n.mon.Reset(now, n.sm.Workers())
-		return
-	}
+	plan := n.duties.Tick(in)
 	mon := n.mon
-	for _, tr := range mon.Check(now, n.sm.Workers()) {
+	for _, tr := range plan.Transitions {
 		id := tr.WorkerID
 		if n.s.tracing() {
 			n.s.logf("%s liveness: worker n%d → %v", n.name(), id, tr.To)
 		}
 		cmd := &pb.Command{Op: &pb.Command_SetWorkerState{SetWorkerState: &pb.SetWorkerState{WorkerId: id, State: tr.To, NowUnixNano: n.localNow().UnixNano()}}}
 		n.issue(&request{kind: rqPropose, payload: mustMarshal(cmd), done: func(proto.Message, error) { mon.Done(id) }}, 5*time.Second)
+	}
+	if plan.PurgeBefore != 0 {
+		duties := n.duties
+		cutoff := plan.PurgeBefore + n.localNow().Sub(n.monoNow()).Nanoseconds()
+		cmd := &pb.Command{Op: &pb.Command_PurgeTasks{PurgeTasks: &pb.PurgeTasks{FinishedBeforeUnixNano: cutoff}}}
+		n.issue(&request{kind: rqPropose, payload: mustMarshal(cmd), done: func(proto.Message, error) { duties.PurgeDone() }}, 10*time.Second)
 	}
 }
 
