@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/blixard/blixard/internal/vm"
+	"github.com/blixard/blixard/internal/vm/guard"
 )
 
 const (
@@ -54,7 +55,16 @@ type Config struct {
 	// StartTimeout bounds Start until QEMU answers on QMP (on top of the
 	// context's deadline); 0 means 10 s.
 	StartTimeout time.Duration
-	Logger       *slog.Logger // nil discards
+	// Guard, when set, is the command that fences QEMU with a lease
+	// (`blixard vm-guard`, see package guard): the driver runs Guard
+	// followed by guard.Args(Lease, LeaseTTL, console log) and the QEMU
+	// command line, so QEMU stops by itself once Lease has not been
+	// renewed for LeaseTTL. Renewing Lease is the caller's job. Empty runs
+	// QEMU directly, with no fencing.
+	Guard    []string
+	Lease    string
+	LeaseTTL time.Duration
+	Logger   *slog.Logger // nil discards
 }
 
 // Driver runs VMs as QEMU microvm processes. It implements vm.Driver.
@@ -99,6 +109,9 @@ func newDriver(cfg Config, host hostProbe) (*Driver, error) {
 	}
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = defaultStartTimeout
+	}
+	if len(cfg.Guard) > 0 && (cfg.Lease == "" || cfg.LeaseTTL <= 0) {
+		return nil, errors.New("qemu driver: a Guard needs a Lease file and a positive LeaseTTL")
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -335,6 +348,12 @@ func (d *Driver) launch(ctx context.Context, spec *vm.Spec, p vmPaths, cmdline s
 	// twin: two guests on one disk and one console.
 	if rec, err := readRecord(p.record); err == nil {
 		if pid, ok := d.verifyLive(rec, p); ok {
+			var qpid int
+			if b, err := os.ReadFile(p.pid); err == nil {
+				if _, err := fmt.Sscan(string(b), &qpid); err == nil && qpid > 0 {
+					pid = qpid // QEMU's own pid, under a guard
+				}
+			}
 			return nil, fmt.Errorf("%w as pid %d, started by an earlier driver (Recover adopts it)", vm.ErrExists, pid)
 		}
 	}
@@ -380,7 +399,11 @@ func (d *Driver) launch(ctx context.Context, spec *vm.Spec, p vmPaths, cmdline s
 		cleanup()
 		return nil, fmt.Errorf("create qemu log: %w", err)
 	}
-	cmd := exec.Command(d.qemu, qemuArgs(spec, p, d.accel, cmdline)...)
+	argv := append([]string{d.qemu}, qemuArgs(spec, p, d.accel, cmdline)...)
+	if g := d.cfg.Guard; len(g) > 0 {
+		argv = append(append(slices.Clone(g), guard.Args(d.cfg.Lease, d.cfg.LeaseTTL, p.console)...), argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = p.dir
 	cmd.Env = []string{qemuPath}
 	cmd.Stdout, cmd.Stderr = logf, logf // a file, so no copying goroutine and no SIGPIPE if we die
@@ -389,7 +412,7 @@ func (d *Driver) launch(ctx context.Context, spec *vm.Spec, p vmPaths, cmdline s
 	logf.Close()
 	if err != nil {
 		cleanup()
-		return nil, fmt.Errorf("start %s: %w", d.qemu, err)
+		return nil, fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	pid := cmd.Process.Pid
 	// fail ends a launch that went wrong. When QEMU quit by itself (a
@@ -445,6 +468,7 @@ func (d *Driver) launch(ctx context.Context, spec *vm.Spec, p vmPaths, cmdline s
 	if err := in.qmp.execute(ctx, "cont", nil, nil); err != nil {
 		return fail(in, fmt.Errorf("resume guest: %w", err))
 	}
+	in.openChild()
 	return in, nil
 }
 
@@ -508,6 +532,15 @@ func (d *Driver) verifyLive(rec *record, p vmPaths) (int, bool) {
 	st, err := readProc(pid)
 	if err != nil || st.dead() {
 		return 0, false
+	}
+	if rec.PID == 0 && st.ppid > 1 {
+		// QEMU's own pid file names QEMU; under a guard the driver's
+		// process is its parent, whose command line names the socket too.
+		if pargs, err := procArgs(st.ppid); err == nil && slices.ContainsFunc(pargs, func(a string) bool { return strings.Contains(a, "path="+esc(p.qmp)+",") }) {
+			if pst, err := readProc(st.ppid); err == nil && !pst.dead() {
+				pid, st = st.ppid, pst
+			}
+		}
 	}
 	if rec.StartTicks != 0 && st.startTicks != rec.StartTicks {
 		return 0, false
@@ -824,6 +857,7 @@ func (d *Driver) recoverOne(ctx context.Context, id vm.ID) (bool, error) {
 		return false, fmt.Errorf("QEMU pid %d: %w", pid, err)
 	}
 	in.scanConsole()
+	in.openChild()
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()

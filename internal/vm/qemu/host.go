@@ -103,7 +103,8 @@ func cpuFlag(cpuinfo []byte, flag string) bool {
 
 // procInfo is what /proc says about a process.
 type procInfo struct {
-	state      byte   // R, S, D, Z, ...
+	state      byte // R, S, D, Z, ...
+	ppid       int
 	startTicks uint64 // start time in clock ticks after boot
 }
 
@@ -129,7 +130,11 @@ func readProc(pid int) (procInfo, error) {
 	if err != nil {
 		return procInfo{}, fmt.Errorf("parse /proc/%d/stat starttime: %w", pid, err)
 	}
-	return procInfo{state: f[0][0], startTicks: start}, nil
+	ppid, err := strconv.Atoi(string(f[1]))
+	if err != nil {
+		return procInfo{}, fmt.Errorf("parse /proc/%d/stat ppid: %w", pid, err)
+	}
+	return procInfo{state: f[0][0], ppid: ppid, startTicks: start}, nil
 }
 
 // procArgs returns the process's command-line arguments.

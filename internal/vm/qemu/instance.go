@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/blixard/blixard/internal/vm"
+	"github.com/blixard/blixard/internal/vm/guard"
 )
 
 const (
@@ -62,7 +63,12 @@ type instance struct {
 	startedAt time.Time
 	adopted   bool
 	pidfd     *os.File // nil for a VM found dead by Recover
-	qmp       *qmpClient
+	// child is QEMU's pidfd when pid is its guard (nil otherwise); the
+	// guard's exit ends the VM, and finish makes sure QEMU is gone too.
+	child   *os.File
+	guarded bool
+	qemuPID int // QEMU's pid when guarded (Status reports it)
+	qmp     *qmpClient
 
 	detach chan struct{} // closed by Close
 	ready  chan struct{} // closed when the marker is seen
@@ -82,7 +88,8 @@ type instance struct {
 	partial    []byte
 	guestExit  int
 	panicMsg   string
-	poweredOff bool // the kernel printed "reboot: Power down"
+	poweredOff bool   // the kernel printed "reboot: Power down"
+	fenceMsg   string // the guard's reason for stopping QEMU, if it did
 }
 
 func newInstance(d *Driver, spec *vm.Spec, p vmPaths, link string, pid int, pidfd *os.File, started time.Time, adopted bool) *instance {
@@ -119,6 +126,71 @@ func (in *instance) attach(ctx context.Context) error {
 		case <-retry.C:
 		}
 	}
+}
+
+// openChild finds QEMU under the driver's process (a guard): the pid in
+// QEMU's pid file whose parent is that process.
+func (in *instance) openChild() {
+	b, err := os.ReadFile(in.paths.pid)
+	if err != nil {
+		return
+	}
+	qpid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || qpid == in.pid {
+		return
+	}
+	if st, err := readProc(qpid); err != nil || st.ppid != in.pid {
+		return
+	}
+	fd, err := unix.PidfdOpen(qpid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return
+	}
+	f := os.NewFile(uintptr(fd), "qemu-pidfd")
+	if st, err := readProc(qpid); err != nil || st.ppid != in.pid {
+		f.Close() // exited (and the pid reused) between the checks
+		return
+	}
+	in.child, in.guarded, in.qemuPID = f, true, qpid
+}
+
+// endChild makes sure QEMU is gone once its guard is: the guard's death
+// sends it SIGKILL (PR_SET_PDEATHSIG), which takes a moment to land.
+func (in *instance) endChild() {
+	if in.child == nil {
+		return
+	}
+	defer func() { in.child.Close(); in.child = nil }()
+	if fdReadableWithin(in.child, 0) {
+		return
+	}
+	rc, err := in.child.SyscallConn()
+	if err == nil {
+		_ = rc.Control(func(fd uintptr) { _ = unix.PidfdSendSignal(int(fd), unix.SIGKILL, nil, 0) })
+	}
+	if !fdReadableWithin(in.child, killWait) {
+		in.d.log.Error("QEMU still runs after its guard exited and it was sent SIGKILL", "id", in.id, "guard_pid", in.pid)
+	}
+}
+
+// fdReadableWithin waits up to d for a pidfd to become readable (its
+// process exited).
+func fdReadableWithin(f *os.File, d time.Duration) bool {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return true
+	}
+	if d <= 0 || f.SetReadDeadline(time.Now().Add(d)) != nil {
+		gone := true
+		_ = rc.Control(func(fd uintptr) { gone = pollIn(int(fd)) })
+		return gone
+	}
+	gone := false
+	_ = rc.Read(func(fd uintptr) bool {
+		gone = pollIn(int(fd))
+		return gone
+	})
+	return gone
 }
 
 // onEvent runs on the QMP reader goroutine.
@@ -248,6 +320,10 @@ func (in *instance) release() {
 	if in.pidfd != nil {
 		_ = in.pidfd.Close()
 	}
+	if in.child != nil {
+		_ = in.child.Close()
+		in.child = nil
+	}
 	in.closeConsole()
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -309,6 +385,7 @@ func (in *instance) finish() {
 	}
 	drain.Stop()
 	ws, reaped := reap(in.pid)
+	in.endChild()
 	in.scanConsole()
 	in.closeConsole()
 	e := in.classify(ws, reaped)
@@ -371,6 +448,11 @@ func (in *instance) classify(ws unix.WaitStatus, reaped bool) vm.Exit {
 		e.Reason = "killed (Kill)"
 	case intent == intentStopKill:
 		e.Reason = fmt.Sprintf("did not power off within %s of Stop; killed", in.d.cfg.StopGrace)
+	case in.guarded && reaped && e.ExitCode == guard.ExitFenced:
+		e.Reason = "stopped by its guard (self-fencing): the worker's lease was not renewed in time"
+		if in.fenceMsg != "" {
+			e.Reason = "stopped by its guard (self-fencing): " + in.fenceMsg
+		}
 	case sd != nil && sd.Reason == "guest-shutdown":
 		e.State, e.Reason = vm.StateStopped, "guest powered off"
 		if intent == intentStop {
@@ -407,6 +489,8 @@ func (in *instance) classify(ws unix.WaitStatus, reaped bool) vm.Exit {
 func (in *instance) classifyUnwatched() vm.Exit {
 	e := vm.Exit{ID: in.id, State: vm.StateFailed, ExitCode: -1, GuestExitCode: in.guestExit, At: time.Now()}
 	switch {
+	case in.fenceMsg != "":
+		e.Reason = "stopped by its guard (self-fencing) while no driver was watching: " + in.fenceMsg
 	case in.poweredOff:
 		e.State, e.Reason = vm.StateStopped, "guest powered off while no driver was watching"
 	case in.panicMsg != "":
@@ -447,6 +531,9 @@ func (in *instance) status() vm.Status {
 	st := vm.Status{
 		ID: in.id, State: in.stateLocked(), PID: in.pid,
 		StartedAt: in.startedAt, ReadyAt: in.readyAt, Adopted: in.adopted,
+	}
+	if in.qemuPID > 0 {
+		st.PID = in.qemuPID
 	}
 	if in.exit != nil {
 		st.Reason, st.PID = in.exit.Reason, 0
@@ -525,5 +612,8 @@ func (in *instance) line(l []byte) {
 	}
 	if strings.Contains(s, "reboot: Power down") {
 		in.poweredOff = true
+	}
+	if rest, ok := strings.CutPrefix(s, guard.LogPrefix+" "); ok {
+		in.fenceMsg = rest
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/blixard/blixard/internal/vm/guard"
 	"github.com/blixard/blixard/internal/vm/image"
 )
 
@@ -22,6 +23,10 @@ var testImage image.Result
 const helperEnv = "BLIXARD_QEMU_TEST_HELPER"
 
 func TestMain(m *testing.M) {
+	// The test binary is also the guard ("blixard vm-guard" in production).
+	if len(os.Args) > 1 && os.Args[1] == "vm-guard" {
+		os.Exit(guard.Main(os.Args[2:]))
+	}
 	if dir := os.Getenv(helperEnv); dir != "" {
 		os.Exit(runHelper(dir))
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/blixard/blixard/internal/vm"
+	"github.com/blixard/blixard/internal/vm/guard"
 )
 
 // bootDeadline is generous: a TCG boot takes 2-4 s alone but can take
@@ -52,7 +53,7 @@ func qemusUnder(root string) []int {
 			continue
 		}
 		args, err := procArgs(pid)
-		if err != nil || len(args) == 0 || !strings.Contains(args[0], "qemu") {
+		if err != nil || len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "qemu-system") {
 			continue
 		}
 		if slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, root+"/") }) {
@@ -62,9 +63,39 @@ func qemusUnder(root string) []int {
 	return pids
 }
 
+// testLeaseTTL is the guard's TTL in the tests: long enough that a
+// loaded machine never misses a renewal.
+const testLeaseTTL = 5 * time.Second
+
+// guardedConfig runs QEMU under the test binary acting as the guard, with
+// root/.lease as the lease.
+func guardedConfig(root string) Config {
+	return Config{
+		StateRoot: root, Guard: []string{os.Args[0], "vm-guard"},
+		Lease: filepath.Join(root, ".lease"), LeaseTTL: testLeaseTTL,
+	}
+}
+
+// renewLease renews the lease of root until the test ends (or stop is
+// called).
+func renewLease(t *testing.T, root string) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		guard.RenewEvery(ctx, filepath.Join(root, ".lease"), testLeaseTTL/10, nil)
+	}()
+	stop = func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return stop
+}
+
+// newTestDriver returns a guarded driver over root and renews its lease.
 func newTestDriver(t *testing.T, root string) *Driver {
 	t.Helper()
-	d, err := New(Config{StateRoot: root})
+	renewLease(t, root)
+	d, err := New(guardedConfig(root))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,13 +338,18 @@ func TestCloseLeavesVMRunningAndNewDriverRecoversIt(t *testing.T) {
 	if !pidAlive(st.PID) || !pidAlive(stDies.PID) {
 		t.Fatal("Close stopped a VM")
 	}
+	rec, err := readRecord(filepath.Join(elsewhere, recordName))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := syscall.Kill(stDies.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	// Reap it (this test process is its parent) so it is gone for good.
+	// Its guard exits as QEMU did; reap it (this test process is its
+	// parent) so it is gone for good.
 	var ws syscall.WaitStatus
-	if _, err := syscall.Wait4(stDies.PID, &ws, 0, nil); err != nil {
-		t.Fatal(err)
+	if _, err := syscall.Wait4(rec.PID, &ws, 0, nil); err != nil || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("guard pid %d of the killed QEMU: %v, %v; want killed by SIGKILL", rec.PID, ws, err)
 	}
 
 	d2 := newTestDriver(t, root)
@@ -356,7 +392,7 @@ func TestCloseLeavesVMRunningAndNewDriverRecoversIt(t *testing.T) {
 // runHelper is the test binary acting as a worker process that starts a
 // VM and dies (exits without Stop or Close), printing QEMU's pid.
 func runHelper(root string) int {
-	d, err := New(Config{StateRoot: root})
+	d, err := New(guardedConfig(root)) // the test renews the lease
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -388,6 +424,7 @@ func TestRecoverAfterWorkerProcessDied(t *testing.T) {
 	t.Parallel()
 	root := testRoot(t)
 	ctx := bootCtx(t)
+	renewLease(t, root)
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+root,
 		helperEnv+"_KERNEL="+testImage.Vmlinux, helperEnv+"_INITRD="+testImage.Initrd)
@@ -476,6 +513,7 @@ func TestBadInputFailsClearlyAndLeavesNothing(t *testing.T) {
 			}
 		}
 		entries, _ := os.ReadDir(root)
+		entries = slices.DeleteFunc(entries, func(e os.DirEntry) bool { return e.Name() == ".lease" })
 		if len(entries) != 1 || entries[0].Name() != lockName {
 			t.Errorf("%s: state root holds %v after the failed start", c.name, entries)
 		}
@@ -515,7 +553,10 @@ func TestStopWhileBootingWaitsForTheGuestThenPowersOff(t *testing.T) {
 func TestStopKillsAGuestThatIgnoresThePowerButton(t *testing.T) {
 	t.Parallel()
 	root := testRoot(t)
-	d, err := New(Config{StateRoot: root, StopGrace: 2 * time.Second})
+	renewLease(t, root)
+	cfg := guardedConfig(root)
+	cfg.StopGrace = 2 * time.Second
+	d, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -537,4 +578,38 @@ func TestStopKillsAGuestThatIgnoresThePowerButton(t *testing.T) {
 		t.Fatalf("exit = %+v, want killed after the grace", e)
 	}
 	checkOnlyConsoleLeft(t, root, filepath.Join(root, "stubborn"), st.PID)
+}
+
+// A VM whose worker stops renewing the lease stops by itself: its guard
+// ends QEMU once the lease is older than the TTL, and the driver says why.
+func TestVMWhoseLeaseIsNotRenewedStopsByItself(t *testing.T) {
+	t.Parallel()
+	root := testRoot(t)
+	stop := renewLease(t, root)
+	d, err := New(guardedConfig(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	spec := testSpec("fenced")
+	st := startReady(t, d, spec)
+	if st.PID <= 0 || !slices.Equal(qemusUnder(root), []int{st.PID}) {
+		t.Fatalf("status pid %d, QEMU processes %v: the status should name QEMU", st.PID, qemusUnder(root))
+	}
+	wait := d.Wait("fenced")
+	stop()
+	stopped := time.Now()
+	e := waitExit(t, wait)
+	took := time.Since(stopped)
+	if e.State != vm.StateFailed || e.ExitCode != guard.ExitFenced || !strings.Contains(e.Reason, "stopped by its guard (self-fencing): lease") {
+		t.Fatalf("exit = %+v, want failed by the guard with status %d", e, guard.ExitFenced)
+	}
+	if bound := guard.MaxLifetime(testLeaseTTL); took > bound+2*time.Second {
+		t.Errorf("stopped %s after the last renewal; the bound is %s", took, bound)
+	}
+	t.Logf("stopped %s after the last renewal (ttl %s, bound %s)", took.Round(time.Millisecond), testLeaseTTL, guard.MaxLifetime(testLeaseTTL))
+	checkOnlyConsoleLeft(t, root, filepath.Join(root, "fenced"), st.PID)
+	if c := readConsole(d, spec); !strings.Contains(c, guard.LogPrefix+" lease") {
+		t.Errorf("console log does not say why the VM stopped:\n%s", c)
+	}
 }
