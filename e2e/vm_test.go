@@ -312,9 +312,27 @@ func TestVMLifecycleOnThreeNodes(t *testing.T) {
 		before, _, _ := vmStatus(via.addr, "web")
 		stale := qemuPIDs(old.dir, "web")
 		old.kill9()
+		killed := time.Now()
+		// The killed worker's QEMU outlives the worker process, but its
+		// guard stops it once the worker's lease (half the worker TTL) is
+		// not renewed: before the leader can mark the worker down and
+		// re-place the VM. So the moment the VM runs elsewhere, the old
+		// copy must already be gone.
+		goneAfter := time.Duration(-1)
 		v := waitVM(t, via.addr, "web", "running on another worker", func(v vmJSON) bool {
+			if goneAfter < 0 && len(qemuPIDs(old.dir, "web")) == 0 {
+				goneAfter = time.Since(killed)
+			}
 			return v.State == "running" && v.Worker != old.id && v.Worker != 0
 		})
+		movedAfter := time.Since(killed)
+		if p := qemuPIDs(old.dir, "web"); len(p) != 0 {
+			t.Fatalf("two copies: web runs on worker %d while the killed worker %d's QEMU %v (was %v) still runs", v.Worker, old.id, p, stale)
+		}
+		t.Logf("after the worker's kill -9: its QEMU gone within %s, the VM running elsewhere after %s", goneAfter.Round(100*time.Millisecond), movedAfter.Round(100*time.Millisecond))
+		if b, err := os.ReadFile(filepath.Join(old.dir, "vms", "web", "console.log")); err != nil || !strings.Contains(string(b), "blixard vm-guard: lease") {
+			t.Errorf("the killed worker's console log of web does not say its guard stopped it (%v):\n%s", err, b)
+		}
 		if v.Generation <= before.Generation || v.Restarts <= before.Restarts {
 			t.Errorf("re-placement not counted: before %+v after %+v", before, v)
 		}
@@ -322,14 +340,9 @@ func TestVMLifecycleOnThreeNodes(t *testing.T) {
 		if p := qemuPIDs(worker.dir, "web"); len(p) != 1 {
 			t.Fatalf("new worker %d runs %v for web", v.Worker, p)
 		}
-		// The killed worker's QEMU outlived it (a worker process crash,
-		// not a host crash); when the worker returns it kills what it no
-		// longer owns, so only one copy remains.
+		// When the worker returns it cleans up what it no longer owns and
+		// the current copy stays the only one.
 		old.restart()
-		waitFor(t, vmWait, "the returning worker to kill its stale copy", func() (bool, string) {
-			p := qemuPIDs(old.dir, "web")
-			return len(p) == 0, fmt.Sprintf("stale QEMU %v (was %v)", p, stale)
-		})
 		waitFor(t, vmWait, "the stale directory to be removed", func() (bool, string) {
 			f := vmFiles(old, "web")
 			return len(f) == 0, fmt.Sprint(f)

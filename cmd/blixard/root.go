@@ -107,6 +107,7 @@ Start a throwaway single-node cluster with 'blixard dev', then try
 		a.newTaskCmd(),
 		a.newVMCmd(),
 		a.newImageCmd(),
+		newVMGuardCmd(),
 	)
 	return root
 }

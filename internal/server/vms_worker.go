@@ -9,6 +9,7 @@ import (
 
 	pb "github.com/blixard/blixard/api/blixardpb"
 	"github.com/blixard/blixard/internal/vm"
+	"github.com/blixard/blixard/internal/vm/guard"
 	"github.com/blixard/blixard/internal/vm/image"
 	"github.com/blixard/blixard/internal/vm/qemu"
 	"github.com/blixard/blixard/internal/worker"
@@ -62,8 +63,13 @@ func (c *Config) vmImageDir() (string, bool) {
 // still runs: every VM placed here fails with the reason.
 func (s *Server) startVMWorker() error {
 	root := s.cfg.vmStateRoot()
+	qcfg, err := s.vmLease(root)
+	if err != nil {
+		return err
+	}
+	qcfg.StateRoot, qcfg.Accel, qcfg.Logger = root, s.cfg.VMAccel, s.log.With("component", "qemu")
 	var drv vm.Driver
-	d, err := qemu.New(qemu.Config{StateRoot: root, Accel: s.cfg.VMAccel, Logger: s.log.With("component", "qemu")})
+	d, err := qemu.New(qcfg)
 	switch {
 	case err == nil:
 		accel, why := d.Accel()
@@ -94,6 +100,39 @@ func (s *Server) startVMWorker() error {
 	s.setVMConsole(rec.ConsoleLog)
 	s.goRun(func() { rec.Run(s.ctx) })
 	return nil
+}
+
+// vmLeaseName is the lease file in the VM state root that this worker
+// renews and every VM's guard watches.
+const vmLeaseName = ".lease"
+
+// vmLease starts renewing this worker's VM lease and returns the driver
+// settings that run each QEMU under `blixard vm-guard` watching it. The
+// lease TTL is half the worker TTL: a worker that stops renewing (its
+// process died) has its VMs stopped by their guards before the leader can
+// mark it down and re-place them (the timing is in docs/VMS.md). The lease
+// is renewed at once, before the driver adopts the VMs an earlier run of
+// this node left, so a restart within the TTL keeps them.
+func (s *Server) vmLease(root string) (qemu.Config, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return qemu.Config{}, fmt.Errorf("vm lease: cannot find the blixard executable to run vm-guard (is /proc mounted?): %w", err)
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return qemu.Config{}, fmt.Errorf("vm lease: create the VM state root: %w", err)
+	}
+	ttl := s.cfg.WorkerTTL / 2
+	if margin := s.cfg.WorkerTTL - guard.MaxLifetime(ttl); margin <= s.cfg.HeartbeatInterval {
+		s.log.Warn("worker-ttl leaves little room for VM self-fencing: a VM of a dead worker may still run when the leader re-places it; raise --worker-ttl to several heartbeat intervals",
+			"worker_ttl", s.cfg.WorkerTTL, "heartbeat_interval", s.cfg.HeartbeatInterval, "lease_ttl", ttl)
+	}
+	lease := filepath.Join(root, vmLeaseName)
+	if err := guard.Renew(lease); err != nil {
+		return qemu.Config{}, err
+	}
+	log := s.log.With("component", "vm-lease")
+	s.goRun(func() { guard.RenewEvery(s.ctx, lease, ttl/5, log) })
+	return qemu.Config{Guard: []string{exe, "vm-guard"}, Lease: lease, LeaseTTL: ttl}, nil
 }
 
 // ConsoleLog returns the console log of VM name on this worker.
