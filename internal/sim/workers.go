@@ -36,15 +36,17 @@ type attemptRun struct {
 // simulated launcher: attempts "run" for a random sim duration with a
 // random outcome.
 type simWorker struct {
-	n          *node
-	capacity   *pb.Resources
-	registered bool
-	core       *worker.RunnerCore
-	procs      map[attemptKey]*attemptRun
-	due        bool
-	wakeSet    bool
-	wakeAt     time.Time
-	vms        *vmProc
+	n         *node
+	capacity  *pb.Resources
+	agent     worker.AgentCore
+	agentBusy bool // a call is in flight: worker.Agent's loop blocks on it
+	beatDue   bool // a tick came meanwhile (the ticker's channel keeps one)
+	core      *worker.RunnerCore
+	procs     map[attemptKey]*attemptRun
+	due       bool
+	wakeSet   bool
+	wakeAt    time.Time
+	vms       *vmProc
 }
 
 func newWorker(n *node) *simWorker {
@@ -59,14 +61,15 @@ func isStale(err error) bool { return errors.Is(err, state.ErrStaleAttempt) }
 // first action is the start-up reconcile.
 func (w *simWorker) start() {
 	n := w.n
-	w.registered, w.due, w.wakeSet = false, false, false
+	w.agent, w.agentBusy, w.beatDue = worker.AgentCore{}, false, false
+	w.due, w.wakeSet = false, false
 	w.procs = map[attemptKey]*attemptRun{}
 	cfg := worker.RunnerConfig{Stale: isStale}
 	if n.s.tracing() {
 		cfg.Logger = slog.New(&logHandler{s: n.s, node: n.id})
 	}
 	w.core = worker.NewRunnerCore(cfg)
-	w.register()
+	w.agentCall(w.agent.Start())
 	w.do(w.core.Start(n.monoNow()))
 	n.after(heartbeatInterval, w.heartbeatLoop)
 	w.startVMs()
@@ -93,41 +96,61 @@ func errOK(err error) string {
 	return err.Error()
 }
 
-func (w *simWorker) register() {
-	n := w.n
-	inc := n.inc
-	wk := &pb.Worker{Id: n.id, Addr: addrOf(n.id), Capacity: w.capacity}
-	n.issue(&request{kind: rqPropose, payload: mustMarshal(&pb.Command{Op: &pb.Command_RegisterWorker{RegisterWorker: &pb.RegisterWorker{Worker: wk, NowUnixNano: n.localNow().UnixNano()}}}),
-		done: func(_ proto.Message, err error) {
-			if n.inc == inc && err == nil {
-				w.registered = true
-				w.log("registered")
-			}
-		}}, 3*heartbeatInterval+time.Second)
-}
-
-// heartbeatLoop is worker.Agent's loop. The heartbeat is an RPC to the
-// leader, so it needs the leader's process running and both directions
-// of the link; the leader's worker.Monitor records it.
-func (w *simWorker) heartbeatLoop() {
+// agentCall makes a call the production worker.AgentCore asks for, as
+// worker.Agent does, and hands it the outcome. Usage reports are not
+// simulated.
+func (w *simWorker) agentCall(call worker.AgentCall) {
 	n := w.n
 	s := n.s
-	defer n.after(heartbeatInterval, w.heartbeatLoop)
-	if !w.registered {
-		w.register()
+	switch call {
+	case worker.CallRegister:
+		inc := n.inc
+		w.agentBusy = true
+		wk := &pb.Worker{Id: n.id, Addr: addrOf(n.id), Capacity: w.capacity}
+		n.issue(&request{kind: rqPropose, payload: mustMarshal(&pb.Command{Op: &pb.Command_RegisterWorker{RegisterWorker: &pb.RegisterWorker{Worker: wk, NowUnixNano: n.localNow().UnixNano()}}}),
+			done: func(_ proto.Message, err error) {
+				if n.inc != inc {
+					return
+				}
+				w.agentBusy = false
+				if err == nil {
+					w.log("registered")
+				}
+				w.agentCall(w.agent.Done(worker.CallRegister, false, err))
+				if !w.agentBusy && w.beatDue {
+					w.beatDue = false
+					w.agentCall(w.agent.Beat())
+				}
+			}}, 3*heartbeatInterval+time.Second)
+	case worker.CallHeartbeat:
+		// The heartbeat is an RPC to the leader, so it needs the leader's
+		// process running and both directions of the link; the leader's
+		// worker.Monitor records it (server.heartbeat).
+		l := s.nodes[n.lead]
+		if l == nil || l.st != stUp || !l.core.IsLeader() ||
+			(l != n && (!s.net.connected(n.id, l.id) || !s.net.connected(l.id, n.id) || s.net.rng.Float64() < s.net.loss)) {
+			w.agentCall(w.agent.Done(worker.CallHeartbeat, false, errUnreachable))
+			return
+		}
+		l.mon.Seen(n.id, l.monoNow())
+		_, registered := l.sm.Worker(n.id)
+		w.agentCall(w.agent.Done(worker.CallHeartbeat, registered, nil))
+	}
+}
+
+// errUnreachable is a heartbeat that found no leader or did not get through.
+var errUnreachable = errors.New("sim: leader unreachable")
+
+// heartbeatLoop is worker.Agent's heartbeat ticker; ticks that come
+// while a call blocks the agent's loop collapse into one, handled when
+// the call returns.
+func (w *simWorker) heartbeatLoop() {
+	defer w.n.after(heartbeatInterval, w.heartbeatLoop)
+	if w.agentBusy {
+		w.beatDue = true
 		return
 	}
-	l := s.nodes[n.lead]
-	if l == nil || l.st != stUp || !l.core.IsLeader() {
-		return
-	}
-	if l != n && (!s.net.connected(n.id, l.id) || !s.net.connected(l.id, n.id) || s.net.rng.Float64() < s.net.loss) {
-		return
-	}
-	l.mon.Seen(n.id, l.monoNow())
-	if _, ok := l.sm.Worker(n.id); !ok {
-		w.registered = false
-	}
+	w.agentCall(w.agent.Beat())
 }
 
 // kick schedules a converge pass. The runner wakes on every apply; a

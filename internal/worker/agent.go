@@ -52,6 +52,60 @@ func NewAgent(cfg AgentConfig, c Cluster) *Agent {
 	return &Agent{cfg: cfg, cluster: c}
 }
 
+// AgentCall is a request the agent makes of its cluster. The numbers are
+// not persisted.
+type AgentCall int
+
+// Agent calls.
+const (
+	CallNone      AgentCall = 0
+	CallRegister  AgentCall = 1
+	CallHeartbeat AgentCall = 2
+	CallUsage     AgentCall = 3
+)
+
+// AgentCore decides which call the agent makes when: register first and
+// whenever the leader says the worker is not registered, heartbeat once
+// registered, report usage only while registered. It is deterministic and
+// single-threaded (no clock, no I/O); Agent.Run and the simulation drive
+// it, one call at a time.
+type AgentCore struct {
+	registered bool
+}
+
+// Start is the first call of a new process.
+func (c *AgentCore) Start() AgentCall { return CallRegister }
+
+// Beat is the call of a heartbeat tick.
+func (c *AgentCore) Beat() AgentCall {
+	if !c.registered {
+		return CallRegister
+	}
+	return CallHeartbeat
+}
+
+// UsageTick is the call of a usage tick; reports need a registration.
+func (c *AgentCore) UsageTick() AgentCall {
+	if !c.registered {
+		return CallNone
+	}
+	return CallUsage
+}
+
+// Done records a call's outcome (registered is the heartbeat response's
+// answer) and returns the call to make at once, if any.
+func (c *AgentCore) Done(call AgentCall, registered bool, err error) AgentCall {
+	switch call {
+	case CallRegister:
+		c.registered = err == nil
+	case CallHeartbeat:
+		if err == nil && !registered {
+			return CallRegister
+		}
+	}
+	return CallNone
+}
+
 // Run registers the worker, then heartbeats and reports usage until ctx
 // ends. Failures are logged and retried on the next beat: a worker never
 // gives up on its cluster.
@@ -60,52 +114,63 @@ func (a *Agent) Run(ctx context.Context) {
 	defer hb.Stop()
 	us := a.cfg.Clock.NewTicker(a.cfg.UsageInterval)
 	defer us.Stop()
-	registered := a.register(ctx)
+	var core AgentCore
+	a.do(ctx, &core, core.Start())
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-hb.C():
-			if !registered {
-				registered = a.register(ctx)
-				continue
-			}
-			resp, err := a.call(ctx, func(c context.Context) (*pb.HeartbeatResponse, error) {
-				return a.cluster.Heartbeat(c, a.cfg.Worker.GetId())
-			})
-			if err != nil {
-				a.cfg.Logger.Debug("heartbeat failed", "err", err)
-				continue
-			}
-			if !resp.GetRegistered() {
-				registered = a.register(ctx)
-			}
+			a.do(ctx, &core, core.Beat())
 		case <-us.C():
-			if a.cfg.Usage == nil || !registered {
-				continue
-			}
-			st := a.cfg.Usage()
-			st.WorkerId = a.cfg.Worker.GetId()
-			st.ReportedAtUnixNano = a.cfg.Clock.Now().UnixNano()
-			if _, err := a.call(ctx, func(c context.Context) (*pb.HeartbeatResponse, error) {
-				return nil, a.cluster.ReportUsage(c, st)
-			}); err != nil {
-				a.cfg.Logger.Debug("usage report failed", "err", err)
+			if a.cfg.Usage != nil {
+				a.do(ctx, &core, core.UsageTick())
 			}
 		}
 	}
 }
 
-func (a *Agent) register(ctx context.Context) bool {
+// do makes call and whatever the core asks for next.
+func (a *Agent) do(ctx context.Context, core *AgentCore, call AgentCall) {
+	for call != CallNone {
+		var err error
+		registered := false
+		switch call {
+		case CallRegister:
+			err = a.register(ctx)
+		case CallHeartbeat:
+			var resp *pb.HeartbeatResponse
+			resp, err = a.call(ctx, func(c context.Context) (*pb.HeartbeatResponse, error) {
+				return a.cluster.Heartbeat(c, a.cfg.Worker.GetId())
+			})
+			if err != nil {
+				a.cfg.Logger.Debug("heartbeat failed", "err", err)
+			}
+			registered = resp.GetRegistered()
+		case CallUsage:
+			st := a.cfg.Usage()
+			st.WorkerId = a.cfg.Worker.GetId()
+			st.ReportedAtUnixNano = a.cfg.Clock.Now().UnixNano()
+			if _, err = a.call(ctx, func(c context.Context) (*pb.HeartbeatResponse, error) {
+				return nil, a.cluster.ReportUsage(c, st)
+			}); err != nil {
+				a.cfg.Logger.Debug("usage report failed", "err", err)
+			}
+		}
+		call = core.Done(call, registered, err)
+	}
+}
+
+func (a *Agent) register(ctx context.Context) error {
 	_, err := a.call(ctx, func(c context.Context) (*pb.HeartbeatResponse, error) {
 		return nil, a.cluster.Register(c, a.cfg.Worker)
 	})
 	if err != nil {
 		a.cfg.Logger.Info("worker registration failed; will retry", "err", err)
-		return false
+		return err
 	}
 	a.cfg.Logger.Info("worker registered", "id", a.cfg.Worker.GetId())
-	return true
+	return nil
 }
 
 // call bounds one request by a few heartbeat periods so a dead leader
