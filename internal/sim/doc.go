@@ -1,16 +1,19 @@
 // Package sim is a deterministic simulation of a Blixard cluster. It runs
 // the production raftnode.Core, state.Machine, worker.Monitor,
-// worker.RunnerCore and scheduler.FullPass on a simulated clock, network,
-// disk and executor, all driven by one goroutine from one seed, and checks
-// raft safety, linearizability of the key-value API, the task invariants
-// and liveness after the faults heal.
+// worker.AgentCore, worker.LeaderDuties, worker.RunnerCore, worker.VMCore
+// (over the production fake hypervisor, vm.FakeHost) and
+// scheduler.FullPass on a simulated clock, network, disk, executor and
+// machines, all driven by one goroutine from one seed, and checks raft
+// safety, linearizability of the key-value API, the task and VM
+// invariants and liveness after the faults heal.
 //
-// What the production server and raftnode.Node do with goroutines and
-// channels (proposal waiters, linearizable reads, checkpoints, the loops
-// that call the scheduling pass and the liveness monitor, the worker
-// agent, and the worker.Runner shell that carries out RunnerCore's
-// actions) is re-enacted here as events, following the production code's
-// rules; the packages under test need no simulation-only branches.
+// What the production server, raftnode.Node and the worker shells do with
+// goroutines and channels (proposal waiters, linearizable reads,
+// checkpoints, the loops that call the scheduling pass and the leader
+// duties, the agent's tickers and RPCs, and the worker.Runner and
+// worker.VMReconciler shells that carry out their cores' actions) is
+// re-enacted here as events, following the production code's rules; the
+// packages under test need no simulation-only branches.
 //
 // # Determinism
 //
