@@ -58,9 +58,12 @@ func seeds() []uint64 {
 
 // replay is the command that reruns one seed exactly: the same seed and
 // every flag that changes what the run does.
-func replay(test string, seed uint64) string {
+func replay(test string, seed uint64) string { return replayOps(test, seed, *flagOps) }
+
+// replayOps is replay for a run of ops client operations.
+func replayOps(test string, seed uint64, ops int) string {
 	// -sim.ops always: its default differs between race and plain builds.
-	cmd := fmt.Sprintf("replay: go test ./internal/sim -run '^%s$' -sim.seed=%d -sim.ops=%d", test, seed, *flagOps)
+	cmd := fmt.Sprintf("replay: go test ./internal/sim -run '^%s$' -sim.seed=%d -sim.ops=%d", test, seed, ops)
 	if *flagSkew != 0 {
 		cmd += " -sim.clock-skew=" + flagSkew.String()
 	}
