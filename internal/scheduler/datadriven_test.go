@@ -15,8 +15,8 @@ import (
 // TestDataDriven runs the scenarios in testdata/. Each file drives a small
 // cluster model through a language of one command per directive:
 //
-//	worker id=1 cpu=2000 mem=1024 [labels=zone=a | labels=(zone=a,disk=ssd)]
-//	    adds (or replaces) a ready worker
+//	worker id=1 cpu=2000 mem=1024 [labels=zone=a | labels=(zone=a,disk=ssd)] [novm]
+//	    adds (or replaces) a ready worker; novm: it cannot run VMs
 //	used worker=1 cpu=500 mem=128
 //	    sets load on the worker that the model does not track as tasks
 //	task id=t1 cpu=500 mem=128 [prio=1] [seq=7] [policy=spread]
@@ -77,6 +77,7 @@ func (m *model) run(t *testing.T, d *datadriven.TestData) string {
 		d.ScanArgs(t, "cpu", &w.Capacity.CPUMillis)
 		d.ScanArgs(t, "mem", &w.Capacity.MemoryMiB)
 		w.Labels = pairsArg(t, d, "labels")
+		w.VMs = !d.HasArg("novm")
 		m.workers[w.ID] = &w
 		return ""
 

@@ -141,6 +141,9 @@ type Worker struct {
 	Labels   map[string]string
 	Capacity Resources // total offered
 	Used     Resources // reserved by attempts currently assigned or running there
+	// VMs says whether the worker can run VMs (it registered
+	// state.CapabilityVMs); VMs are placed only on such workers.
+	VMs bool
 }
 
 // Task is a pending task, or a pending retry of one.
@@ -238,7 +241,8 @@ type pass struct {
 	all     *class
 	byNode  map[uint64]*class
 	byConst map[string]*class
-	keys    []string // scratch for sorting constraint keys
+	vmOnly  map[*class]*class // a class narrowed to the workers that run VMs
+	keys    []string          // scratch for sorting constraint keys
 }
 
 // slot is one worker's capacity as the pass sees it.
@@ -288,6 +292,7 @@ func newPass(in Input, rng *rand.Rand) *pass {
 		caps:    make([]Resources, n),
 		byNode:  make(map[uint64]*class),
 		byConst: make(map[string]*class),
+		vmOnly:  make(map[*class]*class),
 	}
 	all := make([]int32, n)
 	for i, wi := range src {
@@ -496,9 +501,39 @@ func tooBig(c *class, cpu, mem int64) string {
 		cpu, mem, strings.TrimPrefix(c.who, "largest "))
 }
 
-// classOf returns the candidate workers for t's constraints and node,
-// computing them on the first task of each class.
+// classOf returns the candidate workers for t's constraints and node (and,
+// for a VM, the workers that can run VMs), computing them on the first task
+// of each class.
 func (p *pass) classOf(t *Task) *class {
+	c := p.constraintClass(t)
+	if t.Kind != KindVM || c.none != "" {
+		return c
+	}
+	if vc, ok := p.vmOnly[c]; ok {
+		return vc
+	}
+	var members []int32
+	for _, m := range c.members {
+		if p.in.Workers[p.src[m]].VMs {
+			members = append(members, m)
+		}
+	}
+	vc := c
+	if len(members) != len(c.members) {
+		none := "no worker that can run VMs is available (none has QEMU)"
+		if t.Node != 0 {
+			none = fmt.Sprintf("worker %d cannot run VMs (no QEMU there)", t.Node)
+		} else if len(t.Constraints) > 0 {
+			none = "no worker with the constraint's labels can run VMs (none has QEMU)"
+		}
+		vc = p.newClass(members, c.who, none)
+	}
+	p.vmOnly[c] = vc
+	return vc
+}
+
+// constraintClass is the class of t's constraints and pinned node.
+func (p *pass) constraintClass(t *Task) *class {
 	if len(t.Constraints) == 0 {
 		if t.Node == 0 {
 			return p.all

@@ -13,8 +13,9 @@ import (
 
 var epoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 
+// wk is a ready worker that can also run VMs.
 func wk(id uint64, cpu, mem int64, labels ...string) Worker {
-	return Worker{ID: id, Capacity: Resources{cpu, mem}, Labels: kv(labels...)}
+	return Worker{ID: id, Capacity: Resources{cpu, mem}, Labels: kv(labels...), VMs: true}
 }
 
 func used(w Worker, cpu, mem int64) Worker {

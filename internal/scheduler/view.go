@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"slices"
 	"time"
 
 	pb "github.com/blixard/blixard/api/blixardpb"
@@ -20,6 +21,7 @@ func FromView(now time.Time, v state.SchedulingView) (Input, map[string]uint32) 
 			Labels:   w.Labels,
 			Capacity: Resources{CPUMillis: w.GetCapacity().GetCpuMillis(), MemoryMiB: w.GetCapacity().GetMemoryMib()},
 			Used:     Resources{CPUMillis: u.CPUMillis, MemoryMiB: u.MemoryMiB},
+			VMs:      slices.Contains(w.Capabilities, state.CapabilityVMs),
 		})
 	}
 	for _, t := range v.Pending {

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,8 +25,15 @@ func TestFullPassSplitsTasksAndVMs(t *testing.T) {
 	if got.Place != nil || got.PlaceVMs != nil || got.Waiting["t1"] == "" || got.VMWaiting["big"] != "no worker is ready and schedulable" {
 		t.Fatalf("no worker: %+v", got)
 	}
+	// A worker that did not register the VM capability (no QEMU) gets
+	// tasks but no VMs.
 	v.Workers = []*pb.Worker{{Id: 7, Capacity: &pb.Resources{CpuMillis: 2000, MemoryMib: 1024}}}
 	v.Used = map[uint64]state.Usage{7: {CPUMillis: 0, MemoryMiB: 100}}
+	got = FullPass(now, v, vms, rng, nil)
+	if got.Place == nil || got.PlaceVMs != nil || !strings.Contains(got.VMWaiting["t1"], "can run VMs") {
+		t.Fatalf("worker without the vm capability: tasks %v, vms %v, waiting %v", got.Place, got.PlaceVMs, got.VMWaiting)
+	}
+	v.Workers[0].Capabilities = []string{"gpu", state.CapabilityVMs}
 	got = FullPass(now, v, vms, rng, nil)
 	if got.Place == nil || len(got.Place.Placements) != 1 || got.Place.Placements[0].TaskId != "t1" || got.Place.Placements[0].Attempt != 2 {
 		t.Fatalf("task placements: %v", got.Place)

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	pb "github.com/blixard/blixard/api/blixardpb"
+	"github.com/blixard/blixard/internal/state"
 )
 
 func TestMain(m *testing.M) {
@@ -64,6 +65,9 @@ func startCluster(t tb, n int, tweak func(*Config)) []*Server {
 		cfg := Config{
 			ID: uint64(i), DataDir: filepath.Join(t.TempDir(), fmt.Sprint(i)), Listen: freePort(t),
 			Worker: true, CPUMillis: 1000, MemoryMiB: 1024,
+			// VMs are placed only on workers with this capability; these
+			// nodes run no VM worker (the tests report for it).
+			Capabilities: []string{state.CapabilityVMs},
 			TickInterval: 20 * time.Millisecond, HeartbeatInterval: 100 * time.Millisecond, WorkerTTL: time.Second,
 			Logger: logger().With("test_node", i),
 		}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -299,12 +300,24 @@ func (s *Server) startWorker() error {
 	}
 	s.exec = ex
 	runner := worker.NewRunner(worker.RunnerConfig{Clock: s.clock, Logger: s.log.With("component", "runner"), Stale: isStale}, taskCluster{s}, execLauncher{ex})
+	caps := slices.Clone(s.cfg.Capabilities)
+	if s.cfg.VMs {
+		// Before registering: the registration says whether VMs can run
+		// here.
+		ok, err := s.startVMWorker()
+		if err != nil {
+			return err
+		}
+		if ok && !slices.Contains(caps, state.CapabilityVMs) {
+			caps = append(caps, state.CapabilityVMs)
+		}
+	}
 	w := &pb.Worker{
 		Id:           s.cfg.ID,
 		Addr:         s.cfg.Advertise,
 		Capacity:     &pb.Resources{CpuMillis: s.cfg.CPUMillis, MemoryMib: s.cfg.MemoryMiB, DiskMib: s.cfg.DiskMiB},
 		Labels:       s.cfg.Labels,
-		Capabilities: s.cfg.Capabilities,
+		Capabilities: caps,
 	}
 	sampler := &worker.ProcSampler{RunningTasks: runner.RunningCount}
 	agent := worker.NewAgent(worker.AgentConfig{
@@ -317,11 +330,6 @@ func (s *Server) startWorker() error {
 	}, localCluster{s})
 	s.goRun(func() { agent.Run(s.ctx) })
 	s.goRun(func() { runner.Run(s.ctx) })
-	if s.cfg.VMs {
-		if err := s.startVMWorker(); err != nil {
-			return err
-		}
-	}
 	s.goRun(func() {
 		t := s.clock.NewTicker(time.Hour)
 		defer t.Stop()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -79,14 +80,15 @@ func (s *Server) withVMReason(vm *pb.VM) *pb.VM {
 // Cluster API
 // ---------------------------------------------------------------------------
 
-// fitsSomeWorker refuses a VM that no registered worker could ever hold.
-// With no workers registered yet it accepts (the VM stays pending).
+// fitsSomeWorker refuses a VM that no registered worker that can run VMs
+// could ever hold. With no such worker registered yet it accepts (the VM
+// stays pending and says why).
 func (s *Server) fitsSomeWorker(spec *pb.VMSpec) error {
 	need := state.VMReservation(spec)
 	var bigMem, bigCPU *pb.Worker
 	n := 0
 	for _, w := range s.sm.Workers() {
-		if spec.Node != 0 && w.Id != spec.Node {
+		if spec.Node != 0 && w.Id != spec.Node || !slices.Contains(w.Capabilities, state.CapabilityVMs) {
 			continue
 		}
 		n++

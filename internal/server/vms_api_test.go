@@ -106,7 +106,7 @@ func TestVMControlPlane(t *testing.T) {
 		t.Fatalf("created = %v", resp.Vm)
 	}
 	web := waitVM(t, f, "web", "scheduled", func(vm *pb.VM, ok bool) bool {
-		return ok && vm.State == pb.VMState_VM_STATE_SCHEDULED && vm.WorkerId != 0 && vm.Generation == 1
+		return ok && vm.State == pb.VMState_VM_STATE_SCHEDULED && vm.WorkerId != 0 && vm.Generation == uint32(vm.Seq)+1
 	})
 
 	// Bad input: errors name the field and nothing is created.

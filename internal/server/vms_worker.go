@@ -59,13 +59,15 @@ func (c *Config) vmImageDir() (string, bool) {
 }
 
 // startVMWorker opens the QEMU driver (adopting the VMs an earlier run of
-// this node left running) and starts the reconciler. Without QEMU the node
-// still runs: every VM placed here fails with the reason.
-func (s *Server) startVMWorker() error {
+// this node left running) and starts the reconciler. It reports whether
+// VMs can run here: without QEMU the node still runs, does not register
+// the VM capability (so the scheduler places no VM here), and a VM pinned
+// here anyway fails with the reason.
+func (s *Server) startVMWorker() (bool, error) {
 	root := s.cfg.vmStateRoot()
 	qcfg, err := s.vmLease(root)
 	if err != nil {
-		return err
+		return false, err
 	}
 	qcfg.StateRoot, qcfg.Accel, qcfg.Logger = root, s.cfg.VMAccel, s.log.With("component", "qemu")
 	var drv vm.Driver
@@ -77,7 +79,7 @@ func (s *Server) startVMWorker() error {
 		drv = d
 	case s.cfg.VMAccel != "" && s.cfg.VMAccel != "auto":
 		// An explicit choice that cannot be honoured is a configuration error.
-		return fmt.Errorf("vm-accel %s: %w", s.cfg.VMAccel, err)
+		return false, fmt.Errorf("vm-accel %s: %w", s.cfg.VMAccel, err)
 	default:
 		s.log.Warn("VMs cannot run on this worker; VMs placed here will fail", "err", err)
 		drv = unavailableDriver{err: err}
@@ -99,7 +101,8 @@ func (s *Server) startVMWorker() error {
 	s.vms = &vmWorker{drv: drv, rec: rec}
 	s.setVMConsole(rec.ConsoleLog)
 	s.goRun(func() { rec.Run(s.ctx) })
-	return nil
+	_, unavailable := drv.(unavailableDriver)
+	return !unavailable, nil
 }
 
 // vmLeaseName is the lease file in the VM state root that this worker

@@ -106,7 +106,7 @@ func (w *simWorker) agentCall(call worker.AgentCall) {
 	case worker.CallRegister:
 		inc := n.inc
 		w.agentBusy = true
-		wk := &pb.Worker{Id: n.id, Addr: addrOf(n.id), Capacity: w.capacity}
+		wk := &pb.Worker{Id: n.id, Addr: addrOf(n.id), Capacity: w.capacity, Capabilities: []string{state.CapabilityVMs}}
 		n.issue(&request{kind: rqPropose, payload: mustMarshal(&pb.Command{Op: &pb.Command_RegisterWorker{RegisterWorker: &pb.RegisterWorker{Worker: wk, NowUnixNano: n.localNow().UnixNano()}}}),
 			done: func(_ proto.Message, err error) {
 				if n.inc != inc {

@@ -179,6 +179,10 @@ func ValidateVMSpec(s *pb.VMSpec) error {
 	return nil
 }
 
+// CapabilityVMs is the worker capability of nodes whose hypervisor driver
+// works; the scheduler places VMs only on workers that registered it.
+const CapabilityVMs = "vm"
+
 // VMOverheadMiB is the host memory a VM costs beyond its guest's
 // memory_mib: the hypervisor process itself. Measured for QEMU microvm
 // under TCG: an idle 74 MiB guest lowers the host's available memory by
@@ -255,6 +259,14 @@ func (m *Machine) createVM(index uint64, c *pb.CreateVM) (proto.Message, error) 
 		CreatedAtUnixNano: c.NowUnixNano,
 		UpdatedAtUnixNano: c.NowUnixNano,
 		Seq:               index,
+		// Generations start at the creation's raft index, not at 0: a VM
+		// deleted and created again under the same name must never reuse
+		// a generation of its predecessor, or a worker could adopt the
+		// old process (old spec) as the new VM and its reports would pass
+		// the fence. Every generation bump is its own entry between the
+		// two creations, so the old VM's generations all stay below this
+		// index. (uint32: unique until the log passes 2^32 entries.)
+		Generation: uint32(index),
 	}
 	m.vms[spec.Name] = vm
 	m.touchVM(spec.Name)

@@ -54,15 +54,27 @@ func (h *vmHarness) create(spec *pb.VMSpec) error {
 	return err
 }
 
+// gen turns a generation counted from the VM's creation (0 at create, 1
+// after the first placement) into the stored one, which starts at the
+// creation's raft index; unknown names keep rel.
+func (h *vmHarness) gen(name string, rel uint32) uint32 {
+	if vm, ok := h.m.VM(name); ok {
+		return uint32(vm.Seq) + rel
+	}
+	return rel
+}
+
+// place proposes placing name at its relative generation gen.
 func (h *vmHarness) place(name string, gen uint32, worker uint64) bool {
 	h.t.Helper()
-	r := h.ok(&pb.Command{Op: &pb.Command_PlaceVms{PlaceVms: &pb.PlaceVMs{Placements: []*pb.VMPlacement{{Name: name, Generation: gen, WorkerId: worker}}, NowUnixNano: 200}}})
+	r := h.ok(&pb.Command{Op: &pb.Command_PlaceVms{PlaceVms: &pb.PlaceVMs{Placements: []*pb.VMPlacement{{Name: name, Generation: h.gen(name, gen), WorkerId: worker}}, NowUnixNano: 200}}})
 	return r.(*pb.PutResponse).Index == 1
 }
 
+// report reports for name at its relative generation gen.
 func (h *vmHarness) report(name string, gen uint32, worker uint64, s pb.VMState) (*pb.VMResponse, error) {
 	h.t.Helper()
-	r, err := h.apply(&pb.Command{Op: &pb.Command_ReportVm{ReportVm: &pb.ReportVM{Name: name, Generation: gen, WorkerId: worker, State: s, StartedAtUnixNano: 300, NowUnixNano: 300}}})
+	r, err := h.apply(&pb.Command{Op: &pb.Command_ReportVm{ReportVm: &pb.ReportVM{Name: name, Generation: h.gen(name, gen), WorkerId: worker, State: s, StartedAtUnixNano: 300, NowUnixNano: 300}}})
 	if err != nil {
 		return nil, err
 	}
@@ -168,7 +180,7 @@ func TestCreateVMFillsDefaultsAndRefusesDuplicates(t *testing.T) {
 	if s.Vcpus != 1 || s.MemoryMib != 128 || s.Network != "user" || s.Restart != pb.RestartPolicy_RESTART_POLICY_ALWAYS || s.Ports[0].Protocol != "tcp" {
 		t.Fatalf("defaults not filled: %v", s)
 	}
-	if vm.State != pb.VMState_VM_STATE_PENDING || vm.Desired != pb.VMDesired_VM_DESIRED_RUNNING || vm.Seq != h.index || vm.CreatedAtUnixNano != 100 || vm.WorkerId != 0 || vm.Generation != 0 {
+	if vm.State != pb.VMState_VM_STATE_PENDING || vm.Desired != pb.VMDesired_VM_DESIRED_RUNNING || vm.Seq != h.index || vm.CreatedAtUnixNano != 100 || vm.WorkerId != 0 || vm.Generation != uint32(vm.Seq) {
 		t.Fatalf("new vm = %v", vm)
 	}
 	before, _ := h.m.Snapshot()
@@ -202,7 +214,7 @@ func TestPlaceVMsIsRecheckedAndSharesCapacityWithTasks(t *testing.T) {
 	if !h.place("a", 1, 1) {
 		t.Fatal("good placement skipped")
 	}
-	if vm := h.vm("a"); vm.WorkerId != 1 || vm.Generation != 1 || vm.State != pb.VMState_VM_STATE_SCHEDULED {
+	if vm := h.vm("a"); vm.WorkerId != 1 || vm.Generation != h.gen("a", 1) || vm.State != pb.VMState_VM_STATE_SCHEDULED {
 		t.Fatalf("placed vm = %v", vm)
 	}
 	if u := h.used(1); u.CPUMillis != 1000 || u.MemoryMiB != 512+VMOverheadMiB {
@@ -271,7 +283,7 @@ func TestReportVMIsFenced(t *testing.T) {
 	if r.Vm.State != pb.VMState_VM_STATE_RUNNING || r.Vm.StartedAtUnixNano != 300 {
 		t.Fatalf("after report: %v", r.Vm)
 	}
-	r2 := h.ok(&pb.Command{Op: &pb.Command_ReportVm{ReportVm: &pb.ReportVM{Name: "a", Generation: 1, WorkerId: 1, State: pb.VMState_VM_STATE_FAILED, Reason: "exit 1", RestartsDelta: 2}}}).(*pb.VMResponse)
+	r2 := h.ok(&pb.Command{Op: &pb.Command_ReportVm{ReportVm: &pb.ReportVM{Name: "a", Generation: h.gen("a", 1), WorkerId: 1, State: pb.VMState_VM_STATE_FAILED, Reason: "exit 1", RestartsDelta: 2}}}).(*pb.VMResponse)
 	if r2.Vm.Restarts != 2 || r2.Vm.Reason != "exit 1" || r2.Vm.StartedAtUnixNano != 300 {
 		t.Fatalf("failed report: %v", r2.Vm)
 	}
@@ -375,7 +387,7 @@ func TestWorkerDownMovesReleasesOrRemovesVMs(t *testing.T) {
 		t.Fatal("version unchanged")
 	}
 	run := h.vm("run")
-	if run.WorkerId != 0 || run.Generation != 2 || run.State != pb.VMState_VM_STATE_PENDING || run.Restarts != 1 || run.Reason != "worker 1 down" || run.UpdatedAtUnixNano != 900 {
+	if run.WorkerId != 0 || run.Generation != h.gen("run", 2) || run.State != pb.VMState_VM_STATE_PENDING || run.Restarts != 1 || run.Reason != "worker 1 down" || run.UpdatedAtUnixNano != 900 {
 		t.Fatalf("running vm after worker down: %v", run)
 	}
 	stop := h.vm("stop")
@@ -397,7 +409,7 @@ func TestWorkerDownMovesReleasesOrRemovesVMs(t *testing.T) {
 		t.Fatalf("report from the down worker: %v", err)
 	}
 	p := h.m.PendingVMs()
-	if len(p) != 1 || p[0].Name != "run" || p[0].Generation != 3 {
+	if len(p) != 1 || p[0].Name != "run" || p[0].Generation != h.gen("run", 3) {
 		t.Fatalf("pending = %+v", p)
 	}
 	if !h.place("run", 3, 2) {
@@ -485,5 +497,37 @@ func TestVMsSurviveSnapshotRecordsAndStateDB(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("AllRecords has %d vms, want 1", n)
+	}
+}
+
+// A VM deleted and created again under its name never reuses one of its
+// predecessor's generations: otherwise its old worker could adopt the old
+// process as the new VM and the old copy's reports would pass the fence.
+func TestRecreatedVMDoesNotReuseGenerations(t *testing.T) {
+	h := newVMHarness(t, 1)
+	if err := h.create(&pb.VMSpec{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	h.place("a", 1, 1)
+	old := h.vm("a").Generation
+	if _, err := h.report("a", 1, 1, pb.VMState_VM_STATE_RUNNING); err != nil {
+		t.Fatal(err)
+	}
+	h.desire("a", pb.VMDesired_VM_DESIRED_DELETED, false)
+	if r, err := h.report("a", 1, 1, pb.VMState_VM_STATE_STOPPED); err != nil || !r.Removed {
+		t.Fatalf("delete: %v, %v", r, err)
+	}
+	if err := h.create(&pb.VMSpec{Name: "a", MemoryMib: 256}); err != nil {
+		t.Fatal(err)
+	}
+	if !h.place("a", 1, 1) {
+		t.Fatal("placement of the re-created vm refused")
+	}
+	if g := h.vm("a").Generation; g <= old {
+		t.Fatalf("re-created vm placed at generation %d; its predecessor ran at %d", g, old)
+	}
+	stale := &pb.ReportVM{Name: "a", Generation: old, WorkerId: 1, State: pb.VMState_VM_STATE_RUNNING, NowUnixNano: 500}
+	if _, err := h.apply(&pb.Command{Op: &pb.Command_ReportVm{ReportVm: stale}}); !errors.Is(err, ErrStaleVM) {
+		t.Fatalf("report of the deleted predecessor's generation: err = %v, want ErrStaleVM", err)
 	}
 }
