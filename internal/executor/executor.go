@@ -226,7 +226,8 @@ func (e *Executor) Stop() {
 // ctx is done. Start always returns a non-nil Handle; when err is non-nil
 // the handle is already done and its Result.Err is err's message. Errors
 // caused by the spec wrap ErrSpec; a reused attempt ID wraps fs.ErrExist.
-// Nothing but the attempt's log directory is left behind by a failed Start.
+// A failed Start leaves nothing behind but, at most, the attempt's empty
+// directory (created for the pid file on hosts without cgroups).
 func (e *Executor) Start(ctx context.Context, spec Spec) (*Handle, error) {
 	h := &Handle{
 		e:        e,
