@@ -1769,6 +1769,7 @@ type Command struct {
 	//	*Command_SetVmDesired
 	//	*Command_PlaceVms
 	//	*Command_ReportVm
+	//	*Command_ReleaseVms
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1964,6 +1965,15 @@ func (x *Command) GetReportVm() *ReportVM {
 	return nil
 }
 
+func (x *Command) GetReleaseVms() *ReleaseVMs {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ReleaseVms); ok {
+			return x.ReleaseVms
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -2037,6 +2047,10 @@ type Command_ReportVm struct {
 	ReportVm *ReportVM `protobuf:"bytes,33,opt,name=report_vm,json=reportVm,proto3,oneof"`
 }
 
+type Command_ReleaseVms struct {
+	ReleaseVms *ReleaseVMs `protobuf:"bytes,34,opt,name=release_vms,json=releaseVms,proto3,oneof"`
+}
+
 func (*Command_RegisterWorker) isCommand_Op() {}
 
 func (*Command_SetWorkerState) isCommand_Op() {}
@@ -2070,6 +2084,8 @@ func (*Command_SetVmDesired) isCommand_Op() {}
 func (*Command_PlaceVms) isCommand_Op() {}
 
 func (*Command_ReportVm) isCommand_Op() {}
+
+func (*Command_ReleaseVms) isCommand_Op() {}
 
 // CreateVM adds a VM (desired running, state pending). A duplicate name is
 // an error and changes nothing.
@@ -2195,6 +2211,65 @@ func (x *SetVMDesired) GetNowUnixNano() int64 {
 	return 0
 }
 
+// ReleaseVMs is the leader's release of a down worker's VMs, proposed once
+// the worker has stayed down for the VM grace (--vm-replace-after) on the
+// leader's clock. If the worker is still down, its VMs are handled as a
+// down worker's tasks are at once: those meant to run get a new
+// generation and no worker (pending, re-placed elsewhere), stopped ones
+// release the worker, deleted ones are removed. A worker that came back
+// keeps its VMs: nothing changes.
+type ReleaseVMs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      uint64                 `protobuf:"varint,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	NowUnixNano   int64                  `protobuf:"varint,2,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseVMs) Reset() {
+	*x = ReleaseVMs{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseVMs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseVMs) ProtoMessage() {}
+
+func (x *ReleaseVMs) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseVMs.ProtoReflect.Descriptor instead.
+func (*ReleaseVMs) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ReleaseVMs) GetWorkerId() uint64 {
+	if x != nil {
+		return x.WorkerId
+	}
+	return 0
+}
+
+func (x *ReleaseVMs) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
+
 type VMPlacement struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2206,7 +2281,7 @@ type VMPlacement struct {
 
 func (x *VMPlacement) Reset() {
 	*x = VMPlacement{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2218,7 +2293,7 @@ func (x *VMPlacement) String() string {
 func (*VMPlacement) ProtoMessage() {}
 
 func (x *VMPlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2231,7 +2306,7 @@ func (x *VMPlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMPlacement.ProtoReflect.Descriptor instead.
 func (*VMPlacement) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{16}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *VMPlacement) GetName() string {
@@ -2266,7 +2341,7 @@ type PlaceVMs struct {
 
 func (x *PlaceVMs) Reset() {
 	*x = PlaceVMs{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2278,7 +2353,7 @@ func (x *PlaceVMs) String() string {
 func (*PlaceVMs) ProtoMessage() {}
 
 func (x *PlaceVMs) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2291,7 +2366,7 @@ func (x *PlaceVMs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceVMs.ProtoReflect.Descriptor instead.
 func (*PlaceVMs) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{17}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PlaceVMs) GetPlacements() []*VMPlacement {
@@ -2327,7 +2402,7 @@ type ReportVM struct {
 
 func (x *ReportVM) Reset() {
 	*x = ReportVM{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2339,7 +2414,7 @@ func (x *ReportVM) String() string {
 func (*ReportVM) ProtoMessage() {}
 
 func (x *ReportVM) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2352,7 +2427,7 @@ func (x *ReportVM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportVM.ProtoReflect.Descriptor instead.
 func (*ReportVM) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{18}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReportVM) GetName() string {
@@ -2423,7 +2498,7 @@ type PurgeTasks struct {
 
 func (x *PurgeTasks) Reset() {
 	*x = PurgeTasks{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2435,7 +2510,7 @@ func (x *PurgeTasks) String() string {
 func (*PurgeTasks) ProtoMessage() {}
 
 func (x *PurgeTasks) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2448,7 +2523,7 @@ func (x *PurgeTasks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeTasks.ProtoReflect.Descriptor instead.
 func (*PurgeTasks) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{19}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PurgeTasks) GetFinishedBeforeUnixNano() int64 {
@@ -2469,7 +2544,7 @@ type SubmitTask struct {
 
 func (x *SubmitTask) Reset() {
 	*x = SubmitTask{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2481,7 +2556,7 @@ func (x *SubmitTask) String() string {
 func (*SubmitTask) ProtoMessage() {}
 
 func (x *SubmitTask) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2494,7 +2569,7 @@ func (x *SubmitTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitTask.ProtoReflect.Descriptor instead.
 func (*SubmitTask) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{20}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SubmitTask) GetSpec() *TaskSpec {
@@ -2529,7 +2604,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2541,7 +2616,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2554,7 +2629,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{21}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Placement) GetTaskId() string {
@@ -2589,7 +2664,7 @@ type PlaceTasks struct {
 
 func (x *PlaceTasks) Reset() {
 	*x = PlaceTasks{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +2676,7 @@ func (x *PlaceTasks) String() string {
 func (*PlaceTasks) ProtoMessage() {}
 
 func (x *PlaceTasks) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +2689,7 @@ func (x *PlaceTasks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceTasks.ProtoReflect.Descriptor instead.
 func (*PlaceTasks) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{22}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PlaceTasks) GetPlacements() []*Placement {
@@ -2643,7 +2718,7 @@ type TaskStarted struct {
 
 func (x *TaskStarted) Reset() {
 	*x = TaskStarted{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2655,7 +2730,7 @@ func (x *TaskStarted) String() string {
 func (*TaskStarted) ProtoMessage() {}
 
 func (x *TaskStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2668,7 +2743,7 @@ func (x *TaskStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStarted.ProtoReflect.Descriptor instead.
 func (*TaskStarted) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{23}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TaskStarted) GetTaskId() string {
@@ -2712,7 +2787,7 @@ type TaskFinished struct {
 
 func (x *TaskFinished) Reset() {
 	*x = TaskFinished{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2724,7 +2799,7 @@ func (x *TaskFinished) String() string {
 func (*TaskFinished) ProtoMessage() {}
 
 func (x *TaskFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2737,7 +2812,7 @@ func (x *TaskFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskFinished.ProtoReflect.Descriptor instead.
 func (*TaskFinished) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{24}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TaskFinished) GetTaskId() string {
@@ -2785,7 +2860,7 @@ type CancelTask struct {
 
 func (x *CancelTask) Reset() {
 	*x = CancelTask{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2797,7 +2872,7 @@ func (x *CancelTask) String() string {
 func (*CancelTask) ProtoMessage() {}
 
 func (x *CancelTask) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2810,7 +2885,7 @@ func (x *CancelTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTask.ProtoReflect.Descriptor instead.
 func (*CancelTask) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{25}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CancelTask) GetTaskId() string {
@@ -2839,7 +2914,7 @@ type SetWorkerSchedulable struct {
 
 func (x *SetWorkerSchedulable) Reset() {
 	*x = SetWorkerSchedulable{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2851,7 +2926,7 @@ func (x *SetWorkerSchedulable) String() string {
 func (*SetWorkerSchedulable) ProtoMessage() {}
 
 func (x *SetWorkerSchedulable) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2864,7 +2939,7 @@ func (x *SetWorkerSchedulable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetWorkerSchedulable.ProtoReflect.Descriptor instead.
 func (*SetWorkerSchedulable) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{26}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SetWorkerSchedulable) GetWorkerId() uint64 {
@@ -2908,7 +2983,7 @@ type ReconcileWorker struct {
 
 func (x *ReconcileWorker) Reset() {
 	*x = ReconcileWorker{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2920,7 +2995,7 @@ func (x *ReconcileWorker) String() string {
 func (*ReconcileWorker) ProtoMessage() {}
 
 func (x *ReconcileWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2933,7 +3008,7 @@ func (x *ReconcileWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileWorker.ProtoReflect.Descriptor instead.
 func (*ReconcileWorker) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{27}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReconcileWorker) GetWorkerId() uint64 {
@@ -2967,7 +3042,7 @@ type RegisterWorker struct {
 
 func (x *RegisterWorker) Reset() {
 	*x = RegisterWorker{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2979,7 +3054,7 @@ func (x *RegisterWorker) String() string {
 func (*RegisterWorker) ProtoMessage() {}
 
 func (x *RegisterWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2992,7 +3067,7 @@ func (x *RegisterWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterWorker.ProtoReflect.Descriptor instead.
 func (*RegisterWorker) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{28}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RegisterWorker) GetWorker() *Worker {
@@ -3020,7 +3095,7 @@ type SetWorkerState struct {
 
 func (x *SetWorkerState) Reset() {
 	*x = SetWorkerState{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3032,7 +3107,7 @@ func (x *SetWorkerState) String() string {
 func (*SetWorkerState) ProtoMessage() {}
 
 func (x *SetWorkerState) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3045,7 +3120,7 @@ func (x *SetWorkerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetWorkerState.ProtoReflect.Descriptor instead.
 func (*SetWorkerState) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{29}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetWorkerState) GetWorkerId() uint64 {
@@ -3078,7 +3153,7 @@ type ReportWorkerUsage struct {
 
 func (x *ReportWorkerUsage) Reset() {
 	*x = ReportWorkerUsage{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3090,7 +3165,7 @@ func (x *ReportWorkerUsage) String() string {
 func (*ReportWorkerUsage) ProtoMessage() {}
 
 func (x *ReportWorkerUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3103,7 +3178,7 @@ func (x *ReportWorkerUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportWorkerUsage.ProtoReflect.Descriptor instead.
 func (*ReportWorkerUsage) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{30}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReportWorkerUsage) GetStatus() *WorkerStatus {
@@ -3123,7 +3198,7 @@ type Put struct {
 
 func (x *Put) Reset() {
 	*x = Put{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3135,7 +3210,7 @@ func (x *Put) String() string {
 func (*Put) ProtoMessage() {}
 
 func (x *Put) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3148,7 +3223,7 @@ func (x *Put) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Put.ProtoReflect.Descriptor instead.
 func (*Put) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{31}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Put) GetKey() string {
@@ -3174,7 +3249,7 @@ type Delete struct {
 
 func (x *Delete) Reset() {
 	*x = Delete{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3186,7 +3261,7 @@ func (x *Delete) String() string {
 func (*Delete) ProtoMessage() {}
 
 func (x *Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3199,7 +3274,7 @@ func (x *Delete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delete.ProtoReflect.Descriptor instead.
 func (*Delete) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{32}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Delete) GetKey() string {
@@ -3222,7 +3297,7 @@ type MemberContext struct {
 
 func (x *MemberContext) Reset() {
 	*x = MemberContext{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3234,7 +3309,7 @@ func (x *MemberContext) String() string {
 func (*MemberContext) ProtoMessage() {}
 
 func (x *MemberContext) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3247,7 +3322,7 @@ func (x *MemberContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberContext.ProtoReflect.Descriptor instead.
 func (*MemberContext) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{33}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *MemberContext) GetMember() *Member {
@@ -3280,7 +3355,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3292,7 +3367,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3305,7 +3380,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{34}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RaftBatch) GetMessages() [][]byte {
@@ -3323,7 +3398,7 @@ type SendAck struct {
 
 func (x *SendAck) Reset() {
 	*x = SendAck{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3335,7 +3410,7 @@ func (x *SendAck) String() string {
 func (*SendAck) ProtoMessage() {}
 
 func (x *SendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3348,7 +3423,7 @@ func (x *SendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendAck.ProtoReflect.Descriptor instead.
 func (*SendAck) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{35}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{36}
 }
 
 type SnapshotChunk struct {
@@ -3368,7 +3443,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3380,7 +3455,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3393,7 +3468,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{36}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SnapshotChunk) GetHeader() []byte {
@@ -3448,7 +3523,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3460,7 +3535,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3473,7 +3548,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{37}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *StatusRequest) GetLocal() bool {
@@ -3498,7 +3573,7 @@ type MemberStatus struct {
 
 func (x *MemberStatus) Reset() {
 	*x = MemberStatus{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3510,7 +3585,7 @@ func (x *MemberStatus) String() string {
 func (*MemberStatus) ProtoMessage() {}
 
 func (x *MemberStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3523,7 +3598,7 @@ func (x *MemberStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberStatus.ProtoReflect.Descriptor instead.
 func (*MemberStatus) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{38}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *MemberStatus) GetId() uint64 {
@@ -3577,7 +3652,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3589,7 +3664,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3602,7 +3677,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{39}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *StatusResponse) GetNodeId() uint64 {
@@ -3664,7 +3739,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3676,7 +3751,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3689,7 +3764,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{40}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *JoinRequest) GetId() uint64 {
@@ -3715,7 +3790,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3727,7 +3802,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3740,7 +3815,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{41}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -3759,7 +3834,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3771,7 +3846,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3784,7 +3859,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{42}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RemoveMemberRequest) GetId() uint64 {
@@ -3802,7 +3877,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3814,7 +3889,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3827,7 +3902,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{43}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{44}
 }
 
 type TransferLeaderRequest struct {
@@ -3839,7 +3914,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3851,7 +3926,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3864,7 +3939,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{44}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TransferLeaderRequest) GetId() uint64 {
@@ -3883,7 +3958,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3895,7 +3970,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3908,7 +3983,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{45}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *TransferLeaderResponse) GetLeader() uint64 {
@@ -3926,7 +4001,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3938,7 +4013,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3951,7 +4026,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{46}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{47}
 }
 
 type WorkerInfo struct {
@@ -3966,7 +4041,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3978,7 +4053,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3991,7 +4066,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{47}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *WorkerInfo) GetWorker() *Worker {
@@ -4024,7 +4099,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4036,7 +4111,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4049,7 +4124,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{48}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
@@ -4068,7 +4143,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4080,7 +4155,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4093,7 +4168,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{49}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *HeartbeatRequest) GetWorkerId() uint64 {
@@ -4110,14 +4185,17 @@ type HeartbeatResponse struct {
 	LeaderAddr string `protobuf:"bytes,2,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
 	// registered is false when the leader does not know this worker; the
 	// worker then registers again.
-	Registered    bool `protobuf:"varint,3,opt,name=registered,proto3" json:"registered,omitempty"`
+	Registered bool `protobuf:"varint,3,opt,name=registered,proto3" json:"registered,omitempty"`
+	// down is true when the leader's state has this worker down: the worker
+	// does not count such a heartbeat as contact for its VM lease.
+	Down          bool `protobuf:"varint,4,opt,name=down,proto3" json:"down,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4129,7 +4207,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4142,7 +4220,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{50}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *HeartbeatResponse) GetLeader() uint64 {
@@ -4166,6 +4244,13 @@ func (x *HeartbeatResponse) GetRegistered() bool {
 	return false
 }
 
+func (x *HeartbeatResponse) GetDown() bool {
+	if x != nil {
+		return x.Down
+	}
+	return false
+}
+
 type PutRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -4176,7 +4261,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4188,7 +4273,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4201,7 +4286,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{51}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *PutRequest) GetKey() string {
@@ -4227,7 +4312,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4239,7 +4324,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4252,7 +4337,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{52}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *PutResponse) GetIndex() uint64 {
@@ -4273,7 +4358,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4285,7 +4370,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4298,7 +4383,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{53}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GetRequest) GetKey() string {
@@ -4326,7 +4411,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4338,7 +4423,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4351,7 +4436,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{54}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GetResponse) GetFound() bool {
@@ -4387,7 +4472,7 @@ type SubmitTaskRequest struct {
 
 func (x *SubmitTaskRequest) Reset() {
 	*x = SubmitTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4399,7 +4484,7 @@ func (x *SubmitTaskRequest) String() string {
 func (*SubmitTaskRequest) ProtoMessage() {}
 
 func (x *SubmitTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4412,7 +4497,7 @@ func (x *SubmitTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitTaskRequest.ProtoReflect.Descriptor instead.
 func (*SubmitTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{55}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *SubmitTaskRequest) GetSpec() *TaskSpec {
@@ -4438,7 +4523,7 @@ type TaskResponse struct {
 
 func (x *TaskResponse) Reset() {
 	*x = TaskResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[56]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4450,7 +4535,7 @@ func (x *TaskResponse) String() string {
 func (*TaskResponse) ProtoMessage() {}
 
 func (x *TaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[56]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4463,7 +4548,7 @@ func (x *TaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskResponse.ProtoReflect.Descriptor instead.
 func (*TaskResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{56}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *TaskResponse) GetTask() *Task {
@@ -4482,7 +4567,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[57]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4494,7 +4579,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[57]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4507,7 +4592,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{57}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GetTaskRequest) GetId() string {
@@ -4526,7 +4611,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[58]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4538,7 +4623,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[58]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4551,7 +4636,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{58}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ListTasksRequest) GetState() TaskState {
@@ -4570,7 +4655,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[59]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4582,7 +4667,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[59]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4595,7 +4680,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{59}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -4614,7 +4699,7 @@ type CancelTaskRequest struct {
 
 func (x *CancelTaskRequest) Reset() {
 	*x = CancelTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[60]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4626,7 +4711,7 @@ func (x *CancelTaskRequest) String() string {
 func (*CancelTaskRequest) ProtoMessage() {}
 
 func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[60]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4639,7 +4724,7 @@ func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskRequest.ProtoReflect.Descriptor instead.
 func (*CancelTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{60}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *CancelTaskRequest) GetId() string {
@@ -4658,7 +4743,7 @@ type WaitTaskRequest struct {
 
 func (x *WaitTaskRequest) Reset() {
 	*x = WaitTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[61]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4670,7 +4755,7 @@ func (x *WaitTaskRequest) String() string {
 func (*WaitTaskRequest) ProtoMessage() {}
 
 func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[61]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4683,7 +4768,7 @@ func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitTaskRequest.ProtoReflect.Descriptor instead.
 func (*WaitTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{61}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *WaitTaskRequest) GetId() string {
@@ -4706,7 +4791,7 @@ type TaskLogsRequest struct {
 
 func (x *TaskLogsRequest) Reset() {
 	*x = TaskLogsRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[62]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4718,7 +4803,7 @@ func (x *TaskLogsRequest) String() string {
 func (*TaskLogsRequest) ProtoMessage() {}
 
 func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[62]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4731,7 +4816,7 @@ func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskLogsRequest.ProtoReflect.Descriptor instead.
 func (*TaskLogsRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{62}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *TaskLogsRequest) GetId() string {
@@ -4778,7 +4863,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[63]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4790,7 +4875,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[63]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4803,7 +4888,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{63}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *LogChunk) GetData() []byte {
@@ -4822,7 +4907,7 @@ type CreateVMRequest struct {
 
 func (x *CreateVMRequest) Reset() {
 	*x = CreateVMRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[64]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4834,7 +4919,7 @@ func (x *CreateVMRequest) String() string {
 func (*CreateVMRequest) ProtoMessage() {}
 
 func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[64]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4847,7 +4932,7 @@ func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVMRequest.ProtoReflect.Descriptor instead.
 func (*CreateVMRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{64}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *CreateVMRequest) GetSpec() *VMSpec {
@@ -4868,7 +4953,7 @@ type VMResponse struct {
 
 func (x *VMResponse) Reset() {
 	*x = VMResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[65]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4880,7 +4965,7 @@ func (x *VMResponse) String() string {
 func (*VMResponse) ProtoMessage() {}
 
 func (x *VMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[65]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4893,7 +4978,7 @@ func (x *VMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMResponse.ProtoReflect.Descriptor instead.
 func (*VMResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{65}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *VMResponse) GetVm() *VM {
@@ -4919,7 +5004,7 @@ type GetVMRequest struct {
 
 func (x *GetVMRequest) Reset() {
 	*x = GetVMRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[66]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4931,7 +5016,7 @@ func (x *GetVMRequest) String() string {
 func (*GetVMRequest) ProtoMessage() {}
 
 func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[66]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4944,7 +5029,7 @@ func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVMRequest.ProtoReflect.Descriptor instead.
 func (*GetVMRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{66}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *GetVMRequest) GetName() string {
@@ -4962,7 +5047,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[67]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4974,7 +5059,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[67]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4987,7 +5072,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{67}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{68}
 }
 
 type ListVMsResponse struct {
@@ -4999,7 +5084,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[68]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5011,7 +5096,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[68]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5024,7 +5109,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{68}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -5045,7 +5130,7 @@ type SetVMDesiredRequest struct {
 
 func (x *SetVMDesiredRequest) Reset() {
 	*x = SetVMDesiredRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[69]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5057,7 +5142,7 @@ func (x *SetVMDesiredRequest) String() string {
 func (*SetVMDesiredRequest) ProtoMessage() {}
 
 func (x *SetVMDesiredRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[69]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5070,7 +5155,7 @@ func (x *SetVMDesiredRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVMDesiredRequest.ProtoReflect.Descriptor instead.
 func (*SetVMDesiredRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{69}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *SetVMDesiredRequest) GetName() string {
@@ -5103,7 +5188,7 @@ type WaitVMRequest struct {
 
 func (x *WaitVMRequest) Reset() {
 	*x = WaitVMRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[70]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5115,7 +5200,7 @@ func (x *WaitVMRequest) String() string {
 func (*WaitVMRequest) ProtoMessage() {}
 
 func (x *WaitVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[70]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5128,7 +5213,7 @@ func (x *WaitVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitVMRequest.ProtoReflect.Descriptor instead.
 func (*WaitVMRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{70}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *WaitVMRequest) GetName() string {
@@ -5152,7 +5237,7 @@ type VMLogsRequest struct {
 
 func (x *VMLogsRequest) Reset() {
 	*x = VMLogsRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[71]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5164,7 +5249,7 @@ func (x *VMLogsRequest) String() string {
 func (*VMLogsRequest) ProtoMessage() {}
 
 func (x *VMLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[71]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5177,7 +5262,7 @@ func (x *VMLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMLogsRequest.ProtoReflect.Descriptor instead.
 func (*VMLogsRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{71}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *VMLogsRequest) GetName() string {
@@ -5364,7 +5449,7 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x0fworker_statuses\x18\x04 \x03(\v2\x18.blixard.v1.WorkerStatusR\x0eworkerStatuses\x12 \n" +
 	"\x03kvs\x18\x05 \x03(\v2\x0e.blixard.v1.KVR\x03kvs\x12&\n" +
 	"\x05tasks\x18\x06 \x03(\v2\x10.blixard.v1.TaskR\x05tasks\x12 \n" +
-	"\x03vms\x18\a \x03(\v2\x0e.blixard.v1.VMR\x03vms\"\xb8\b\n" +
+	"\x03vms\x18\a \x03(\v2\x0e.blixard.v1.VMR\x03vms\"\xf3\b\n" +
 	"\aCommand\x12E\n" +
 	"\x0fregister_worker\x18\n" +
 	" \x01(\v2\x1a.blixard.v1.RegisterWorkerH\x00R\x0eregisterWorker\x12F\n" +
@@ -5387,7 +5472,9 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\tcreate_vm\x18\x1e \x01(\v2\x14.blixard.v1.CreateVMH\x00R\bcreateVm\x12@\n" +
 	"\x0eset_vm_desired\x18\x1f \x01(\v2\x18.blixard.v1.SetVMDesiredH\x00R\fsetVmDesired\x123\n" +
 	"\tplace_vms\x18  \x01(\v2\x14.blixard.v1.PlaceVMsH\x00R\bplaceVms\x123\n" +
-	"\treport_vm\x18! \x01(\v2\x14.blixard.v1.ReportVMH\x00R\breportVmB\x04\n" +
+	"\treport_vm\x18! \x01(\v2\x14.blixard.v1.ReportVMH\x00R\breportVm\x129\n" +
+	"\vrelease_vms\x18\" \x01(\v2\x16.blixard.v1.ReleaseVMsH\x00R\n" +
+	"releaseVmsB\x04\n" +
 	"\x02opJ\x04\b\x01\x10\x02\"V\n" +
 	"\bCreateVM\x12&\n" +
 	"\x04spec\x18\x01 \x01(\v2\x12.blixard.v1.VMSpecR\x04spec\x12\"\n" +
@@ -5396,7 +5483,11 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
 	"\adesired\x18\x02 \x01(\x0e2\x15.blixard.v1.VMDesiredR\adesired\x12\x18\n" +
 	"\arestart\x18\x03 \x01(\bR\arestart\x12\"\n" +
-	"\rnow_unix_nano\x18\x04 \x01(\x03R\vnowUnixNano\"^\n" +
+	"\rnow_unix_nano\x18\x04 \x01(\x03R\vnowUnixNano\"M\n" +
+	"\n" +
+	"ReleaseVMs\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\x04R\bworkerId\x12\"\n" +
+	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"^\n" +
 	"\vVMPlacement\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
 	"\n" +
@@ -5528,14 +5619,15 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x13ListWorkersResponse\x120\n" +
 	"\aworkers\x18\x01 \x03(\v2\x16.blixard.v1.WorkerInfoR\aworkers\"/\n" +
 	"\x10HeartbeatRequest\x12\x1b\n" +
-	"\tworker_id\x18\x01 \x01(\x04R\bworkerId\"l\n" +
+	"\tworker_id\x18\x01 \x01(\x04R\bworkerId\"\x80\x01\n" +
 	"\x11HeartbeatResponse\x12\x16\n" +
 	"\x06leader\x18\x01 \x01(\x04R\x06leader\x12\x1f\n" +
 	"\vleader_addr\x18\x02 \x01(\tR\n" +
 	"leaderAddr\x12\x1e\n" +
 	"\n" +
 	"registered\x18\x03 \x01(\bR\n" +
-	"registered\"4\n" +
+	"registered\x12\x12\n" +
+	"\x04down\x18\x04 \x01(\bR\x04down\"4\n" +
 	"\n" +
 	"PutRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -5651,7 +5743,7 @@ func file_api_blixardpb_blixard_proto_rawDescGZIP() []byte {
 }
 
 var file_api_blixardpb_blixard_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_api_blixardpb_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
+var file_api_blixardpb_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
 var file_api_blixardpb_blixard_proto_goTypes = []any{
 	(MemberRole)(0),                // 0: blixard.v1.MemberRole
 	(WorkerState)(0),               // 1: blixard.v1.WorkerState
@@ -5676,75 +5768,76 @@ var file_api_blixardpb_blixard_proto_goTypes = []any{
 	(*Command)(nil),                // 20: blixard.v1.Command
 	(*CreateVM)(nil),               // 21: blixard.v1.CreateVM
 	(*SetVMDesired)(nil),           // 22: blixard.v1.SetVMDesired
-	(*VMPlacement)(nil),            // 23: blixard.v1.VMPlacement
-	(*PlaceVMs)(nil),               // 24: blixard.v1.PlaceVMs
-	(*ReportVM)(nil),               // 25: blixard.v1.ReportVM
-	(*PurgeTasks)(nil),             // 26: blixard.v1.PurgeTasks
-	(*SubmitTask)(nil),             // 27: blixard.v1.SubmitTask
-	(*Placement)(nil),              // 28: blixard.v1.Placement
-	(*PlaceTasks)(nil),             // 29: blixard.v1.PlaceTasks
-	(*TaskStarted)(nil),            // 30: blixard.v1.TaskStarted
-	(*TaskFinished)(nil),           // 31: blixard.v1.TaskFinished
-	(*CancelTask)(nil),             // 32: blixard.v1.CancelTask
-	(*SetWorkerSchedulable)(nil),   // 33: blixard.v1.SetWorkerSchedulable
-	(*ReconcileWorker)(nil),        // 34: blixard.v1.ReconcileWorker
-	(*RegisterWorker)(nil),         // 35: blixard.v1.RegisterWorker
-	(*SetWorkerState)(nil),         // 36: blixard.v1.SetWorkerState
-	(*ReportWorkerUsage)(nil),      // 37: blixard.v1.ReportWorkerUsage
-	(*Put)(nil),                    // 38: blixard.v1.Put
-	(*Delete)(nil),                 // 39: blixard.v1.Delete
-	(*MemberContext)(nil),          // 40: blixard.v1.MemberContext
-	(*RaftBatch)(nil),              // 41: blixard.v1.RaftBatch
-	(*SendAck)(nil),                // 42: blixard.v1.SendAck
-	(*SnapshotChunk)(nil),          // 43: blixard.v1.SnapshotChunk
-	(*StatusRequest)(nil),          // 44: blixard.v1.StatusRequest
-	(*MemberStatus)(nil),           // 45: blixard.v1.MemberStatus
-	(*StatusResponse)(nil),         // 46: blixard.v1.StatusResponse
-	(*JoinRequest)(nil),            // 47: blixard.v1.JoinRequest
-	(*JoinResponse)(nil),           // 48: blixard.v1.JoinResponse
-	(*RemoveMemberRequest)(nil),    // 49: blixard.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),   // 50: blixard.v1.RemoveMemberResponse
-	(*TransferLeaderRequest)(nil),  // 51: blixard.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 52: blixard.v1.TransferLeaderResponse
-	(*ListWorkersRequest)(nil),     // 53: blixard.v1.ListWorkersRequest
-	(*WorkerInfo)(nil),             // 54: blixard.v1.WorkerInfo
-	(*ListWorkersResponse)(nil),    // 55: blixard.v1.ListWorkersResponse
-	(*HeartbeatRequest)(nil),       // 56: blixard.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 57: blixard.v1.HeartbeatResponse
-	(*PutRequest)(nil),             // 58: blixard.v1.PutRequest
-	(*PutResponse)(nil),            // 59: blixard.v1.PutResponse
-	(*GetRequest)(nil),             // 60: blixard.v1.GetRequest
-	(*GetResponse)(nil),            // 61: blixard.v1.GetResponse
-	(*SubmitTaskRequest)(nil),      // 62: blixard.v1.SubmitTaskRequest
-	(*TaskResponse)(nil),           // 63: blixard.v1.TaskResponse
-	(*GetTaskRequest)(nil),         // 64: blixard.v1.GetTaskRequest
-	(*ListTasksRequest)(nil),       // 65: blixard.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),      // 66: blixard.v1.ListTasksResponse
-	(*CancelTaskRequest)(nil),      // 67: blixard.v1.CancelTaskRequest
-	(*WaitTaskRequest)(nil),        // 68: blixard.v1.WaitTaskRequest
-	(*TaskLogsRequest)(nil),        // 69: blixard.v1.TaskLogsRequest
-	(*LogChunk)(nil),               // 70: blixard.v1.LogChunk
-	(*CreateVMRequest)(nil),        // 71: blixard.v1.CreateVMRequest
-	(*VMResponse)(nil),             // 72: blixard.v1.VMResponse
-	(*GetVMRequest)(nil),           // 73: blixard.v1.GetVMRequest
-	(*ListVMsRequest)(nil),         // 74: blixard.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),        // 75: blixard.v1.ListVMsResponse
-	(*SetVMDesiredRequest)(nil),    // 76: blixard.v1.SetVMDesiredRequest
-	(*WaitVMRequest)(nil),          // 77: blixard.v1.WaitVMRequest
-	(*VMLogsRequest)(nil),          // 78: blixard.v1.VMLogsRequest
-	nil,                            // 79: blixard.v1.Worker.LabelsEntry
-	nil,                            // 80: blixard.v1.TaskSpec.EnvEntry
-	nil,                            // 81: blixard.v1.TaskSpec.ConstraintsEntry
-	nil,                            // 82: blixard.v1.VMSpec.ConstraintsEntry
+	(*ReleaseVMs)(nil),             // 23: blixard.v1.ReleaseVMs
+	(*VMPlacement)(nil),            // 24: blixard.v1.VMPlacement
+	(*PlaceVMs)(nil),               // 25: blixard.v1.PlaceVMs
+	(*ReportVM)(nil),               // 26: blixard.v1.ReportVM
+	(*PurgeTasks)(nil),             // 27: blixard.v1.PurgeTasks
+	(*SubmitTask)(nil),             // 28: blixard.v1.SubmitTask
+	(*Placement)(nil),              // 29: blixard.v1.Placement
+	(*PlaceTasks)(nil),             // 30: blixard.v1.PlaceTasks
+	(*TaskStarted)(nil),            // 31: blixard.v1.TaskStarted
+	(*TaskFinished)(nil),           // 32: blixard.v1.TaskFinished
+	(*CancelTask)(nil),             // 33: blixard.v1.CancelTask
+	(*SetWorkerSchedulable)(nil),   // 34: blixard.v1.SetWorkerSchedulable
+	(*ReconcileWorker)(nil),        // 35: blixard.v1.ReconcileWorker
+	(*RegisterWorker)(nil),         // 36: blixard.v1.RegisterWorker
+	(*SetWorkerState)(nil),         // 37: blixard.v1.SetWorkerState
+	(*ReportWorkerUsage)(nil),      // 38: blixard.v1.ReportWorkerUsage
+	(*Put)(nil),                    // 39: blixard.v1.Put
+	(*Delete)(nil),                 // 40: blixard.v1.Delete
+	(*MemberContext)(nil),          // 41: blixard.v1.MemberContext
+	(*RaftBatch)(nil),              // 42: blixard.v1.RaftBatch
+	(*SendAck)(nil),                // 43: blixard.v1.SendAck
+	(*SnapshotChunk)(nil),          // 44: blixard.v1.SnapshotChunk
+	(*StatusRequest)(nil),          // 45: blixard.v1.StatusRequest
+	(*MemberStatus)(nil),           // 46: blixard.v1.MemberStatus
+	(*StatusResponse)(nil),         // 47: blixard.v1.StatusResponse
+	(*JoinRequest)(nil),            // 48: blixard.v1.JoinRequest
+	(*JoinResponse)(nil),           // 49: blixard.v1.JoinResponse
+	(*RemoveMemberRequest)(nil),    // 50: blixard.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),   // 51: blixard.v1.RemoveMemberResponse
+	(*TransferLeaderRequest)(nil),  // 52: blixard.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 53: blixard.v1.TransferLeaderResponse
+	(*ListWorkersRequest)(nil),     // 54: blixard.v1.ListWorkersRequest
+	(*WorkerInfo)(nil),             // 55: blixard.v1.WorkerInfo
+	(*ListWorkersResponse)(nil),    // 56: blixard.v1.ListWorkersResponse
+	(*HeartbeatRequest)(nil),       // 57: blixard.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 58: blixard.v1.HeartbeatResponse
+	(*PutRequest)(nil),             // 59: blixard.v1.PutRequest
+	(*PutResponse)(nil),            // 60: blixard.v1.PutResponse
+	(*GetRequest)(nil),             // 61: blixard.v1.GetRequest
+	(*GetResponse)(nil),            // 62: blixard.v1.GetResponse
+	(*SubmitTaskRequest)(nil),      // 63: blixard.v1.SubmitTaskRequest
+	(*TaskResponse)(nil),           // 64: blixard.v1.TaskResponse
+	(*GetTaskRequest)(nil),         // 65: blixard.v1.GetTaskRequest
+	(*ListTasksRequest)(nil),       // 66: blixard.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),      // 67: blixard.v1.ListTasksResponse
+	(*CancelTaskRequest)(nil),      // 68: blixard.v1.CancelTaskRequest
+	(*WaitTaskRequest)(nil),        // 69: blixard.v1.WaitTaskRequest
+	(*TaskLogsRequest)(nil),        // 70: blixard.v1.TaskLogsRequest
+	(*LogChunk)(nil),               // 71: blixard.v1.LogChunk
+	(*CreateVMRequest)(nil),        // 72: blixard.v1.CreateVMRequest
+	(*VMResponse)(nil),             // 73: blixard.v1.VMResponse
+	(*GetVMRequest)(nil),           // 74: blixard.v1.GetVMRequest
+	(*ListVMsRequest)(nil),         // 75: blixard.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),        // 76: blixard.v1.ListVMsResponse
+	(*SetVMDesiredRequest)(nil),    // 77: blixard.v1.SetVMDesiredRequest
+	(*WaitVMRequest)(nil),          // 78: blixard.v1.WaitVMRequest
+	(*VMLogsRequest)(nil),          // 79: blixard.v1.VMLogsRequest
+	nil,                            // 80: blixard.v1.Worker.LabelsEntry
+	nil,                            // 81: blixard.v1.TaskSpec.EnvEntry
+	nil,                            // 82: blixard.v1.TaskSpec.ConstraintsEntry
+	nil,                            // 83: blixard.v1.VMSpec.ConstraintsEntry
 }
 var file_api_blixardpb_blixard_proto_depIdxs = []int32{
 	0,  // 0: blixard.v1.Member.role:type_name -> blixard.v1.MemberRole
 	8,  // 1: blixard.v1.Worker.capacity:type_name -> blixard.v1.Resources
-	79, // 2: blixard.v1.Worker.labels:type_name -> blixard.v1.Worker.LabelsEntry
+	80, // 2: blixard.v1.Worker.labels:type_name -> blixard.v1.Worker.LabelsEntry
 	1,  // 3: blixard.v1.Worker.state:type_name -> blixard.v1.WorkerState
-	80, // 4: blixard.v1.TaskSpec.env:type_name -> blixard.v1.TaskSpec.EnvEntry
+	81, // 4: blixard.v1.TaskSpec.env:type_name -> blixard.v1.TaskSpec.EnvEntry
 	8,  // 5: blixard.v1.TaskSpec.resources:type_name -> blixard.v1.Resources
-	81, // 6: blixard.v1.TaskSpec.constraints:type_name -> blixard.v1.TaskSpec.ConstraintsEntry
+	82, // 6: blixard.v1.TaskSpec.constraints:type_name -> blixard.v1.TaskSpec.ConstraintsEntry
 	3,  // 7: blixard.v1.TaskSpec.policy:type_name -> blixard.v1.PlacementPolicy
 	2,  // 8: blixard.v1.Attempt.state:type_name -> blixard.v1.TaskState
 	13, // 9: blixard.v1.Attempt.result:type_name -> blixard.v1.TaskResult
@@ -5753,7 +5846,7 @@ var file_api_blixardpb_blixard_proto_depIdxs = []int32{
 	14, // 12: blixard.v1.Task.attempts:type_name -> blixard.v1.Attempt
 	16, // 13: blixard.v1.VMSpec.ports:type_name -> blixard.v1.PortForward
 	6,  // 14: blixard.v1.VMSpec.restart:type_name -> blixard.v1.RestartPolicy
-	82, // 15: blixard.v1.VMSpec.constraints:type_name -> blixard.v1.VMSpec.ConstraintsEntry
+	83, // 15: blixard.v1.VMSpec.constraints:type_name -> blixard.v1.VMSpec.ConstraintsEntry
 	17, // 16: blixard.v1.VM.spec:type_name -> blixard.v1.VMSpec
 	5,  // 17: blixard.v1.VM.desired:type_name -> blixard.v1.VMDesired
 	4,  // 18: blixard.v1.VM.state:type_name -> blixard.v1.VMState
@@ -5763,53 +5856,54 @@ var file_api_blixardpb_blixard_proto_depIdxs = []int32{
 	11, // 22: blixard.v1.StateSnapshot.kvs:type_name -> blixard.v1.KV
 	15, // 23: blixard.v1.StateSnapshot.tasks:type_name -> blixard.v1.Task
 	18, // 24: blixard.v1.StateSnapshot.vms:type_name -> blixard.v1.VM
-	35, // 25: blixard.v1.Command.register_worker:type_name -> blixard.v1.RegisterWorker
-	36, // 26: blixard.v1.Command.set_worker_state:type_name -> blixard.v1.SetWorkerState
-	37, // 27: blixard.v1.Command.report_worker_usage:type_name -> blixard.v1.ReportWorkerUsage
-	38, // 28: blixard.v1.Command.put:type_name -> blixard.v1.Put
-	39, // 29: blixard.v1.Command.delete:type_name -> blixard.v1.Delete
-	27, // 30: blixard.v1.Command.submit_task:type_name -> blixard.v1.SubmitTask
-	29, // 31: blixard.v1.Command.place_tasks:type_name -> blixard.v1.PlaceTasks
-	30, // 32: blixard.v1.Command.task_started:type_name -> blixard.v1.TaskStarted
-	31, // 33: blixard.v1.Command.task_finished:type_name -> blixard.v1.TaskFinished
-	32, // 34: blixard.v1.Command.cancel_task:type_name -> blixard.v1.CancelTask
-	33, // 35: blixard.v1.Command.set_worker_schedulable:type_name -> blixard.v1.SetWorkerSchedulable
-	34, // 36: blixard.v1.Command.reconcile_worker:type_name -> blixard.v1.ReconcileWorker
-	26, // 37: blixard.v1.Command.purge_tasks:type_name -> blixard.v1.PurgeTasks
+	36, // 25: blixard.v1.Command.register_worker:type_name -> blixard.v1.RegisterWorker
+	37, // 26: blixard.v1.Command.set_worker_state:type_name -> blixard.v1.SetWorkerState
+	38, // 27: blixard.v1.Command.report_worker_usage:type_name -> blixard.v1.ReportWorkerUsage
+	39, // 28: blixard.v1.Command.put:type_name -> blixard.v1.Put
+	40, // 29: blixard.v1.Command.delete:type_name -> blixard.v1.Delete
+	28, // 30: blixard.v1.Command.submit_task:type_name -> blixard.v1.SubmitTask
+	30, // 31: blixard.v1.Command.place_tasks:type_name -> blixard.v1.PlaceTasks
+	31, // 32: blixard.v1.Command.task_started:type_name -> blixard.v1.TaskStarted
+	32, // 33: blixard.v1.Command.task_finished:type_name -> blixard.v1.TaskFinished
+	33, // 34: blixard.v1.Command.cancel_task:type_name -> blixard.v1.CancelTask
+	34, // 35: blixard.v1.Command.set_worker_schedulable:type_name -> blixard.v1.SetWorkerSchedulable
+	35, // 36: blixard.v1.Command.reconcile_worker:type_name -> blixard.v1.ReconcileWorker
+	27, // 37: blixard.v1.Command.purge_tasks:type_name -> blixard.v1.PurgeTasks
 	21, // 38: blixard.v1.Command.create_vm:type_name -> blixard.v1.CreateVM
 	22, // 39: blixard.v1.Command.set_vm_desired:type_name -> blixard.v1.SetVMDesired
-	24, // 40: blixard.v1.Command.place_vms:type_name -> blixard.v1.PlaceVMs
-	25, // 41: blixard.v1.Command.report_vm:type_name -> blixard.v1.ReportVM
-	17, // 42: blixard.v1.CreateVM.spec:type_name -> blixard.v1.VMSpec
-	5,  // 43: blixard.v1.SetVMDesired.desired:type_name -> blixard.v1.VMDesired
-	23, // 44: blixard.v1.PlaceVMs.placements:type_name -> blixard.v1.VMPlacement
-	4,  // 45: blixard.v1.ReportVM.state:type_name -> blixard.v1.VMState
-	12, // 46: blixard.v1.SubmitTask.spec:type_name -> blixard.v1.TaskSpec
-	28, // 47: blixard.v1.PlaceTasks.placements:type_name -> blixard.v1.Placement
-	13, // 48: blixard.v1.TaskFinished.result:type_name -> blixard.v1.TaskResult
-	9,  // 49: blixard.v1.RegisterWorker.worker:type_name -> blixard.v1.Worker
-	1,  // 50: blixard.v1.SetWorkerState.state:type_name -> blixard.v1.WorkerState
-	10, // 51: blixard.v1.ReportWorkerUsage.status:type_name -> blixard.v1.WorkerStatus
-	7,  // 52: blixard.v1.MemberContext.member:type_name -> blixard.v1.Member
-	0,  // 53: blixard.v1.MemberStatus.role:type_name -> blixard.v1.MemberRole
-	45, // 54: blixard.v1.StatusResponse.members:type_name -> blixard.v1.MemberStatus
-	7,  // 55: blixard.v1.JoinResponse.members:type_name -> blixard.v1.Member
-	9,  // 56: blixard.v1.WorkerInfo.worker:type_name -> blixard.v1.Worker
-	10, // 57: blixard.v1.WorkerInfo.status:type_name -> blixard.v1.WorkerStatus
-	54, // 58: blixard.v1.ListWorkersResponse.workers:type_name -> blixard.v1.WorkerInfo
-	12, // 59: blixard.v1.SubmitTaskRequest.spec:type_name -> blixard.v1.TaskSpec
-	15, // 60: blixard.v1.TaskResponse.task:type_name -> blixard.v1.Task
-	2,  // 61: blixard.v1.ListTasksRequest.state:type_name -> blixard.v1.TaskState
-	15, // 62: blixard.v1.ListTasksResponse.tasks:type_name -> blixard.v1.Task
-	17, // 63: blixard.v1.CreateVMRequest.spec:type_name -> blixard.v1.VMSpec
-	18, // 64: blixard.v1.VMResponse.vm:type_name -> blixard.v1.VM
-	18, // 65: blixard.v1.ListVMsResponse.vms:type_name -> blixard.v1.VM
-	5,  // 66: blixard.v1.SetVMDesiredRequest.desired:type_name -> blixard.v1.VMDesired
-	67, // [67:67] is the sub-list for method output_type
-	67, // [67:67] is the sub-list for method input_type
-	67, // [67:67] is the sub-list for extension type_name
-	67, // [67:67] is the sub-list for extension extendee
-	0,  // [0:67] is the sub-list for field type_name
+	25, // 40: blixard.v1.Command.place_vms:type_name -> blixard.v1.PlaceVMs
+	26, // 41: blixard.v1.Command.report_vm:type_name -> blixard.v1.ReportVM
+	23, // 42: blixard.v1.Command.release_vms:type_name -> blixard.v1.ReleaseVMs
+	17, // 43: blixard.v1.CreateVM.spec:type_name -> blixard.v1.VMSpec
+	5,  // 44: blixard.v1.SetVMDesired.desired:type_name -> blixard.v1.VMDesired
+	24, // 45: blixard.v1.PlaceVMs.placements:type_name -> blixard.v1.VMPlacement
+	4,  // 46: blixard.v1.ReportVM.state:type_name -> blixard.v1.VMState
+	12, // 47: blixard.v1.SubmitTask.spec:type_name -> blixard.v1.TaskSpec
+	29, // 48: blixard.v1.PlaceTasks.placements:type_name -> blixard.v1.Placement
+	13, // 49: blixard.v1.TaskFinished.result:type_name -> blixard.v1.TaskResult
+	9,  // 50: blixard.v1.RegisterWorker.worker:type_name -> blixard.v1.Worker
+	1,  // 51: blixard.v1.SetWorkerState.state:type_name -> blixard.v1.WorkerState
+	10, // 52: blixard.v1.ReportWorkerUsage.status:type_name -> blixard.v1.WorkerStatus
+	7,  // 53: blixard.v1.MemberContext.member:type_name -> blixard.v1.Member
+	0,  // 54: blixard.v1.MemberStatus.role:type_name -> blixard.v1.MemberRole
+	46, // 55: blixard.v1.StatusResponse.members:type_name -> blixard.v1.MemberStatus
+	7,  // 56: blixard.v1.JoinResponse.members:type_name -> blixard.v1.Member
+	9,  // 57: blixard.v1.WorkerInfo.worker:type_name -> blixard.v1.Worker
+	10, // 58: blixard.v1.WorkerInfo.status:type_name -> blixard.v1.WorkerStatus
+	55, // 59: blixard.v1.ListWorkersResponse.workers:type_name -> blixard.v1.WorkerInfo
+	12, // 60: blixard.v1.SubmitTaskRequest.spec:type_name -> blixard.v1.TaskSpec
+	15, // 61: blixard.v1.TaskResponse.task:type_name -> blixard.v1.Task
+	2,  // 62: blixard.v1.ListTasksRequest.state:type_name -> blixard.v1.TaskState
+	15, // 63: blixard.v1.ListTasksResponse.tasks:type_name -> blixard.v1.Task
+	17, // 64: blixard.v1.CreateVMRequest.spec:type_name -> blixard.v1.VMSpec
+	18, // 65: blixard.v1.VMResponse.vm:type_name -> blixard.v1.VM
+	18, // 66: blixard.v1.ListVMsResponse.vms:type_name -> blixard.v1.VM
+	5,  // 67: blixard.v1.SetVMDesiredRequest.desired:type_name -> blixard.v1.VMDesired
+	68, // [68:68] is the sub-list for method output_type
+	68, // [68:68] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_api_blixardpb_blixard_proto_init() }
@@ -5835,6 +5929,7 @@ func file_api_blixardpb_blixard_proto_init() {
 		(*Command_SetVmDesired)(nil),
 		(*Command_PlaceVms)(nil),
 		(*Command_ReportVm)(nil),
+		(*Command_ReleaseVms)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5842,7 +5937,7 @@ func file_api_blixardpb_blixard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_blixardpb_blixard_proto_rawDesc), len(file_api_blixardpb_blixard_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   76,
+			NumMessages:   77,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -45,6 +45,7 @@ type tuning struct {
 	workerTTL         time.Duration
 	usageInterval     time.Duration
 	taskRetention     time.Duration
+	vmReplaceAfter    time.Duration // 0: 2×workerTTL
 }
 
 func defaultTuning() tuning {
@@ -74,6 +75,7 @@ func (t *tuning) addFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&t.workerTTL, "worker-ttl", d.workerTTL, "time without heartbeats before a worker is marked down")
 	fs.DurationVar(&t.usageInterval, "usage-interval", d.usageInterval, "worker usage report period")
 	fs.DurationVar(&t.taskRetention, "task-retention", d.taskRetention, "how long finished tasks (and their idempotency keys) are kept before they are purged")
+	fs.DurationVar(&t.vmReplaceAfter, "vm-replace-after", 0, "how long the leader waits after marking a worker down before it re-places the worker's VMs elsewhere (default 2×--worker-ttl)")
 }
 
 func (t *tuning) validate() error {
@@ -115,6 +117,17 @@ func (t *tuning) validate() error {
 	if err := positive("usage-interval", t.usageInterval, defaultUsageInterval); err != nil {
 		return err
 	}
+	if t.vmReplaceAfter < 0 {
+		return usageError(fmt.Sprintf("--vm-replace-after must not be negative (got %s)", t.vmReplaceAfter),
+			"leave it out for the default, 2×--worker-ttl")
+	}
+	d := t.vmReplaceAfter
+	if d == 0 {
+		d = 2 * t.workerTTL
+	}
+	if err := server.CheckVMFencing(t.workerTTL, d, time.Duration(t.electionTicks)*t.tick); err != nil {
+		return usageError(fmt.Sprintf("--%s", err.Error()), "leave --vm-replace-after out (2×--worker-ttl) or raise it; see docs/VMS.md, \"Self-fencing\"")
+	}
 	return positive("task-retention", t.taskRetention, defaultTaskRetention)
 }
 
@@ -127,6 +140,7 @@ func (t *tuning) apply(cfg *server.Config) {
 	cfg.CheckpointEvery = t.checkpointEvery
 	cfg.HeartbeatInterval = t.heartbeatInterval
 	cfg.WorkerTTL = t.workerTTL
+	cfg.VMReplaceAfter = t.vmReplaceAfter
 	cfg.UsageInterval = t.usageInterval
 	cfg.TaskRetention = t.taskRetention
 }

@@ -98,6 +98,8 @@ func TestNodeFlagValidation(t *testing.T) {
 		{"snapshot keep negative", with("--snapshot-keep", "-1"), []string{`--snapshot-keep must be a non-negative integer (got "-1")`}},
 		{"heartbeat interval zero", with("--heartbeat-interval", "0s"), []string{`--heartbeat-interval must be a positive duration`}},
 		{"worker ttl below heartbeat", with("--worker-ttl", "500ms"), []string{"--worker-ttl must be longer than --heartbeat-interval (got 500ms and 1s)"}},
+		{"vm replace after too short", with("--vm-replace-after", "3s"), []string{"--vm-replace-after: 3s is too short for worker-ttl 5s", "raise --vm-replace-after to more than 5.5s"}},
+		{"vm replace after negative", with("--vm-replace-after", "-1s"), []string{"--vm-replace-after must not be negative"}},
 		{"log format", with("--log-format", "xml"), []string{`--log-format must be "text" or "json" (got "xml")`}},
 		{"log level", with("--log-level", "loud"), []string{`--log-level must be debug, info, warn or error (got "loud")`}},
 		{"unknown flag", with("--bogus"), []string{"unknown flag: --bogus", "blixard node --help"}},

@@ -27,6 +27,10 @@ type Config struct {
 	VMImageDir   string // default guest image (vmlinux, initrd.img); empty: <DataDir>/vm-image, built on first use
 	VMAccel      string // "auto" (default), "kvm" or "tcg"
 	VMStopOnExit bool   // kill this node's VMs when it stops (its data goes with it); normally they outlive it
+	// VMReplaceAfter is how long the leader waits, after it sees a worker
+	// down, before it releases the worker's VMs for placement elsewhere;
+	// default 2×WorkerTTL (see CheckVMFencing).
+	VMReplaceAfter time.Duration
 
 	TickInterval      time.Duration // raft tick; default 100ms
 	ElectionTicks     int           // default 10

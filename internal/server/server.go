@@ -31,6 +31,7 @@ import (
 	"github.com/blixard/blixard/internal/state"
 	"github.com/blixard/blixard/internal/storage"
 	"github.com/blixard/blixard/internal/transport"
+	"github.com/blixard/blixard/internal/vm/guard"
 	"github.com/blixard/blixard/internal/worker"
 )
 
@@ -49,6 +50,7 @@ func (c *Config) setDefaults() {
 	def(&c.WorkerTTL, 5*time.Second)
 	def(&c.UsageInterval, 10*time.Second)
 	def(&c.TaskRetention, 24*time.Hour)
+	def(&c.VMReplaceAfter, 2*c.WorkerTTL)
 	if c.ElectionTicks == 0 {
 		c.ElectionTicks = raftnode.DefaultElectionTicks
 	}
@@ -73,6 +75,39 @@ func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("listen: %q is not host:port: %w", c.Listen, err)
 	}
+	if c.VMReplaceAfter > 0 {
+		if err := CheckVMFencing(c.WorkerTTL, c.VMReplaceAfter, time.Duration(c.ElectionTicks)*c.TickInterval); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// VMFencing is the timing of VM self-fencing for a worker TTL W (see
+// docs/VMS.md, "Self-fencing").
+type VMFencing struct {
+	Gate     time.Duration // G: the lease is renewed only this long after the last successful heartbeat's send
+	LeaseTTL time.Duration // L: the guard stops QEMU after the lease went unrenewed this long
+	Kill     time.Duration // two guard check periods and the kill grace (guard.MaxLifetime(L) - L)
+}
+
+// VMFencingFor returns the fencing timing for worker TTL W: G = W, L = W/2.
+func VMFencingFor(workerTTL time.Duration) VMFencing {
+	l := workerTTL / 2
+	return VMFencing{Gate: workerTTL, LeaseTTL: l, Kill: guard.MaxLifetime(l) - l}
+}
+
+// CheckVMFencing says whether a cut-off worker's VMs are dead before the
+// leader releases them to other workers: G + L + 2c + g + 2E < W + D,
+// with E the raft election timeout (a deposed leader may answer
+// heartbeats for up to about 2E after a new one was elected). The
+// defaults (D = 2W) always pass.
+func CheckVMFencing(workerTTL, replaceAfter, election time.Duration) error {
+	f := VMFencingFor(workerTTL)
+	if lhs, rhs := f.Gate+f.LeaseTTL+f.Kill+2*election, workerTTL+replaceAfter; lhs >= rhs {
+		return fmt.Errorf("vm-replace-after: %s is too short for worker-ttl %s: a VM of a worker cut off from the leader could still run when it is re-placed (gate %s + lease %s + guard %s + 2×%s election timeout = %s must be less than worker-ttl + vm-replace-after = %s); raise --vm-replace-after to more than %s",
+			replaceAfter, workerTTL, f.Gate, f.LeaseTTL, f.Kill, election, lhs, rhs, lhs-workerTTL)
+	}
 	return nil
 }
 
@@ -93,6 +128,10 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// contact is this worker's last successful heartbeat, which gates the
+	// VM lease; set at start, before the agent and the lease renewer.
+	contact *worker.Contact
 
 	stopOnce sync.Once
 	removedc chan struct{}      // closed when this node learns it was removed
@@ -288,6 +327,7 @@ func (s *Server) Start(ctx context.Context) error {
 // startWorker registers this node as a worker and starts running what the
 // cluster assigns it.
 func (s *Server) startWorker() error {
+	s.contact = worker.NewContact(s.clock.Now())
 	ex, err := executor.New(executor.Config{DataDir: s.cfg.DataDir, Logger: s.log.With("component", "executor")})
 	if err != nil {
 		return fmt.Errorf("start the task executor: %w", err)
@@ -326,6 +366,7 @@ func (s *Server) startWorker() error {
 		HeartbeatInterval: s.cfg.HeartbeatInterval,
 		UsageInterval:     s.cfg.UsageInterval,
 		Usage:             sampler.Sample,
+		Contact:           s.contact,
 		Logger:            s.log.With("component", "worker"),
 	}, localCluster{s})
 	s.goRun(func() { agent.Run(s.ctx) })
@@ -508,9 +549,11 @@ func (s *Server) transferLeadershipAway() {
 func (s *Server) leaderDuties() {
 	t := s.clock.NewTicker(s.cfg.HeartbeatInterval / 2)
 	defer t.Stop()
-	duties := worker.NewLeaderDuties(s.mon, s.cfg.TaskRetention)
+	duties := worker.NewLeaderDuties(s.mon, s.cfg.TaskRetention, s.cfg.VMReplaceAfter)
 	var leaderless time.Time
 	purgeDone := make(chan struct{}, 1)
+	var relMu sync.Mutex
+	var released []uint64 // releases ended since the last tick
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -522,12 +565,19 @@ func (s *Server) leaderDuties() {
 			duties.PurgeDone()
 		default:
 		}
+		relMu.Lock()
+		for _, id := range released {
+			duties.ReleaseDone(id)
+		}
+		released = released[:0]
+		relMu.Unlock()
 		now := s.clock.Now()
 		leader := s.node.IsLeader()
 		in := worker.DutyInput{Now: now, Leader: leader}
 		if leader {
 			leaderless = time.Time{}
 			in.Term, in.Workers, in.OldestFinished = s.node.Term(), s.sm.Workers(), s.sm.OldestFinished()
+			in.DownVMHolders = s.sm.VMsHeldByDownWorkers()
 		} else if s.node.Leader() == 0 {
 			if leaderless.IsZero() {
 				leaderless = now
@@ -541,6 +591,14 @@ func (s *Server) leaderDuties() {
 		plan := duties.Tick(in)
 		for _, tr := range plan.Transitions {
 			s.goRun(func() { s.proposeWorkerState(tr) })
+		}
+		for _, id := range plan.ReleaseVMs {
+			s.goRun(func() {
+				s.releaseVMs(id)
+				relMu.Lock()
+				released = append(released, id)
+				relMu.Unlock()
+			})
 		}
 		if cutoff := plan.PurgeBefore; cutoff != 0 {
 			s.goRun(func() {
@@ -562,6 +620,22 @@ func (s *Server) purgeTasks(cutoff int64) {
 	}
 	if r, ok := res.(*pb.PutResponse); ok {
 		s.log.Info("purged old tasks", "count", r.Index, "retention", s.cfg.TaskRetention)
+	}
+}
+
+// releaseVMs proposes the release of a down worker's VMs (applied only if
+// the worker is still down).
+func (s *Server) releaseVMs(id uint64) {
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	cmd := &pb.Command{Op: &pb.Command_ReleaseVms{ReleaseVms: &pb.ReleaseVMs{WorkerId: id, NowUnixNano: s.clock.Now().UnixNano()}}}
+	res, err := s.propose(ctx, cmd)
+	if err != nil {
+		s.log.Warn("releasing a down worker's VMs failed; will retry", "worker", id, "err", err)
+		return
+	}
+	if r, ok := res.(*pb.PutResponse); ok && r.Index > 0 {
+		s.log.Info("released a down worker's VMs for placement elsewhere", "worker", id, "vms", r.Index, "after", s.cfg.VMReplaceAfter)
 	}
 }
 
@@ -660,8 +734,9 @@ func (s *Server) heartbeat(_ context.Context, id uint64) (*pb.HeartbeatResponse,
 		return nil, status.Error(codes.Unavailable, "not the leader; send heartbeats to the leader")
 	}
 	s.mon.Seen(id, s.clock.Now())
-	_, registered := s.sm.Worker(id)
-	resp := &pb.HeartbeatResponse{Leader: s.cfg.ID, LeaderAddr: s.cfg.Advertise, Registered: registered}
+	w, registered := s.sm.Worker(id)
+	resp := &pb.HeartbeatResponse{Leader: s.cfg.ID, LeaderAddr: s.cfg.Advertise, Registered: registered,
+		Down: registered && w.GetState() == pb.WorkerState_WORKER_STATE_DOWN}
 	return resp, nil
 }
 

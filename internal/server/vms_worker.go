@@ -5,7 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	pb "github.com/blixard/blixard/api/blixardpb"
 	"github.com/blixard/blixard/internal/vm"
@@ -109,13 +114,24 @@ func (s *Server) startVMWorker() (bool, error) {
 // renews and every VM's guard watches.
 const vmLeaseName = ".lease"
 
+// vmContactName is the file in the VM state root that records this
+// worker's last contact with the cluster on the host's boot-time clock
+// (with the boot's id), so that a restarted process does not get a fresh
+// gate (see vmLease).
+const vmContactName = ".contact"
+
 // vmLease starts renewing this worker's VM lease and returns the driver
 // settings that run each QEMU under `blixard vm-guard` watching it. The
 // lease TTL is half the worker TTL: a worker that stops renewing (its
 // process died) has its VMs stopped by their guards before the leader can
-// mark it down and re-place them (the timing is in docs/VMS.md). The lease
-// is renewed at once, before the driver adopts the VMs an earlier run of
-// this node left, so a restart within the TTL keeps them.
+// mark it down and re-place them. It is renewed only while the worker is
+// in contact with the cluster (worker.RenewLease: a successful heartbeat
+// sent within the gate), so a worker cut off from the leader stops its
+// VMs before the leader releases them (the timing is in docs/VMS.md).
+// The lease is renewed at once, before the driver adopts the VMs an
+// earlier run of this node left, so a restart within the TTL keeps them;
+// the gate then counts from the earlier run's last contact, read from
+// the contact file, so restarts never extend a cut-off worker's VMs.
 func (s *Server) vmLease(root string) (qemu.Config, error) {
 	exe, err := os.Executable()
 	if err != nil {
@@ -124,18 +140,95 @@ func (s *Server) vmLease(root string) (qemu.Config, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return qemu.Config{}, fmt.Errorf("vm lease: create the VM state root: %w", err)
 	}
-	ttl := s.cfg.WorkerTTL / 2
+	f := VMFencingFor(s.cfg.WorkerTTL)
+	ttl := f.LeaseTTL
 	if margin := s.cfg.WorkerTTL - guard.MaxLifetime(ttl); margin <= s.cfg.HeartbeatInterval {
 		s.log.Warn("worker-ttl leaves little room for VM self-fencing: a VM of a dead worker may still run when the leader re-places it; raise --worker-ttl to several heartbeat intervals",
 			"worker_ttl", s.cfg.WorkerTTL, "heartbeat_interval", s.cfg.HeartbeatInterval, "lease_ttl", ttl)
 	}
 	lease := filepath.Join(root, vmLeaseName)
-	if err := guard.Renew(lease); err != nil {
+	contactFile := filepath.Join(root, vmContactName)
+	now := s.clock.Now()
+	if age, ok := contactAge(contactFile); ok {
+		// The earlier run's last contact, moved onto this run's monotonic
+		// clock.
+		s.contact = worker.NewContact(now.Add(-age))
+	}
+	if !s.contact.Within(now, f.Gate) {
+		s.log.Warn("the last contact with the cluster is older than the VM gate: not renewing the VM lease until a heartbeat succeeds", "last_contact", s.contact.Last(), "gate", f.Gate)
+	} else if err := guard.Renew(lease); err != nil {
 		return qemu.Config{}, err
 	}
+	var written time.Time
+	renew := func() error {
+		if err := guard.Renew(lease); err != nil {
+			return err
+		}
+		if last := s.contact.Last(); !last.Equal(written) {
+			if err := writeContact(contactFile, s.clock.Now().Sub(last)); err != nil {
+				return err
+			}
+			written = last
+		}
+		return nil
+	}
 	log := s.log.With("component", "vm-lease")
-	s.goRun(func() { guard.RenewEvery(s.ctx, lease, ttl/5, log) })
+	s.goRun(func() { worker.RenewLease(s.ctx, s.clock, ttl/5, s.contact, f.Gate, renew, log) })
 	return qemu.Config{Guard: []string{exe, "vm-guard"}, Lease: lease, LeaseTTL: ttl}, nil
+}
+
+// bootClock reads the host's boot id and its boot-time clock: monotonic,
+// never stepped, counting across process restarts (and suspends) until the
+// host reboots.
+func bootClock() (string, time.Duration, error) {
+	id, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", 0, fmt.Errorf("read the boot id: %w", err)
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return "", 0, fmt.Errorf("read the boot-time clock: %w", err)
+	}
+	return strings.TrimSpace(string(id)), time.Duration(ts.Nano()), nil
+}
+
+// contactAge is how long ago the contact file says the last contact was,
+// on the boot-time clock; false when there is no usable record (none yet,
+// or written before the host rebooted, which no VM outlives).
+func contactAge(p string) (time.Duration, bool) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, false
+	}
+	at, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil || at <= 0 {
+		return 0, false
+	}
+	boot, now, err := bootClock()
+	if err != nil || boot != f[0] {
+		return 0, false
+	}
+	return max(now-time.Duration(at), 0), true
+}
+
+// writeContact records a contact that was ago before now.
+func writeContact(p string, ago time.Duration) error {
+	boot, now, err := bootClock()
+	if err != nil {
+		return fmt.Errorf("record the last contact in %s: %w", p, err)
+	}
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, []byte(fmt.Sprintf("%s %d\n", boot, int64(now-ago))), 0o600); err != nil {
+		return fmt.Errorf("record the last contact in %s: %w", p, err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return fmt.Errorf("record the last contact in %s: %w", p, err)
+	}
+	return nil
 }
 
 // ConsoleLog returns the console log of VM name on this worker.

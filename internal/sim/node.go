@@ -176,7 +176,7 @@ func (n *node) open() {
 	n.readyDue, n.schedBusy, n.schedDue = false, false, false
 	n.scanned = core.AppliedIndex()
 	n.mon = worker.NewMonitor(workerTTL)
-	n.duties = worker.NewLeaderDuties(n.mon, taskRetention)
+	n.duties = worker.NewLeaderDuties(n.mon, taskRetention, n.s.cfg.VMReplaceAfter)
 	n.after(tickInterval, n.tickLoop)
 	n.after(time.Duration(s.rng.Int64N(int64(checkpointEvery))), n.checkpointLoop)
 	n.after(heartbeatInterval/2, n.dutiesLoop)

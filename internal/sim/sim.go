@@ -42,6 +42,10 @@ type Config struct {
 	// commands) a fixed random amount within ±ClockSkew off true time, as
 	// with a broken NTP setup. By default wall clocks are within 250 ms.
 	ClockSkew time.Duration
+	// VMReplaceAfter is the leader's VM grace (--vm-replace-after): how
+	// long after it sees a worker down it releases the worker's VMs.
+	// Default 2× the worker TTL, the server's default.
+	VMReplaceAfter time.Duration
 
 	// Hooks for the deliberately broken variants in the tests. Nil means
 	// the production behaviour; the simulation itself never needs them.
@@ -190,6 +194,9 @@ type Sim struct {
 // timeouts from crypto/rand, so callers (the tests) first call
 // testing/cryptotest.SetGlobalRandom with the seed.
 func Run(cfg Config) (res Result) {
+	if cfg.VMReplaceAfter == 0 {
+		cfg.VMReplaceAfter = 2 * workerTTL
+	}
 	if cfg.Ops == 0 {
 		cfg.Ops = 2000
 	}

@@ -325,6 +325,7 @@ func (n *node) dutiesLoop() {
 	in := worker.DutyInput{Now: n.monoNow(), Leader: n.core.IsLeader()}
 	if in.Leader {
 		in.Term, in.Workers = n.term, n.sm.Workers()
+		in.DownVMHolders = n.sm.VMsHeldByDownWorkers()
 		// The cutoff is compared with finish times, which are wall-clock
 		// stamps, so the input is too.
 		in.OldestFinished = n.sm.OldestFinished() - n.localNow().Sub(n.monoNow()).Nanoseconds()
@@ -338,6 +339,14 @@ func (n *node) dutiesLoop() {
 		}
 		cmd := &pb.Command{Op: &pb.Command_SetWorkerState{SetWorkerState: &pb.SetWorkerState{WorkerId: id, State: tr.To, NowUnixNano: n.localNow().UnixNano()}}}
 		n.issue(&request{kind: rqPropose, payload: mustMarshal(cmd), done: func(proto.Message, error) { mon.Done(id) }}, 5*time.Second)
+	}
+	for _, id := range plan.ReleaseVMs {
+		if n.s.tracing() {
+			n.s.logf("%s liveness: release the VMs of down worker n%d", n.name(), id)
+		}
+		duties := n.duties
+		cmd := &pb.Command{Op: &pb.Command_ReleaseVms{ReleaseVms: &pb.ReleaseVMs{WorkerId: id, NowUnixNano: n.localNow().UnixNano()}}}
+		n.issue(&request{kind: rqPropose, payload: mustMarshal(cmd), done: func(proto.Message, error) { duties.ReleaseDone(id) }}, 5*time.Second)
 	}
 	if plan.PurgeBefore != 0 {
 		duties := n.duties

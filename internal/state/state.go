@@ -156,6 +156,8 @@ func (m *Machine) ApplyCommand(index uint64, data []byte) (proto.Message, error)
 		return m.placeVMs(op.PlaceVms)
 	case *pb.Command_ReportVm:
 		return m.reportVM(op.ReportVm)
+	case *pb.Command_ReleaseVms:
+		return m.releaseVMs(op.ReleaseVms)
 	default:
 		return nil, fmt.Errorf("%w: unknown operation %T", ErrInvalidCommand, cmd.Op)
 	}
@@ -203,8 +205,9 @@ func (m *Machine) setWorkerState(c *pb.SetWorkerState) (proto.Message, error) {
 	if c.State == pb.WorkerState_WORKER_STATE_DOWN {
 		// Its attempts are lost: re-queue their tasks (at-least-once).
 		m.loseAttempts(w.Id, nil, c.NowUnixNano)
-		// Its VMs are re-placed, released or removed.
-		m.vmsWorkerDown(w.Id, c.NowUnixNano)
+		// Its VMs stay where they are until the leader releases them
+		// (ReleaseVMs) after the VM grace: the worker may be alive and
+		// cut off, and its VMs must be fenced before they run elsewhere.
 	}
 	return proto.Clone(w), nil
 }

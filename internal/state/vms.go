@@ -394,16 +394,53 @@ func (m *Machine) reportVM(c *pb.ReportVM) (proto.Message, error) {
 	return &pb.VMResponse{Vm: proto.Clone(vm).(*pb.VM)}, nil
 }
 
-// vmsWorkerDown handles the VMs of a worker the leader marked down: those
-// meant to run are re-queued for placement elsewhere (a new generation
-// fences the old worker), stopped ones release the worker, deleted ones
-// are removed.
-func (m *Machine) vmsWorkerDown(worker uint64, now int64) {
+// releaseVMs releases the VMs of a worker that is still down (see
+// vmsWorkerDown). It answers with the number of VMs changed; a worker that
+// is ready again (or unknown) keeps its VMs and nothing changes.
+func (m *Machine) releaseVMs(c *pb.ReleaseVMs) (proto.Message, error) {
+	w, ok := m.workers[c.GetWorkerId()]
+	if !ok {
+		return nil, fmt.Errorf("%w %d", ErrUnknownWorker, c.GetWorkerId())
+	}
+	if w.State != pb.WorkerState_WORKER_STATE_DOWN {
+		return &pb.PutResponse{Index: 0}, nil
+	}
+	return &pb.PutResponse{Index: uint64(m.vmsWorkerDown(w.Id, c.NowUnixNano))}, nil
+}
+
+// VMsHeldByDownWorkers returns the down workers that still hold VMs (the
+// leader releases them after its VM grace), sorted.
+func (m *Machine) VMsHeldByDownWorkers() []uint64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	held := map[uint64]bool{}
+	for _, vm := range m.vms {
+		if id := vm.WorkerId; id != 0 && !held[id] {
+			if w, ok := m.workers[id]; ok && w.State == pb.WorkerState_WORKER_STATE_DOWN {
+				held[id] = true
+			}
+		}
+	}
+	out := make([]uint64, 0, len(held))
+	for id := range held {
+		out = append(out, id)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// vmsWorkerDown handles the VMs of a down worker the leader released
+// (ReleaseVMs): those meant to run are re-queued for placement elsewhere
+// (a new generation fences the old worker), stopped ones release the
+// worker, deleted ones are removed. It returns how many VMs it changed.
+func (m *Machine) vmsWorkerDown(worker uint64, now int64) int {
+	changed := 0
 	for _, name := range sortedStrings(m.vms) {
 		vm := m.vms[name]
 		if vm.WorkerId != worker {
 			continue
 		}
+		changed++
 		switch vm.Desired {
 		case pb.VMDesired_VM_DESIRED_DELETED:
 			m.removeVM(vm)
@@ -420,6 +457,7 @@ func (m *Machine) vmsWorkerDown(worker uint64, now int64) {
 		vm.UpdatedAtUnixNano = now
 		m.touchVM(name)
 	}
+	return changed
 }
 
 // ---------------------------------------------------------------------------

@@ -247,6 +247,7 @@ func TestPlaceVMsIsRecheckedAndSharesCapacityWithTasks(t *testing.T) {
 	if h.place("pinned", 1, 2) {
 		t.Fatal("placed on a down worker")
 	}
+	h.ok(&pb.Command{Op: &pb.Command_ReleaseVms{ReleaseVms: &pb.ReleaseVMs{WorkerId: 2}}})
 	pending := h.m.PendingVMs()
 	if len(pending) != 2 || pending[0].Name != "b" && pending[1].Name != "b" {
 		t.Fatalf("pending = %+v", pending)
@@ -381,10 +382,32 @@ func TestWorkerDownMovesReleasesOrRemovesVMs(t *testing.T) {
 	h.place("other", 1, 2)
 	h.desire("stop", pb.VMDesired_VM_DESIRED_STOPPED, false)
 	h.desire("del", pb.VMDesired_VM_DESIRED_DELETED, false)
+	// A task on the same worker.
+	h.ok(&pb.Command{Op: &pb.Command_SubmitTask{SubmitTask: &pb.SubmitTask{Spec: &pb.TaskSpec{Command: "/bin/true", Resources: &pb.Resources{MemoryMib: 10}}}}})
+	task := h.m.Tasks(pb.TaskState_TASK_STATE_PENDING)[0]
+	h.ok(&pb.Command{Op: &pb.Command_PlaceTasks{PlaceTasks: &pb.PlaceTasks{Placements: []*pb.Placement{{TaskId: task.Id, Attempt: 1, WorkerId: 1}}}}})
 	ver := h.m.VMsVersion()
 	h.ok(&pb.Command{Op: &pb.Command_SetWorkerState{SetWorkerState: &pb.SetWorkerState{WorkerId: 1, State: pb.WorkerState_WORKER_STATE_DOWN, NowUnixNano: 900}}})
-	if h.m.VMsVersion() == ver {
-		t.Fatal("version unchanged")
+	// The task is re-queued at once; the VMs stay on the down worker (and
+	// its reports still pass) until the leader releases them.
+	if p := h.m.Tasks(pb.TaskState_TASK_STATE_PENDING); len(p) != 1 || p[0].Id != task.Id {
+		t.Fatalf("task of the down worker not re-queued: pending %v", p)
+	}
+	if h.m.VMsVersion() != ver || len(h.m.VMsOnWorker(1)) != 3 || len(h.m.PendingVMs()) != 0 {
+		t.Fatalf("worker down moved VMs before their release: on worker 1 %v, pending %+v", h.m.VMsOnWorker(1), h.m.PendingVMs())
+	}
+	if got := h.m.VMsHeldByDownWorkers(); len(got) != 1 || got[0] != 1 {
+		t.Fatalf("VMsHeldByDownWorkers = %v, want [1]", got)
+	}
+	if _, err := h.report("run", 1, 1, pb.VMState_VM_STATE_RUNNING); err != nil {
+		t.Fatalf("report before the release: %v", err)
+	}
+	r := h.ok(&pb.Command{Op: &pb.Command_ReleaseVms{ReleaseVms: &pb.ReleaseVMs{WorkerId: 1, NowUnixNano: 900}}})
+	if n := r.(*pb.PutResponse).Index; n != 3 || h.m.VMsVersion() == ver {
+		t.Fatalf("release changed %d VMs (version %d→%d), want 3", n, ver, h.m.VMsVersion())
+	}
+	if got := h.m.VMsHeldByDownWorkers(); len(got) != 0 {
+		t.Fatalf("VMsHeldByDownWorkers after the release = %v", got)
 	}
 	run := h.vm("run")
 	if run.WorkerId != 0 || run.Generation != h.gen("run", 2) || run.State != pb.VMState_VM_STATE_PENDING || run.Restarts != 1 || run.Reason != "worker 1 down" || run.UpdatedAtUnixNano != 900 {
@@ -398,7 +421,7 @@ func TestWorkerDownMovesReleasesOrRemovesVMs(t *testing.T) {
 		t.Fatal("deleted vm kept")
 	}
 	if h.used(1) != (Usage{}) || h.vm("other").WorkerId != 2 {
-		t.Fatal("reservations wrong after worker down")
+		t.Fatalf("reservations wrong after worker down: %+v", h.used(1))
 	}
 	if len(h.m.VMsOnWorker(1)) != 0 || len(h.m.VMsOnWorker(2)) != 1 {
 		t.Fatal("VMsOnWorker wrong")
@@ -424,6 +447,44 @@ func TestWorkerDownMovesReleasesOrRemovesVMs(t *testing.T) {
 	h.ok(&pb.Command{Op: &pb.Command_RegisterWorker{RegisterWorker: &pb.RegisterWorker{Worker: &pb.Worker{Id: 3, Capacity: &pb.Resources{CpuMillis: 8000, MemoryMib: 8000}}}}})
 	if r, err := h.desire("other", pb.VMDesired_VM_DESIRED_DELETED, false); err != nil || !r.Removed {
 		t.Fatalf("delete after worker down: %v %v", r, err)
+	}
+}
+
+func TestReleaseVMsOnlyForAStillDownWorker(t *testing.T) {
+	h := newVMHarness(t, 1, 2)
+	if err := h.create(&pb.VMSpec{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	h.place("a", 1, 1)
+	down := &pb.Command{Op: &pb.Command_SetWorkerState{SetWorkerState: &pb.SetWorkerState{WorkerId: 1, State: pb.WorkerState_WORKER_STATE_DOWN}}}
+	release := &pb.Command{Op: &pb.Command_ReleaseVms{ReleaseVms: &pb.ReleaseVMs{WorkerId: 1}}}
+	// A ready worker keeps its VMs.
+	if r := h.ok(release); r.(*pb.PutResponse).Index != 0 || h.vm("a").WorkerId != 1 {
+		t.Fatalf("release of a ready worker moved its VM: %v", h.vm("a"))
+	}
+	// Down, then back (ready) before the release: the release is a no-op
+	// and the worker keeps the VM with its generation.
+	h.ok(down)
+	h.ok(&pb.Command{Op: &pb.Command_SetWorkerState{SetWorkerState: &pb.SetWorkerState{WorkerId: 1, State: pb.WorkerState_WORKER_STATE_READY}}})
+	if r := h.ok(release); r.(*pb.PutResponse).Index != 0 {
+		t.Fatalf("release after the worker came back changed %d VMs", r.(*pb.PutResponse).Index)
+	}
+	if a := h.vm("a"); a.WorkerId != 1 || a.Generation != h.gen("a", 1) {
+		t.Fatalf("vm after a release of a returned worker: %v", a)
+	}
+	if _, err := h.report("a", 1, 1, pb.VMState_VM_STATE_RUNNING); err != nil {
+		t.Fatalf("the returned worker's report: %v", err)
+	}
+	// Down again, released: moved; a second release changes nothing.
+	h.ok(down)
+	if r := h.ok(release); r.(*pb.PutResponse).Index != 1 || h.vm("a").WorkerId != 0 {
+		t.Fatalf("release of a down worker: %v", h.vm("a"))
+	}
+	if r := h.ok(release); r.(*pb.PutResponse).Index != 0 || h.vm("a").Generation != h.gen("a", 2) {
+		t.Fatalf("second release: %v", h.vm("a"))
+	}
+	if _, err := h.apply(&pb.Command{Op: &pb.Command_ReleaseVms{ReleaseVms: &pb.ReleaseVMs{WorkerId: 9}}}); !errors.Is(err, ErrUnknownWorker) {
+		t.Fatalf("release of an unknown worker: %v", err)
 	}
 }
 

@@ -26,7 +26,10 @@ type AgentConfig struct {
 	HeartbeatInterval time.Duration
 	UsageInterval     time.Duration
 	Usage             func() *pb.WorkerStatus // sampled at UsageInterval; nil disables reports
-	Logger            *slog.Logger
+	// Contact, if set, records every successful heartbeat (answered by
+	// the leader, worker registered and not down) with its send time.
+	Contact *Contact
+	Logger  *slog.Logger
 }
 
 // Agent registers a worker and keeps it alive in the leader's eyes.
@@ -106,6 +109,13 @@ func (c *AgentCore) Done(call AgentCall, registered bool, err error) AgentCall {
 	return CallNone
 }
 
+// Contacted says whether a heartbeat's answer counts as contact with the
+// cluster for the VM lease: the leader knows the worker and does not have
+// it down (a down worker's VMs may be released to others at any time).
+func Contacted(resp *pb.HeartbeatResponse) bool {
+	return resp.GetRegistered() && !resp.GetDown()
+}
+
 // Run registers the worker, then heartbeats and reports usage until ctx
 // ends. Failures are logged and retried on the next beat: a worker never
 // gives up on its cluster.
@@ -140,6 +150,7 @@ func (a *Agent) do(ctx context.Context, core *AgentCore, call AgentCall) {
 			err = a.register(ctx)
 		case CallHeartbeat:
 			var resp *pb.HeartbeatResponse
+			sent := a.cfg.Clock.Now() // before sending: the contact is no later than this
 			resp, err = a.call(ctx, func(c context.Context) (*pb.HeartbeatResponse, error) {
 				return a.cluster.Heartbeat(c, a.cfg.Worker.GetId())
 			})
@@ -147,6 +158,9 @@ func (a *Agent) do(ctx context.Context, core *AgentCore, call AgentCall) {
 				a.cfg.Logger.Debug("heartbeat failed", "err", err)
 			}
 			registered = resp.GetRegistered()
+			if err == nil && Contacted(resp) && a.cfg.Contact != nil {
+				a.cfg.Contact.Succeeded(sent)
+			}
 		case CallUsage:
 			st := a.cfg.Usage()
 			st.WorkerId = a.cfg.Worker.GetId()

@@ -10,7 +10,9 @@
 // changed for longer than the TTL (measured on the guard's monotonic
 // clock, so wall-clock jumps neither expire nor extend a lease), it
 // appends why to its log file, sends QEMU SIGTERM, SIGKILL after Grace,
-// and exits with ExitFenced.
+// and exits with ExitFenced. A lease that is already old when the guard
+// starts counts with its age; one already expired starts no QEMU at all
+// (ExitFenced at once).
 package guard
 
 import (
@@ -128,6 +130,26 @@ func Run(c Config) int {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
+	last, ok := mtime(c.Lease)
+	lastChange := time.Now()
+	if ok {
+		// A lease already old when the guard starts counts with its age
+		// (wall clock: the modification time is one), so a worker that
+		// stopped renewing gets no fresh TTL for a QEMU it starts; one
+		// already expired starts none. A wall clock set back makes the age
+		// zero, as before.
+		if age := lastChange.Sub(last.Round(0)); age > 0 {
+			lastChange = lastChange.Add(-age)
+		}
+	}
+	if idle := time.Since(lastChange); idle > c.TTL {
+		why := fmt.Sprintf("lease %s not renewed for %s (ttl %s): the worker is gone or cut off from its cluster; not starting %s",
+			c.Lease, idle.Round(time.Millisecond), c.TTL, c.Argv[0])
+		fmt.Fprintln(os.Stderr, LogPrefix, why)
+		appendLog(c.Log, why)
+		return ExitFenced
+	}
+
 	cmd := exec.Command(c.Argv[0], c.Argv[1:]...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr // the VM's qemu.log: plain files, no copying
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -145,8 +167,6 @@ func Run(c Config) int {
 
 	check := time.NewTicker(c.Check)
 	defer check.Stop()
-	last, _ := mtime(c.Lease)
-	lastChange := time.Now()
 	for {
 		select {
 		case <-waited:

@@ -228,3 +228,45 @@ func TestParseRefusesBadArguments(t *testing.T) {
 		t.Fatalf("Parse(Args(...)) = %+v, %v", c, err)
 	}
 }
+
+func TestLeaseAlreadyStaleAtStartGetsNoFreshTTL(t *testing.T) {
+	t.Parallel()
+	const ttl = 10 * time.Second
+	dir := t.TempDir()
+	lease := filepath.Join(dir, "lease")
+	if err := Renew(lease); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Minute)
+	if err := os.Chtimes(lease, old, old); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"vm-guard"}, Args(lease, ttl, filepath.Join(dir, "console.log"))...)
+	cmd := exec.Command(os.Args[0], append(args, "sleep", "600")...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	// A fresh TTL would keep it for 10 s; the lease's age counts, and an
+	// expired lease starts nothing: the guard exits fenced at once.
+	select {
+	case <-exited:
+	case <-time.After(ttl / 2):
+		t.Fatalf("the guard over a lease last renewed a minute ago still runs after %s (ttl %s)", ttl/2, ttl)
+	}
+	if ws := cmd.ProcessState.Sys().(syscall.WaitStatus); ws.Signaled() || ws.ExitStatus() != ExitFenced {
+		t.Fatalf("guard exit: %v (status %d), want status %d", ws, ws.ExitStatus(), ExitFenced)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "console.log")); err != nil || !strings.Contains(string(b), "not starting sleep") {
+		t.Fatalf("the log does not say why nothing started: %q (%v)", b, err)
+	}
+}

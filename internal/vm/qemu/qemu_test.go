@@ -613,3 +613,31 @@ func TestVMWhoseLeaseIsNotRenewedStopsByItself(t *testing.T) {
 		t.Errorf("console log does not say why the VM stopped:\n%s", c)
 	}
 }
+
+// A worker that stopped renewing its lease (cut off from its cluster)
+// cannot start a VM: the guard refuses to start QEMU over an expired lease.
+func TestVMStartOverAnExpiredLeaseIsFenced(t *testing.T) {
+	t.Parallel()
+	root := testRoot(t)
+	lease := filepath.Join(root, ".lease")
+	if err := guard.Renew(lease); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Minute)
+	if err := os.Chtimes(lease, old, old); err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(guardedConfig(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := d.Start(ctx, testSpec("late")); err == nil || !strings.Contains(err.Error(), "status 86") || !strings.Contains(err.Error(), "not starting") {
+		t.Fatalf("start over an expired lease: %v; want the guard's refusal (status 86, not starting)", err)
+	}
+	if q := qemusUnder(root); len(q) != 0 {
+		t.Fatalf("QEMU processes %v started over an expired lease", q)
+	}
+}
