@@ -270,8 +270,8 @@ func (e *earlyApply) ApplyCommand(index uint64, data []byte) (proto.Message, err
 // the grace existed: with the default 10 s, few workers stay down long
 // enough for a VM to move off one that comes back. Even so such a move is
 // rare (a worker must miss heartbeats for the 5 s TTL and come back), so
-// it gets at least 8 seeds, as many as the first seed that catches it
-// needs today (seed 7), under -race too.
+// it gets at least 8 seeds, under -race too (a run without the VM lease
+// model needed 7; with it, seed 1 catches it).
 func TestFenceBlindVMReconcilerIsCaught(t *testing.T) {
 	caughtWithin(t, "TestFenceBlindVMReconcilerIsCaught", []string{"vms"}, max(brokenSeeds(), 8), func(seed uint64) sim.Config {
 		seen := map[uint64]map[string]*pb.VM{}

@@ -130,6 +130,7 @@ type Stats struct {
 	VMPlacements     int
 	VMStarts         int
 	VMFaults         int
+	VMFenced         int // VM copies stopped by their guard (lease not renewed)
 	VMAdopted        int
 	MachineLosses    int
 }

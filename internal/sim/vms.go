@@ -13,6 +13,7 @@ import (
 	pb "github.com/blixard/blixard/api/blixardpb"
 	"github.com/blixard/blixard/internal/state"
 	"github.com/blixard/blixard/internal/vm"
+	"github.com/blixard/blixard/internal/vm/guard"
 	"github.com/blixard/blixard/internal/worker"
 )
 
@@ -34,6 +35,13 @@ import (
 // after a random latency; reports proposed one at a time, each retried
 // until applied or refused as stale. Guests boot after a random delay
 // (FakeHost.MarkReady), and now and then crash or exit on their own.
+//
+// The VM lease is modelled on the machine (leaseAt, contactAt): the
+// process renews it while the production worker.Contact says it is in
+// contact, and the guards, which run whether the process does or not,
+// stop the machine's copies once it has expired; no start succeeds over
+// an expired lease. The checker holds the cluster to issue 5: no two
+// machines run the same VM (creation seq) at once.
 
 // vmCopy is the simulation's record of one VM instance on a machine: which
 // VM record (seq) and placement (generation) it was started for.
@@ -43,6 +51,7 @@ type vmCopy struct {
 	gen        uint32
 	staleSince time.Duration
 	stale      bool
+	fencing    bool // its guard found the lease expired and is stopping it
 }
 
 // vmHost is a node's machine.
@@ -52,14 +61,76 @@ type vmHost struct {
 	dirs   map[string]uint32 // state directories → generation file
 	copies map[string]*vmCopy
 	inst   uint64
+	// The VM lease (server.vmLease, guard.Run) on the machine's monotonic
+	// clock, which runs on across process restarts like CLOCK_BOOTTIME:
+	// leaseAt is its last renewal (zero: never renewed), contactAt the
+	// last contact the process recorded beside it (<data-dir>/vms/.contact).
+	leaseAt   time.Time
+	contactAt time.Time
 }
 
+// The lease timing of the simulated workers, as server.VMFencingFor and
+// the guard derive it from the worker TTL: lease TTL W/2, contact gate W.
+var (
+	leaseTTL     = workerTTL / 2
+	contactGate  = workerTTL
+	guardCheck   = guard.CheckFor(leaseTTL)
+	guardGrace   = guard.GraceFor(leaseTTL)
+	leaseRenewal = leaseTTL / 5
+)
+
 func newVMHost(n *node) *vmHost {
-	return &vmHost{
+	h := &vmHost{
 		n:      n,
 		host:   vm.NewFakeHost(vm.FakeOptions{Now: n.monoNow, ManualReady: true}),
 		dirs:   map[string]uint32{},
 		copies: map[string]*vmCopy{},
+	}
+	n.s.after(guardCheck, h.guardLoop)
+	return h
+}
+
+// leaseExpired says whether the guards on the machine find the lease
+// expired now.
+func (h *vmHost) leaseExpired() bool {
+	return h.leaseAt.IsZero() || h.n.monoNow().Sub(h.leaseAt) > leaseTTL
+}
+
+// guardLoop is every guard's lease check (each check period, on the
+// machine, whether the node's process runs or not): a copy whose lease
+// expired is stopped after the guard's grace (the longest it may take).
+func (h *vmHost) guardLoop() {
+	s := h.n.s
+	if s.phase == phaseDone {
+		return
+	}
+	defer s.after(guardCheck, h.guardLoop)
+	if !h.leaseExpired() {
+		return
+	}
+	for _, name := range sortedNames(h.copies) {
+		c := h.copies[name]
+		if c.fencing {
+			continue
+		}
+		c.fencing = true
+		inst := c.inst
+		s.after(guardGrace, func() {
+			if c := h.copies[name]; c == nil || c.inst != inst {
+				return
+			}
+			_ = h.host.Crash(vm.ID(name), "stopped by its guard (self-fencing): lease not renewed")
+			s.stats.VMFenced++
+			if s.tracing() {
+				s.logf("%s machine: vm %s stopped by its guard: the lease was last renewed at %v", h.n.name(), name, h.leaseAt)
+			}
+			h.reap()
+			h.n.after(0, func() {
+				if p := h.n.w.vms; p != nil {
+					p.pollExits()
+				}
+			})
+		})
 	}
 }
 
@@ -85,7 +156,7 @@ func (h *vmHost) powerLoss(why string) {
 }
 
 // started records a new instance and checks that no other machine runs the
-// same placement of the same VM.
+// same VM (the same creation, whatever the placement) at once.
 func (h *vmHost) started(name string, seq uint64, gen uint32) {
 	s := h.n.s
 	h.inst++
@@ -97,8 +168,8 @@ func (h *vmHost) started(name string, seq uint64, gen uint32) {
 		if o == h.n {
 			continue
 		}
-		if oc, ok := o.vmh.copies[name]; ok && oc.seq == seq && oc.gen == gen {
-			s.violate("vms", "vm %s (seq %d) generation %d runs on n%d and n%d at once", name, seq, gen, o.id, h.n.id)
+		if oc, ok := o.vmh.copies[name]; ok && oc.seq == seq {
+			s.violate("vms", "vm %s (seq %d) runs on n%d (generation %d) and n%d (generation %d) at once", name, seq, o.id, oc.gen, h.n.id, gen)
 		}
 	}
 	inst := c.inst
@@ -408,6 +479,10 @@ func (p *vmProc) exec(op worker.VMOp, seq uint64) error {
 			case k < 7:
 				p.h.host.FailNextStart(fmt.Errorf("%w: simulated: the kernel does not boot", vm.ErrInvalidSpec))
 			}
+		}
+		if p.h.leaseExpired() {
+			// The guard starts no QEMU over an expired lease.
+			return fmt.Errorf("vm %s: QEMU exited during startup (status %d): simulated: lease not renewed; not starting", op.Name, guard.ExitFenced)
 		}
 		if _, err := p.drv.Start(ctx, op.Spec); err != nil {
 			return err

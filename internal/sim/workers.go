@@ -47,6 +47,7 @@ type simWorker struct {
 	wakeSet   bool
 	wakeAt    time.Time
 	vms       *vmProc
+	contact   *worker.Contact // gates the VM lease (worker.RenewLease)
 }
 
 func newWorker(n *node) *simWorker {
@@ -69,6 +70,15 @@ func (w *simWorker) start() {
 		cfg.Logger = slog.New(&logHandler{s: n.s, node: n.id})
 	}
 	w.core = worker.NewRunnerCore(cfg)
+	// server.vmLease: the gate counts from the last contact recorded on
+	// the machine, else from the process start; the lease is renewed (if
+	// in contact) before the driver adopts anything.
+	start := n.monoNow()
+	if at := n.vmh.contactAt; !at.IsZero() {
+		start = at
+	}
+	w.contact = worker.NewContact(start)
+	w.renewLoop()
 	w.agentCall(w.agent.Start())
 	w.do(w.core.Start(n.monoNow()))
 	n.after(heartbeatInterval, w.heartbeatLoop)
@@ -132,10 +142,26 @@ func (w *simWorker) agentCall(call worker.AgentCall) {
 			w.agentCall(w.agent.Done(worker.CallHeartbeat, false, errUnreachable))
 			return
 		}
+		sent := n.monoNow() // the RPC takes no sim time
 		l.mon.Seen(n.id, l.monoNow())
-		_, registered := l.sm.Worker(n.id)
+		wk, registered := l.sm.Worker(n.id)
+		if worker.Contacted(&pb.HeartbeatResponse{Registered: registered, Down: registered && wk.GetState() == pb.WorkerState_WORKER_STATE_DOWN}) {
+			w.contact.Succeeded(sent)
+		}
 		w.agentCall(w.agent.Done(worker.CallHeartbeat, registered, nil))
 	}
+}
+
+// renewLoop is worker.RenewLease: it renews the machine's VM lease every
+// fifth of the lease TTL while the worker is in contact (a successful
+// heartbeat sent within the gate), recording the contact beside it.
+func (w *simWorker) renewLoop() {
+	n := w.n
+	if now := n.monoNow(); w.contact.Within(now, contactGate) {
+		n.vmh.leaseAt = now
+		n.vmh.contactAt = w.contact.Last()
+	}
+	n.after(leaseRenewal, w.renewLoop)
 }
 
 // errUnreachable is a heartbeat that found no leader or did not get through.
