@@ -4,43 +4,15 @@ import (
 	"errors"
 	"testing"
 
-	"google.golang.org/protobuf/proto"
-
 	pb "github.com/blixard/blixard/api/blixardpb"
 )
 
-type taskHarness struct {
-	t     *testing.T
-	m     *Machine
-	index uint64
-}
+// taskHarness applies task commands to a fresh machine with workers of 1
+// CPU and 1024 MiB each.
+type taskHarness struct{ *cmdHarness }
 
 func newTaskHarness(t *testing.T, workers ...uint64) *taskHarness {
-	h := &taskHarness{t: t, m: New()}
-	for _, id := range workers {
-		h.ok(&pb.Command{Op: &pb.Command_RegisterWorker{RegisterWorker: &pb.RegisterWorker{
-			Worker: &pb.Worker{Id: id, Capacity: &pb.Resources{CpuMillis: 1000, MemoryMib: 1024}}}}})
-	}
-	return h
-}
-
-func (h *taskHarness) apply(c *pb.Command) (proto.Message, error) {
-	h.t.Helper()
-	h.index++
-	b, err := proto.Marshal(c)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return h.m.ApplyCommand(h.index, b)
-}
-
-func (h *taskHarness) ok(c *pb.Command) proto.Message {
-	h.t.Helper()
-	r, err := h.apply(c)
-	if err != nil {
-		h.t.Fatalf("apply %v: %v", c, err)
-	}
-	return r
+	return &taskHarness{newCmdHarness(t, 1000, 1024, workers...)}
 }
 
 func (h *taskHarness) submit(key string, cpu int64, retries int32) *pb.Task {
@@ -253,7 +225,7 @@ func TestTasksSurviveSnapshotAndRecords(t *testing.T) {
 		t.Fatalf("loaded reservation %dm, want 300m", u.CPUMillis)
 	}
 	// Idempotency survives a restart too.
-	hh := &taskHarness{t: t, m: l, index: h.index}
+	hh := &taskHarness{&cmdHarness{t: t, m: l, index: h.index}}
 	if again := hh.submit("a", 300, 0); again.Id != a.Id {
 		t.Fatalf("after reload a retried submit made %s, want %s", again.Id, a.Id)
 	}

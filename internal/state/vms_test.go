@@ -6,46 +6,16 @@ import (
 	"strings"
 	"testing"
 
-	"google.golang.org/protobuf/proto"
-
 	pb "github.com/blixard/blixard/api/blixardpb"
 	"github.com/blixard/blixard/internal/storage"
 )
 
 // vmHarness applies commands to a fresh machine with workers of 4 CPUs and
 // 1024 MiB each.
-type vmHarness struct {
-	t     *testing.T
-	m     *Machine
-	index uint64
-}
+type vmHarness struct{ *cmdHarness }
 
 func newVMHarness(t *testing.T, workers ...uint64) *vmHarness {
-	h := &vmHarness{t: t, m: New()}
-	for _, id := range workers {
-		h.ok(&pb.Command{Op: &pb.Command_RegisterWorker{RegisterWorker: &pb.RegisterWorker{
-			Worker: &pb.Worker{Id: id, Capacity: &pb.Resources{CpuMillis: 4000, MemoryMib: 1024}}}}})
-	}
-	return h
-}
-
-func (h *vmHarness) apply(c *pb.Command) (proto.Message, error) {
-	h.t.Helper()
-	h.index++
-	b, err := proto.Marshal(c)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return h.m.ApplyCommand(h.index, b)
-}
-
-func (h *vmHarness) ok(c *pb.Command) proto.Message {
-	h.t.Helper()
-	r, err := h.apply(c)
-	if err != nil {
-		h.t.Fatalf("apply %v: %v", c, err)
-	}
-	return r
+	return &vmHarness{newCmdHarness(t, 4000, 1024, workers...)}
 }
 
 func (h *vmHarness) create(spec *pb.VMSpec) error {
