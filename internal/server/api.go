@@ -86,14 +86,25 @@ func (a *api) forward() (rpcpb.ClusterClient, bool, error) {
 	return c, true, nil
 }
 
+// fromLeader asks the leader with call when this node is not the leader,
+// for answers only the leader has (its view of members, heartbeats, why
+// work waits). ok is false when this node leads or the leader cannot be
+// reached: the caller then answers from its own view rather than failing.
+func fromLeader[R any](a *api, call func(rpcpb.ClusterClient) (R, error)) (resp R, ok bool) {
+	c, fwd, err := a.forward()
+	if !fwd || err != nil {
+		return resp, false
+	}
+	resp, err = call(c)
+	return resp, err == nil
+}
+
 func (a *api) Status(ctx context.Context, req *pb.StatusRequest) (*pb.StatusResponse, error) {
 	if !req.GetLocal() {
-		if c, fwd, err := a.forward(); fwd && err == nil {
-			if resp, ferr := c.Status(ctx, &pb.StatusRequest{}); ferr == nil {
-				return resp, nil
-			}
-			// The leader is unreachable from here: answer with this
-			// node's own view rather than failing.
+		if resp, ok := fromLeader(a, func(c rpcpb.ClusterClient) (*pb.StatusResponse, error) {
+			return c.Status(ctx, &pb.StatusRequest{})
+		}); ok {
+			return resp, nil
 		}
 	}
 	st, applied, err := a.s.node.Status(ctx)
@@ -244,10 +255,10 @@ func (a *api) TransferLeader(ctx context.Context, req *pb.TransferLeaderRequest)
 }
 
 func (a *api) ListWorkers(ctx context.Context, req *pb.ListWorkersRequest) (*pb.ListWorkersResponse, error) {
-	if c, fwd, err := a.forward(); fwd && err == nil {
-		if resp, ferr := c.ListWorkers(ctx, req); ferr == nil {
-			return resp, nil
-		}
+	if resp, ok := fromLeader(a, func(c rpcpb.ClusterClient) (*pb.ListWorkersResponse, error) {
+		return c.ListWorkers(ctx, req)
+	}); ok {
+		return resp, nil
 	}
 	// Leader (or leader unreachable): answer from local state; heartbeat
 	// times exist only in the leader's memory.

@@ -76,10 +76,10 @@ func (a *api) GetTask(ctx context.Context, req *pb.GetTaskRequest) (*pb.TaskResp
 	}
 	if t.State == pb.TaskState_TASK_STATE_PENDING {
 		// Only the leader knows why a task waits: ask it.
-		if c, fwd, ferr := a.forward(); fwd && ferr == nil {
-			if resp, err := c.GetTask(ctx, req); err == nil {
-				return resp, nil
-			}
+		if resp, ok := fromLeader(a, func(c rpcpb.ClusterClient) (*pb.TaskResponse, error) {
+			return c.GetTask(ctx, req)
+		}); ok {
+			return resp, nil
 		}
 	}
 	return &pb.TaskResponse{Task: a.s.withReason(t)}, nil

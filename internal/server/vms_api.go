@@ -151,10 +151,10 @@ func (a *api) GetVM(ctx context.Context, req *pb.GetVMRequest) (*pb.VMResponse, 
 	}
 	if vm.State == pb.VMState_VM_STATE_PENDING {
 		// Only the leader knows why a VM waits: ask it.
-		if c, fwd, ferr := a.forward(); fwd && ferr == nil {
-			if resp, err := c.GetVM(ctx, req); err == nil {
-				return resp, nil
-			}
+		if resp, ok := fromLeader(a, func(c rpcpb.ClusterClient) (*pb.VMResponse, error) {
+			return c.GetVM(ctx, req)
+		}); ok {
+			return resp, nil
 		}
 	}
 	return &pb.VMResponse{Vm: a.s.withVMReason(vm)}, nil
