@@ -31,6 +31,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/blixard/blixard/internal/fsutil"
 )
 
 // Default locations on a Debian host.
@@ -165,11 +167,11 @@ func Build(ctx context.Context, outDir string, o Options) (Result, error) {
 	}
 	res.Vmlinux = filepath.Join(outDir, VmlinuxName)
 	res.Initrd = filepath.Join(outDir, InitrdName)
-	if err := writeFileAtomic(res.Vmlinux, vmlinux, 0o644); err != nil {
+	if err := fsutil.WriteFileAtomic(res.Vmlinux, vmlinux, 0o644); err != nil {
 		return res, err
 	}
 	progress("wrote %s (%.1f MiB)", res.Vmlinux, float64(len(vmlinux))/(1<<20))
-	if err := writeFileAtomic(res.Initrd, initrd.Bytes(), 0o644); err != nil {
+	if err := fsutil.WriteFileAtomic(res.Initrd, initrd.Bytes(), 0o644); err != nil {
 		return res, err
 	}
 	progress("wrote %s (%.1f MiB)", res.Initrd, float64(initrd.Len())/(1<<20))
@@ -316,32 +318,4 @@ func leadingRun(s string) (run, rest string) {
 		i++
 	}
 	return s[:i], s[i:]
-}
-
-// writeFileAtomic writes to a temporary file in the same directory and
-// renames it over p, so a reader never sees a half-written image.
-func writeFileAtomic(p string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	return nil
 }

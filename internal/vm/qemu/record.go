@@ -4,9 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
+	"github.com/blixard/blixard/internal/fsutil"
 	"github.com/blixard/blixard/internal/vm"
 )
 
@@ -33,26 +33,7 @@ func writeRecord(p string, r *record) error {
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", p, err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	return nil
+	return fsutil.WriteFileAtomic(p, append(b, '\n'), 0o600)
 }
 
 func readRecord(p string) (*record, error) {
