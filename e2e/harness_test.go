@@ -73,13 +73,17 @@ var fastTimers = []string{"--tick", "50ms", "--heartbeat-interval", "200ms", "--
 
 type cluster struct {
 	t      testing.TB
+	root   string   // parent of every node's data directory
 	timers []string // raft/worker timing flags for every node
 	nodes  map[uint64]*node
 	others []*node // processes expected to be refused; not members
 }
 
 func newCluster(t testing.TB) *cluster {
-	c := &cluster{t: t, nodes: map[uint64]*node{}, timers: fastTimers}
+	// The data directories' root is made before the cleanup that kills the
+	// nodes is registered: cleanups run last-registered first, so its
+	// removal runs after every node is dead rather than racing their writes.
+	c := &cluster{t: t, root: t.TempDir(), nodes: map[uint64]*node{}, timers: fastTimers}
 	t.Cleanup(func() {
 		for _, n := range c.nodes {
 			n.kill()
@@ -87,6 +91,9 @@ func newCluster(t testing.TB) *cluster {
 		for _, n := range c.others {
 			n.kill()
 		}
+		// What the nodes started (VM guards and QEMUs outlive a killed node
+		// by design) must be gone before the data directories are removed.
+		c.killLeftovers()
 		for _, n := range append(c.others, mapNodes(c.nodes)...) {
 			if strings.Contains(n.logs(), "WARNING: DATA RACE") {
 				t.Errorf("node %d hit a data race; see %s", n.id, n.logPath)
@@ -104,6 +111,18 @@ func newCluster(t testing.TB) *cluster {
 		}
 	})
 	return c
+}
+
+// killLeftovers kills every process still running from under the
+// cluster's data directories and waits until they are gone.
+func (c *cluster) killLeftovers() {
+	waitFor(c.t, 10*time.Second, "processes started under "+c.root+" to be gone", func() (bool, string) {
+		pids := pidsMentioning(c.root, nil)
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		return len(pids) == 0, fmt.Sprintf("pids %v", pids)
+	})
 }
 
 // other returns a running member other than n.
@@ -143,7 +162,11 @@ func (c *cluster) addRefused(id uint64, extra ...string) *node {
 
 func (c *cluster) spawn(id uint64, extra ...string) *node {
 	c.t.Helper()
-	dir := filepath.Join(c.t.TempDir(), fmt.Sprintf("node%d", id))
+	parent, err := os.MkdirTemp(c.root, "")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	dir := filepath.Join(parent, fmt.Sprintf("node%d", id))
 	n := &node{t: c.t, id: id, addr: freeAddr(c.t), dir: dir, logPath: dir + ".log"}
 	n.args = append([]string{"node", "--id", strconv.FormatUint(id, 10), "--data-dir", dir, "--listen", n.addr, "--log-level", "debug"}, c.timers...)
 	n.args = append(n.args, extra...)

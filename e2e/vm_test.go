@@ -82,6 +82,19 @@ func waitVM(t testing.TB, addr, name, what string, cond func(v vmJSON) bool) vmJ
 // under (a node's data dir or a test's temp dir) and, if name is not
 // empty, that VM's directory.
 func qemuPIDs(under, name string) []int {
+	want := under + "/"
+	if name != "" {
+		want = "/vms/" + name + "/"
+	}
+	return pidsMentioning(under, func(args []string) bool {
+		return strings.Contains(filepath.Base(args[0]), "qemu") &&
+			slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, want) })
+	})
+}
+
+// pidsMentioning lists the live (not zombie) processes with an argument
+// under dir whose command line also satisfies match (nil: any).
+func pidsMentioning(dir string, match func(args []string) bool) []int {
 	entries, _ := os.ReadDir("/proc")
 	var pids []int
 	for _, e := range entries {
@@ -94,7 +107,10 @@ func qemuPIDs(under, name string) []int {
 			continue
 		}
 		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if !strings.Contains(filepath.Base(args[0]), "qemu") {
+		if !slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, dir+"/") }) {
+			continue
+		}
+		if match != nil && !match(args) {
 			continue
 		}
 		st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
@@ -104,15 +120,7 @@ func qemuPIDs(under, name string) []int {
 		if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
 			continue // a zombie is gone already
 		}
-		want := under + "/"
-		if name != "" {
-			want = "/vms/" + name + "/"
-		}
-		if slices.ContainsFunc(args, func(a string) bool {
-			return strings.Contains(a, under+"/") && strings.Contains(a, want)
-		}) {
-			pids = append(pids, pid)
-		}
+		pids = append(pids, pid)
 	}
 	return pids
 }
