@@ -19,11 +19,14 @@ func (s *Server) schedulerLoop() {
 	rng := rand.New(rand.NewPCG(s.cfg.ID, uint64(s.clock.Now().UnixNano())))
 	tick := s.clock.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
+	var backoffs scheduler.Backoffs
 	for {
 		ch := s.applied.Wait()
-		if s.node.IsLeader() {
+		if !s.node.IsLeader() {
+			backoffs.Reset()
+		} else {
 			start := time.Now()
-			s.schedulePass(rng)
+			s.schedulePass(rng, &backoffs)
 			// A pass over a huge backlog can take long; leave the raft
 			// loop and the API at least as much time again before the
 			// next one, so scheduling can never starve them.
@@ -46,11 +49,14 @@ func (s *Server) schedulerLoop() {
 	}
 }
 
-func (s *Server) schedulePass(rng *rand.Rand) {
+func (s *Server) schedulePass(rng *rand.Rand, backoffs *scheduler.Backoffs) {
 	// The two reads are not one snapshot; a placement applied between
 	// them only makes this pass plan against an older view, and applying
 	// re-checks every placement, so nothing can over-commit.
-	pass := scheduler.FullPass(s.clock.Now(), s.sm.ForScheduling(), s.sm.PendingVMs(), rng, nil)
+	now := s.clock.Now()
+	view := s.sm.ForScheduling()
+	backoffs.Apply(now, &view)
+	pass := scheduler.FullPass(now, view, s.sm.PendingVMs(), rng, nil)
 	s.setWaiting(pass.Waiting)
 	s.setVMWaiting(pass.VMWaiting)
 	if pass.Place == nil && pass.PlaceVMs == nil {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/blixard/blixard/internal/raftnode"
+	"github.com/blixard/blixard/internal/scheduler"
 	"github.com/blixard/blixard/internal/state"
 	"github.com/blixard/blixard/internal/worker"
 )
@@ -83,6 +84,7 @@ type node struct {
 	schedBusy bool
 	schedDue  bool
 	schedRng  *rand.Rand
+	backoffs  scheduler.Backoffs // the leader's memory of retries in backoff; lost on crash
 	w         *simWorker
 	vmh       *vmHost // the machine: outlives the process
 	stopDue   bool    // removal applied somewhere: the operator stops it soon
@@ -458,6 +460,7 @@ func (n *node) crash(why string) {
 	n.disk.Crash()
 	n.core, n.sm = nil, nil
 	n.inbox = nil
+	n.backoffs.Reset()
 }
 
 // fail is the process exiting because storage failed, as

@@ -403,12 +403,19 @@ func (n *node) schedKick() {
 // PlaceTasks proposal, and no new pass until it is applied.
 func (n *node) schedPass() {
 	s := n.s
-	if n.schedBusy || !n.core.IsLeader() {
+	if !n.core.IsLeader() {
+		n.backoffs.Reset()
+		return
+	}
+	if n.schedBusy {
 		return
 	}
 	n.schedDue = false
 	// The server's pass: tasks and VMs together.
-	pass := scheduler.FullPass(n.localNow(), n.sm.ForScheduling(), n.sm.PendingVMs(), n.schedRng, s.cfg.Schedule)
+	now := n.localNow()
+	view := n.sm.ForScheduling()
+	n.backoffs.Apply(now, &view)
+	pass := scheduler.FullPass(now, view, n.sm.PendingVMs(), n.schedRng, s.cfg.Schedule)
 	if len(pass.Input.Pending) > 0 {
 		s.chk.plan(n, pass.Input, pass.Plan)
 	}

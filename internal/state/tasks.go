@@ -509,8 +509,12 @@ type PendingTask struct {
 	Constraints map[string]string
 	Node        uint64
 	Policy      pb.PlacementPolicy
-	NotBefore   int64  // unix nanos
-	Attempt     uint32 // number the next attempt gets
+	NotBefore   int64 // unix nanos, on the clock of the leader that placed the failed attempt
+	// Backoff is the retry delay that NotBefore ends (0 when not in
+	// backoff), so a leader whose clock differs from the placing leader's
+	// can time it on its own clock (scheduler.Backoffs).
+	Backoff time.Duration
+	Attempt uint32 // number the next attempt gets
 }
 
 // SchedulingView is what the scheduler needs: pending tasks and the
@@ -536,6 +540,9 @@ func (m *Machine) ForScheduling() SchedulingView {
 				Constraints: s.Constraints, Node: s.Node, Policy: s.Policy,
 				NotBefore: t.NotBeforeUnixNano, Attempt: uint32(len(t.Attempts)) + 1,
 			})
+			if t.NotBeforeUnixNano != 0 {
+				v.Pending[len(v.Pending)-1].Backoff = backoff(s, t.RetriesUsed)
+			}
 		}
 	}
 	sort.Slice(v.Pending, func(i, j int) bool { return v.Pending[i].Seq < v.Pending[j].Seq })

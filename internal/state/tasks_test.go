@@ -3,6 +3,7 @@ package state
 import (
 	"errors"
 	"testing"
+	"time"
 
 	pb "github.com/blixard/blixard/api/blixardpb"
 )
@@ -125,6 +126,12 @@ func TestRetriesWithBackoffThenFail(t *testing.T) {
 			want := int64(2000) + int64(100<<(attempt-1))*1e6
 			if got.State != pb.TaskState_TASK_STATE_PENDING || got.NotBeforeUnixNano != want {
 				t.Fatalf("after failure %d: state %v not_before %d, want pending %d", attempt, got.State, got.NotBeforeUnixNano, want)
+			}
+			// The scheduler is told the backoff itself too, to time it on
+			// its own clock after a leader change.
+			v := h.m.ForScheduling()
+			if len(v.Pending) != 1 || v.Pending[0].Backoff != time.Duration(100<<(attempt-1))*time.Millisecond || v.Pending[0].Attempt != attempt+1 {
+				t.Fatalf("after failure %d: scheduling view %+v", attempt, v.Pending)
 			}
 		} else if got.State != pb.TaskState_TASK_STATE_FAILED || got.RetriesUsed != 2 {
 			t.Fatalf("after last failure: %v retries %d", got.State, got.RetriesUsed)
