@@ -1535,9 +1535,12 @@ type VM struct {
 	Seq               uint64 `protobuf:"varint,11,opt,name=seq,proto3" json:"seq,omitempty"` // raft index of creation (FIFO among pending)
 	// restart_seq is bumped by `vm restart`: the worker restarts the VM when
 	// it sees a higher value than it last acted on.
-	RestartSeq    uint32 `protobuf:"varint,12,opt,name=restart_seq,json=restartSeq,proto3" json:"restart_seq,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RestartSeq uint32 `protobuf:"varint,12,opt,name=restart_seq,json=restartSeq,proto3" json:"restart_seq,omitempty"`
+	// generation_restarts is the restarts by policy in the current
+	// generation, as its worker last reported them (included in restarts).
+	GenerationRestarts uint32 `protobuf:"varint,13,opt,name=generation_restarts,json=generationRestarts,proto3" json:"generation_restarts,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *VM) Reset() {
@@ -1650,6 +1653,13 @@ func (x *VM) GetSeq() uint64 {
 func (x *VM) GetRestartSeq() uint32 {
 	if x != nil {
 		return x.RestartSeq
+	}
+	return 0
+}
+
+func (x *VM) GetGenerationRestarts() uint32 {
+	if x != nil {
+		return x.GenerationRestarts
 	}
 	return 0
 }
@@ -2394,10 +2404,17 @@ type ReportVM struct {
 	State             VMState                `protobuf:"varint,4,opt,name=state,proto3,enum=blixard.v1.VMState" json:"state,omitempty"`
 	Reason            string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	StartedAtUnixNano int64                  `protobuf:"varint,6,opt,name=started_at_unix_nano,json=startedAtUnixNano,proto3" json:"started_at_unix_nano,omitempty"`
-	RestartsDelta     uint32                 `protobuf:"varint,7,opt,name=restarts_delta,json=restartsDelta,proto3" json:"restarts_delta,omitempty"`
-	NowUnixNano       int64                  `protobuf:"varint,8,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// restarts_delta is only in entries written before generation_restarts
+	// existed (it was not idempotent: a retried report counted twice);
+	// workers now send 0 and it is still applied for old log entries.
+	RestartsDelta uint32 `protobuf:"varint,7,opt,name=restarts_delta,json=restartsDelta,proto3" json:"restarts_delta,omitempty"`
+	NowUnixNano   int64  `protobuf:"varint,8,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	// generation_restarts is how many times the worker restarted the VM by
+	// policy in this generation, absolute: a retried or reordered report
+	// cannot count a restart twice.
+	GenerationRestarts uint32 `protobuf:"varint,9,opt,name=generation_restarts,json=generationRestarts,proto3" json:"generation_restarts,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ReportVM) Reset() {
@@ -2482,6 +2499,13 @@ func (x *ReportVM) GetRestartsDelta() uint32 {
 func (x *ReportVM) GetNowUnixNano() int64 {
 	if x != nil {
 		return x.NowUnixNano
+	}
+	return 0
+}
+
+func (x *ReportVM) GetGenerationRestarts() uint32 {
+	if x != nil {
+		return x.GenerationRestarts
 	}
 	return 0
 }
@@ -5424,7 +5448,7 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x04node\x18\r \x01(\x04R\x04node\x1a>\n" +
 	"\x10ConstraintsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbf\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf0\x03\n" +
 	"\x02VM\x12&\n" +
 	"\x04spec\x18\x01 \x01(\v2\x12.blixard.v1.VMSpecR\x04spec\x12/\n" +
 	"\adesired\x18\x02 \x01(\x0e2\x15.blixard.v1.VMDesiredR\adesired\x12)\n" +
@@ -5441,7 +5465,8 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	" \x01(\x03R\x11updatedAtUnixNano\x12\x10\n" +
 	"\x03seq\x18\v \x01(\x04R\x03seq\x12\x1f\n" +
 	"\vrestart_seq\x18\f \x01(\rR\n" +
-	"restartSeq\"\xc3\x02\n" +
+	"restartSeq\x12/\n" +
+	"\x13generation_restarts\x18\r \x01(\rR\x12generationRestarts\"\xc3\x02\n" +
 	"\rStateSnapshot\x12,\n" +
 	"\amembers\x18\x01 \x03(\v2\x12.blixard.v1.MemberR\amembers\x12'\n" +
 	"\x0fremoved_members\x18\x02 \x03(\x04R\x0eremovedMembers\x12,\n" +
@@ -5498,7 +5523,7 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\n" +
 	"placements\x18\x01 \x03(\v2\x17.blixard.v1.VMPlacementR\n" +
 	"placements\x12\"\n" +
-	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"\x9a\x02\n" +
+	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"\xcb\x02\n" +
 	"\bReportVM\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
 	"\n" +
@@ -5509,7 +5534,8 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12/\n" +
 	"\x14started_at_unix_nano\x18\x06 \x01(\x03R\x11startedAtUnixNano\x12%\n" +
 	"\x0erestarts_delta\x18\a \x01(\rR\rrestartsDelta\x12\"\n" +
-	"\rnow_unix_nano\x18\b \x01(\x03R\vnowUnixNano\"G\n" +
+	"\rnow_unix_nano\x18\b \x01(\x03R\vnowUnixNano\x12/\n" +
+	"\x13generation_restarts\x18\t \x01(\rR\x12generationRestarts\"G\n" +
 	"\n" +
 	"PurgeTasks\x129\n" +
 	"\x19finished_before_unix_nano\x18\x01 \x01(\x03R\x16finishedBeforeUnixNano\"\x83\x01\n" +

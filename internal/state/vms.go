@@ -355,6 +355,7 @@ func (m *Machine) placeVMs(c *pb.PlaceVMs) (proto.Message, error) {
 		}
 		m.setVMWorker(vm, w.Id)
 		vm.Generation = p.Generation
+		vm.GenerationRestarts = 0
 		vm.State = pb.VMState_VM_STATE_SCHEDULED
 		vm.Reason = ""
 		vm.UpdatedAtUnixNano = c.NowUnixNano
@@ -384,7 +385,11 @@ func (m *Machine) reportVM(c *pb.ReportVM) (proto.Message, error) {
 	if c.StartedAtUnixNano != 0 {
 		vm.StartedAtUnixNano = c.StartedAtUnixNano
 	}
-	vm.Restarts += c.RestartsDelta
+	vm.Restarts += c.RestartsDelta // old log entries only
+	if c.GenerationRestarts > vm.GenerationRestarts {
+		vm.Restarts += c.GenerationRestarts - vm.GenerationRestarts
+		vm.GenerationRestarts = c.GenerationRestarts
+	}
 	vm.UpdatedAtUnixNano = c.NowUnixNano
 	if vm.Desired == pb.VMDesired_VM_DESIRED_DELETED && (c.State == pb.VMState_VM_STATE_STOPPED || c.State == pb.VMState_VM_STATE_FAILED) {
 		m.removeVM(vm)
@@ -453,6 +458,7 @@ func (m *Machine) vmsWorkerDown(worker uint64, now int64) int {
 		}
 		m.setVMWorker(vm, 0)
 		vm.Generation++
+		vm.GenerationRestarts = 0
 		vm.Reason = fmt.Sprintf("worker %d down", worker)
 		vm.UpdatedAtUnixNano = now
 		m.touchVM(name)

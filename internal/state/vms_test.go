@@ -254,9 +254,22 @@ func TestReportVMIsFenced(t *testing.T) {
 	if r.Vm.State != pb.VMState_VM_STATE_RUNNING || r.Vm.StartedAtUnixNano != 300 {
 		t.Fatalf("after report: %v", r.Vm)
 	}
-	r2 := h.ok(&pb.Command{Op: &pb.Command_ReportVm{ReportVm: &pb.ReportVM{Name: "a", Generation: h.gen("a", 1), WorkerId: 1, State: pb.VMState_VM_STATE_FAILED, Reason: "exit 1", RestartsDelta: 2}}}).(*pb.VMResponse)
+	r2 := h.ok(&pb.Command{Op: &pb.Command_ReportVm{ReportVm: &pb.ReportVM{Name: "a", Generation: h.gen("a", 1), WorkerId: 1, State: pb.VMState_VM_STATE_FAILED, Reason: "exit 1", GenerationRestarts: 2}}}).(*pb.VMResponse)
 	if r2.Vm.Restarts != 2 || r2.Vm.Reason != "exit 1" || r2.Vm.StartedAtUnixNano != 300 {
 		t.Fatalf("failed report: %v", r2.Vm)
+	}
+	// The count is absolute: the same report again (a worker retrying after
+	// an unknown outcome) or an older one changes nothing; a newer adds.
+	for _, n := range []uint32{2, 1, 3} {
+		r := h.ok(&pb.Command{Op: &pb.Command_ReportVm{ReportVm: &pb.ReportVM{Name: "a", Generation: h.gen("a", 1), WorkerId: 1, State: pb.VMState_VM_STATE_STARTING, GenerationRestarts: n}}}).(*pb.VMResponse)
+		if want := max(uint32(2), n); r.Vm.Restarts != want {
+			t.Fatalf("report of %d restarts: restarts = %d, want %d", n, r.Vm.Restarts, want)
+		}
+	}
+	// An entry from before generation_restarts still counts its delta.
+	r3 := h.ok(&pb.Command{Op: &pb.Command_ReportVm{ReportVm: &pb.ReportVM{Name: "a", Generation: h.gen("a", 1), WorkerId: 1, State: pb.VMState_VM_STATE_RUNNING, RestartsDelta: 1}}}).(*pb.VMResponse)
+	if r3.Vm.Restarts != 4 {
+		t.Fatalf("legacy delta report: restarts = %d, want 4", r3.Vm.Restarts)
 	}
 }
 

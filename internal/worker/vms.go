@@ -150,14 +150,16 @@ type vmSlot struct {
 	lastExit   string // why the last process ended (reason of the next reports)
 	final      bool   // policy says no more starts (until restart, stop or a new generation)
 	finalState pb.VMState
-	// restartsDelta is restarts not yet reported.
-	restartsDelta uint32
+	// restarts counts restarts by policy in this generation (reported
+	// absolute, so a retried report cannot count one twice).
+	restarts uint32
 
 	// What was last reported, to report each change once.
-	repGen     uint32
-	repState   pb.VMState
-	repReason  string
-	repStarted int64
+	repGen      uint32
+	repState    pb.VMState
+	repReason   string
+	repStarted  int64
+	repRestarts uint32
 }
 
 func (s *vmSlot) busy() bool {
@@ -311,6 +313,9 @@ func (c *VMCore) planOwned(now time.Time, s *vmSlot, v *pb.VM, p *VMPlan) {
 			restartSeq: v.RestartSeq,
 		}
 	}
+	// After this process restarted (adoption) it counts on from what the
+	// cluster last recorded for the generation.
+	s.restarts = max(s.restarts, v.GenerationRestarts)
 	if s.adopted {
 		s.adopted = false
 		s.restartSeq = v.RestartSeq
@@ -405,15 +410,14 @@ func (c *VMCore) report(now time.Time, s *vmSlot, p *VMPlan, st pb.VMState, reas
 	if (st == pb.VMState_VM_STATE_STARTING || st == pb.VMState_VM_STATE_RUNNING) && s.proc != procNone && !s.startedAt.IsZero() {
 		started = s.startedAt.UnixNano()
 	}
-	if s.repGen == s.gen && s.repState == st && s.repReason == reason && s.repStarted == started && s.restartsDelta == 0 {
+	if s.repGen == s.gen && s.repState == st && s.repReason == reason && s.repStarted == started && s.repRestarts == s.restarts {
 		return
 	}
-	s.repGen, s.repState, s.repReason, s.repStarted = s.gen, st, reason, started
+	s.repGen, s.repState, s.repReason, s.repStarted, s.repRestarts = s.gen, st, reason, started, s.restarts
 	p.Reports = append(p.Reports, &pb.ReportVM{
 		Name: s.name, Generation: s.gen, WorkerId: c.cfg.WorkerID, State: st, Reason: reason,
-		StartedAtUnixNano: started, RestartsDelta: s.restartsDelta, NowUnixNano: now.UnixNano(),
+		StartedAtUnixNano: started, GenerationRestarts: s.restarts, NowUnixNano: now.UnixNano(),
 	})
-	s.restartsDelta = 0
 }
 
 // Done records the outcome of an operation Plan issued.
@@ -525,7 +529,7 @@ func (c *VMCore) exited(now time.Time, s *vmSlot, failed bool, _ int, reason str
 		s.failures = 0
 	}
 	s.failures++
-	s.restartsDelta++
+	s.restarts++
 	s.notBefore = now.Add(c.backoff(s.failures))
 }
 

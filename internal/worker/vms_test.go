@@ -52,7 +52,10 @@ func (m *vmModel) report(r *pb.ReportVM) error {
 	if r.StartedAtUnixNano != 0 {
 		v.StartedAtUnixNano = r.StartedAtUnixNano
 	}
-	v.Restarts += r.RestartsDelta
+	if r.GenerationRestarts > v.GenerationRestarts { // as state.Machine does
+		v.Restarts += r.GenerationRestarts - v.GenerationRestarts
+		v.GenerationRestarts = r.GenerationRestarts
+	}
 	if v.Desired == pb.VMDesired_VM_DESIRED_DELETED && (r.State == pb.VMState_VM_STATE_STOPPED || r.State == pb.VMState_VM_STATE_FAILED) {
 		delete(m.vms, r.Name)
 	}
@@ -205,8 +208,8 @@ func (h *vmHarness) takeReports() []string {
 	var out []string
 	for _, r := range h.reports {
 		s := strings.TrimPrefix(r.State.String(), "VM_STATE_")
-		if r.RestartsDelta > 0 {
-			s += fmt.Sprintf(" +%d", r.RestartsDelta)
+		if r.GenerationRestarts > 0 {
+			s += fmt.Sprintf(" restarts=%d", r.GenerationRestarts)
 		}
 		out = append(out, r.Name+" "+s)
 	}
@@ -303,7 +306,7 @@ func TestVMCoreRestartsCrashesWithExponentialBackoff(t *testing.T) {
 		h.step()
 		wantVMList(t, fmt.Sprintf("crash %d: ops before the backoff", i+1), h.takeOps())
 		reps := h.reports
-		wantVMList(t, fmt.Sprintf("crash %d: reports", i+1), h.takeReports(), "db STARTING +1")
+		wantVMList(t, fmt.Sprintf("crash %d: reports", i+1), h.takeReports(), fmt.Sprintf("db STARTING restarts=%d", i+1))
 		if !strings.Contains(reps[0].Reason, "SIGKILL") || !strings.Contains(reps[0].Reason, d.String()+" backoff") {
 			t.Fatalf("crash %d: reason %q, want the exit and a %s backoff", i+1, reps[0].Reason, d)
 		}
@@ -596,6 +599,54 @@ func TestVMCoreRecoverAdoptsCurrentAndKillsTheRest(t *testing.T) {
 	}
 	h.advance(time.Minute)
 	wantVMList(t, "ops a minute later", h.takeOps())
+}
+
+// TestVMCoreRestartCountSurvivesAWorkerRestart: restarts are reported as
+// an absolute count per generation, so a restarted worker process that
+// adopts a VM counts on from what the cluster recorded rather than from 0
+// (which the state would ignore) or by re-adding deltas.
+func TestVMCoreRestartCountSurvivesAWorkerRestart(t *testing.T) {
+	h := newVMHarness(t, false)
+	h.add("db", pb.RestartPolicy_RESTART_POLICY_ALWAYS)
+	h.step()
+	for i := range 2 {
+		if err := h.host.Crash("db", ""); err != nil {
+			t.Fatal(err)
+		}
+		h.step()
+		h.advance(time.Duration(1<<i) * time.Second)
+	}
+	h.takeOps()
+	h.takeReports()
+	if v := h.vm("db"); v.Restarts != 2 || v.GenerationRestarts != 2 {
+		t.Fatalf("after two crashes: restarts %d, in generation %d", v.Restarts, v.GenerationRestarts)
+	}
+
+	if err := h.drv.Close(); err != nil { // the worker process dies
+		t.Fatal(err)
+	}
+	h.drv = h.host.NewDriver()
+	h.core = NewVMCore(VMCoreConfig{WorkerID: vmTestWorker, ImageDir: "/images", StateRoot: h.root})
+	h.watched = map[string]vmWatched{}
+	if _, err := h.drv.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h.core.Recovered([]RecoveredVM{{Name: "db", Gen: 1, Ready: true}}, []string{"db"})
+	for _, op := range h.core.Live() {
+		h.watched[op.Name] = vmWatched{run: op.Run, exit: h.drv.Wait(vm.ID(op.Name)), ready: true}
+	}
+	h.step()
+	wantVMList(t, "ops after adoption", h.takeOps())
+	h.takeReports()
+
+	if err := h.host.Crash("db", ""); err != nil {
+		t.Fatal(err)
+	}
+	h.step()
+	wantVMList(t, "reports after the adopted VM crashed", h.takeReports(), "db STARTING restarts=3")
+	if v := h.vm("db"); v.Restarts != 3 {
+		t.Fatalf("after a crash of the adopted VM: restarts %d, want 3", v.Restarts)
+	}
 }
 
 // shellCluster is a VMCluster over a vmModel, safe for the shell's
