@@ -132,7 +132,13 @@ type Stats struct {
 	VMFaults         int
 	VMFenced         int // VM copies stopped by their guard (lease not renewed)
 	VMAdopted        int
-	MachineLosses    int
+	// VMReleases counts ReleaseVMs that moved a down worker's VMs; of
+	// those, VMReleasesOfLiveWorkers were of a worker whose process was
+	// running (cut off by a partition or paused).
+	VMReleases              int
+	VMReleasesOfLiveWorkers int
+	LongPartitions          int
+	MachineLosses           int
 }
 
 // params are the per-seed knobs: each seed draws its own cluster size,
@@ -604,11 +610,20 @@ func (s *Sim) partitionFault() {
 		}
 		desc = "random one-way links"
 	}
+	d := time.Duration(300+s.rng.IntN(6000)) * time.Millisecond
+	if s.rng.IntN(8) == 0 {
+		// Now and then a long one: past the worker TTL plus the VM grace
+		// (15 s), so a cut-off worker is marked down, its VMs are released
+		// and re-placed while its own copies must already be fenced.
+		d = time.Duration(16+s.rng.IntN(20)) * time.Second
+		s.stats.LongPartitions++
+		desc += fmt.Sprintf(" for %v", d)
+	}
 	s.trace(evPartition, uint64(len(s.net.cut)), 0, 0)
 	if s.tracing() {
 		s.logf("PARTITION: %s (%d directed links cut)", desc, len(s.net.cut))
 	}
-	s.after(time.Duration(300+s.rng.IntN(6000))*time.Millisecond, s.healNetwork)
+	s.after(d, s.healNetwork)
 }
 
 func (s *Sim) healNetwork() {

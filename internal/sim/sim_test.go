@@ -157,6 +157,9 @@ func add(t *sim.Stats, s sim.Stats) {
 	t.VMFaults += s.VMFaults
 	t.VMFenced += s.VMFenced
 	t.VMAdopted += s.VMAdopted
+	t.VMReleases += s.VMReleases
+	t.VMReleasesOfLiveWorkers += s.VMReleasesOfLiveWorkers
+	t.LongPartitions += s.LongPartitions
 	t.MachineLosses += s.MachineLosses
 	t.NodesCreated += s.NodesCreated
 	t.LeaderAfterHeal = max(t.LeaderAfterHeal, s.LeaderAfterHeal)
@@ -172,11 +175,11 @@ func add(t *sim.Stats, s sim.Stats) {
 func summary(s sim.Stats) string {
 	return fmt.Sprintf("sim time %v, %d events, %d msgs (%d dropped, %d duplicated), %d crashes, %d restarts, %d pauses, %d partitions, "+
 		"%d disk faults (%d storage failures), %d terms, %d membership changes applied, %d nodes, %d client ops, %d kv ops (%d unknown), "+
-		"%d tasks acked, %d placements, final %v; %d VM ops (%d creates applied), %d VM placements, %d VM starts, %d VM faults, %d fenced by their guard, %d VMs adopted, %d machine losses; "+
+		"%d tasks acked, %d placements, final %v; %d VM ops (%d creates applied), %d VM placements, %d VM starts, %d VM faults, %d fenced by their guard, %d VMs adopted, %d machine losses, %d long partitions, %d VM releases (%d of a live worker's); "+
 		"worst leader-after-heal %v, worst quiesce %v",
 		s.SimTime.Round(time.Second), s.Events, s.MsgsSent, s.MsgsDropped, s.MsgsDuplicated, s.Crashes, s.Restarts, s.Pauses, s.Partitions,
 		s.DiskFaults, s.StorageFailures, s.Terms, s.ConfChanges, s.NodesCreated, s.ClientOps, s.KVOps, s.KVUnknown,
-		s.TasksAcked, s.Placements, s.TasksFinal, s.VMOps, s.VMsCreated, s.VMPlacements, s.VMStarts, s.VMFaults, s.VMFenced, s.VMAdopted, s.MachineLosses,
+		s.TasksAcked, s.Placements, s.TasksFinal, s.VMOps, s.VMsCreated, s.VMPlacements, s.VMStarts, s.VMFaults, s.VMFenced, s.VMAdopted, s.MachineLosses, s.LongPartitions, s.VMReleases, s.VMReleasesOfLiveWorkers,
 		s.LeaderAfterHeal, s.QuiesceAfterHeal)
 }
 

@@ -372,7 +372,18 @@ func (n *node) dutiesLoop() {
 		}
 		duties := n.duties
 		cmd := &pb.Command{Op: &pb.Command_ReleaseVms{ReleaseVms: &pb.ReleaseVMs{WorkerId: id, NowUnixNano: n.localNow().UnixNano()}}}
-		n.issue(&request{kind: rqPropose, payload: mustMarshal(cmd), done: func(proto.Message, error) { duties.ReleaseDone(id) }}, 5*time.Second)
+		s := n.s
+		n.issue(&request{kind: rqPropose, payload: mustMarshal(cmd), done: func(resp proto.Message, err error) {
+			duties.ReleaseDone(id)
+			if r, ok := resp.(*pb.PutResponse); ok && err == nil && r.Index > 0 {
+				s.stats.VMReleases++
+				if w := s.nodes[id]; w != nil && w.st != stDown && w.st != stGone {
+					// Its process runs: it was cut off (or paused), and its
+					// copies had to be fenced by their guards.
+					s.stats.VMReleasesOfLiveWorkers++
+				}
+			}
+		}}, 5*time.Second)
 	}
 	if plan.PurgeBefore != 0 {
 		duties := n.duties
