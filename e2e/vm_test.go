@@ -293,6 +293,26 @@ func TestVMLifecycleOnThreeNodes(t *testing.T) {
 		}
 	})
 
+	t.Run("host port clash keeps the second VM off the worker", func(t *testing.T) {
+		_, port, _ := strings.Cut(freeAddr(t), ":")
+		pin := strconv.FormatUint(c.other(worker).id, 10)
+		for _, name := range []string{"port1", "port2"} {
+			if out, errOut, err := vmCLI(n1.addr, "vm", "create", name, "--memory", "64", "--port", port+":80", "--node", pin, "--detach"); err != nil {
+				t.Fatalf("vm create %s: %v: %s%s", name, err, out, errOut)
+			}
+		}
+		waitVM(t, n1.addr, "port1", "placed", func(v vmJSON) bool { return v.Worker != 0 })
+		want := "host port " + port + "/tcp is forwarded by vm port1 on worker " + pin
+		v := waitVM(t, n1.addr, "port2", "pending, naming the clash", func(v vmJSON) bool {
+			return v.State == "pending" && strings.Contains(v.reason(), want)
+		})
+		if v.Worker != 0 {
+			t.Fatalf("port2 placed on worker %d beside port1", v.Worker)
+		}
+		deleteAndWait(t, n1.addr, "port2")
+		deleteAndWait(t, n1.addr, "port1")
+	})
+
 	t.Run("worker restarted: the VM is adopted", func(t *testing.T) {
 		via := c.other(worker)
 		before, _, _ := vmStatus(via.addr, "web")

@@ -35,6 +35,11 @@
 // over-commit a worker. A zero request counts as zero, so a task asking for
 // nothing fits any matching worker that is not already over-committed.
 //
+// A VM that forwards host ports (user-mode networking) also needs each of
+// them free on the worker: not forwarded by a VM already placed there,
+// nor by one placed earlier in this pass. (What else on the host may hold
+// the port is not known here; QEMU fails to start and says so.)
+//
 // # Choice among workers
 //
 // Every candidate is scored by its dominant resource share after the
@@ -144,6 +149,9 @@ type Worker struct {
 	// VMs says whether the worker can run VMs (it registered
 	// state.CapabilityVMs); VMs are placed only on such workers.
 	VMs bool
+	// HostPorts are the host ports that VMs placed here forward, each to
+	// the VM's name: a VM forwarding one of them cannot go here.
+	HostPorts map[string]string
 }
 
 // Task is a pending task, or a pending retry of one.
@@ -157,6 +165,7 @@ type Task struct {
 	Policy      Policy
 	NotBefore   time.Time // retry backoff: not placeable before this
 	Kind        Kind      // task (zero) or VM
+	HostPorts   []string  // a VM's forwarded host ports ("8080/tcp"); none may be taken on its worker
 }
 
 // label names t in reasons: its ID, prefixed "vm " for a VM.
@@ -243,6 +252,10 @@ type pass struct {
 	byConst map[string]*class
 	vmOnly  map[*class]*class // a class narrowed to the workers that run VMs
 	keys    []string          // scratch for sorting constraint keys
+	// ports are the host ports taken on each worker position, including
+	// by VMs placed earlier in this pass; built on the first VM that
+	// forwards any (copies: Input is not modified).
+	ports []map[string]string
 }
 
 // slot is one worker's capacity as the pass sees it.
@@ -380,10 +393,22 @@ func (p *pass) placeOne(ti int32, t *Task) (int32, string) {
 	if c.none != "" {
 		return 0, c.none
 	}
+	members := c.members
+	if len(t.HostPorts) > 0 {
+		var clash string
+		if members, clash = p.portsFree(members, t.HostPorts); len(members) == 0 {
+			return 0, clash
+		}
+	}
 
-	if w := p.pick(c.members, cpu, mem, t.Policy == Spread); w >= 0 {
+	if w := p.pick(members, cpu, mem, t.Policy == Spread); w >= 0 {
 		p.slots[w].freeCPU -= cpu
 		p.slots[w].freeMem -= mem
+		if len(t.HostPorts) > 0 {
+			for _, port := range t.HostPorts {
+				p.ports[w][port] = t.ID
+			}
+		}
 		return w, ""
 	}
 
@@ -392,7 +417,7 @@ func (p *pass) placeOne(ti int32, t *Task) (int32, string) {
 	// is waiting for (see the package doc).
 	fitsSomewhere := false
 	holder := int32(noHolder)
-	for _, w := range c.members {
+	for _, w := range members {
 		s := &p.slots[w]
 		if p.caps[w].CPUMillis < cpu || p.caps[w].MemoryMiB < mem {
 			continue
@@ -411,6 +436,45 @@ func (p *pass) placeOne(ti int32, t *Task) (int32, string) {
 		return 0, fmt.Sprintf("%s (room held for %s, ahead in queue)", ReasonWaiting, p.in.Pending[holder].label())
 	}
 	return 0, ReasonWaiting
+}
+
+// portsFree narrows members to the workers where none of ports is taken,
+// or says why there is none.
+func (p *pass) portsFree(members []int32, ports []string) ([]int32, string) {
+	if p.ports == nil {
+		p.ports = make([]map[string]string, len(p.slots))
+		for i, wi := range p.src {
+			m := make(map[string]string, len(p.in.Workers[wi].HostPorts))
+			for port, vm := range p.in.Workers[wi].HostPorts {
+				m[port] = vm
+			}
+			p.ports[i] = m
+		}
+	}
+	var out []int32
+	var clash string
+	for _, w := range members {
+		ok := true
+		for _, port := range ports {
+			if vm, taken := p.ports[w][port]; taken {
+				ok = false
+				if clash == "" {
+					clash = fmt.Sprintf("host port %s is forwarded by vm %s on worker %d", port, vm, p.ids[w])
+				}
+				break
+			}
+		}
+		if ok {
+			out = append(out, w)
+		}
+	}
+	if len(out) == 0 {
+		if len(members) > 1 {
+			clash += fmt.Sprintf(", and its host ports clash on all %d workers that could run it", len(members))
+		}
+		return nil, clash
+	}
+	return out, ""
 }
 
 // pick returns the best member with room for cpu/mem that no waiting task

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -674,8 +675,13 @@ func checkInvariants(t *testing.T, in Input, p Plan) {
 	}
 
 	load := map[uint64]Resources{}
+	ports := map[uint64]map[string]string{}
 	for id, w := range workers {
 		load[id] = Resources{max(w.Used.CPUMillis, 0), max(w.Used.MemoryMiB, 0)}
+		ports[id] = maps.Clone(w.HostPorts)
+		if ports[id] == nil {
+			ports[id] = map[string]string{}
+		}
 	}
 	for _, pl := range p.Placements {
 		task := tasks[pl.TaskID]
@@ -683,6 +689,12 @@ func checkInvariants(t *testing.T, in Input, p Plan) {
 		if !ok {
 			t.Errorf("%s placed on unknown worker %d", pl.TaskID, pl.WorkerID)
 			continue
+		}
+		for _, port := range task.HostPorts {
+			if other, taken := ports[w.ID][port]; taken {
+				t.Errorf("%s placed on worker %d where %s already forwards host port %s", pl.TaskID, w.ID, other, port)
+			}
+			ports[w.ID][port] = pl.TaskID
 		}
 		if in.Now.Before(task.NotBefore) {
 			t.Errorf("%s placed during backoff", pl.TaskID)

@@ -17,11 +17,12 @@ func FromView(now time.Time, v state.SchedulingView) (Input, map[string]uint32) 
 	for _, w := range v.Workers {
 		u := v.Used[w.Id]
 		in.Workers = append(in.Workers, Worker{
-			ID:       w.Id,
-			Labels:   w.Labels,
-			Capacity: Resources{CPUMillis: w.GetCapacity().GetCpuMillis(), MemoryMiB: w.GetCapacity().GetMemoryMib()},
-			Used:     Resources{CPUMillis: u.CPUMillis, MemoryMiB: u.MemoryMiB},
-			VMs:      slices.Contains(w.Capabilities, state.CapabilityVMs),
+			ID:        w.Id,
+			Labels:    w.Labels,
+			Capacity:  Resources{CPUMillis: w.GetCapacity().GetCpuMillis(), MemoryMiB: w.GetCapacity().GetMemoryMib()},
+			Used:      Resources{CPUMillis: u.CPUMillis, MemoryMiB: u.MemoryMiB},
+			VMs:       slices.Contains(w.Capabilities, state.CapabilityVMs),
+			HostPorts: v.HostPorts[w.Id],
 		})
 	}
 	for _, t := range v.Pending {
@@ -52,6 +53,7 @@ func AddVMs(in *Input, vms []state.PendingVM) map[string]uint32 {
 			ID: v.Name, Seq: v.Seq, Kind: KindVM,
 			Resources:   Resources{CPUMillis: v.CPUMillis, MemoryMiB: v.MemoryMiB},
 			Constraints: v.Constraints, Node: v.Node, Policy: BinPack,
+			HostPorts: v.HostPorts,
 		})
 		gens[v.Name] = v.Generation
 	}

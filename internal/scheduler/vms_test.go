@@ -14,6 +14,13 @@ func vmItem(id string, cpu, mem int64, opts ...taskOpt) Task {
 	return with(Task{ID: id, Kind: KindVM, Resources: Resources{cpu, mem}}, opts...)
 }
 
+func ports(p ...string) taskOpt { return func(t *Task) { t.HostPorts = p } }
+
+func withPorts(w Worker, port, vm string) Worker {
+	w.HostPorts = map[string]string{port: vm}
+	return w
+}
+
 func TestScheduleVMs(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -67,6 +74,32 @@ func TestScheduleVMs(t *testing.T) {
 				Unplaced:   []Unplaced{{TaskID: "huge", Reason: "needs 16384MiB memory, largest worker offers 8192MiB", Kind: KindVM}},
 			},
 		},
+		{
+			name:    "VMs forwarding one host port go to different workers",
+			workers: []Worker{wk(1, 4000, 4096), wk(2, 4000, 4096)},
+			pending: []Task{
+				vmItem("a", 1000, 128, seq(1), ports("8080/tcp")),
+				vmItem("b", 1000, 128, seq(2), ports("8080/tcp", "9000/tcp")),
+				vmItem("c", 1000, 128, seq(3), ports("8080/udp")), // another protocol: no clash
+				vmItem("d", 1000, 128, seq(4), ports("8080/tcp")),
+			},
+			want: Plan{
+				Placements: []Placement{{TaskID: "a", WorkerID: 1, Kind: KindVM}, {TaskID: "b", WorkerID: 2, Kind: KindVM}, {TaskID: "c", WorkerID: 1, Kind: KindVM}},
+				Unplaced:   []Unplaced{{TaskID: "d", Reason: "host port 8080/tcp is forwarded by vm a on worker 1, and its host ports clash on all 2 workers that could run it", Kind: KindVM}},
+			},
+		},
+		{
+			name:    "a host port forwarded by a VM already on the worker",
+			workers: []Worker{withPorts(wk(1, 4000, 4096), "22/tcp", "old"), wk(2, 4000, 4096, "zone=b")},
+			pending: []Task{
+				vmItem("pinned", 1000, 128, seq(1), ports("22/tcp"), node(1)),
+				vmItem("free", 1000, 128, seq(2), ports("22/tcp")),
+			},
+			want: Plan{
+				Placements: []Placement{{TaskID: "free", WorkerID: 2, Kind: KindVM}},
+				Unplaced:   []Unplaced{{TaskID: "pinned", Reason: "host port 22/tcp is forwarded by vm old on worker 1", Kind: KindVM}},
+			},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -98,6 +131,12 @@ func TestScheduleVMsRandom(t *testing.T) {
 				in.Pending[i].Priority = 0
 				in.Pending[i].Policy = BinPack
 				in.Pending[i].NotBefore = time.Time{}
+				// A few host ports from a small pool, so they clash.
+				for _, port := range []string{"80/tcp", "443/tcp", "80/udp"} {
+					if r.IntN(4) == 0 {
+						in.Pending[i].HostPorts = append(in.Pending[i].HostPorts, port)
+					}
+				}
 				if i > 0 && r.IntN(2) == 0 {
 					// Collide with the previous item's ID (a task, or
 					// a VM whose ID then moves on).
@@ -106,6 +145,11 @@ func TestScheduleVMsRandom(t *testing.T) {
 						in.Pending[i].ID = fmt.Sprintf("vm%d", i)
 					}
 				}
+			}
+		}
+		for i := range in.Workers {
+			if r.IntN(4) == 0 {
+				in.Workers[i].HostPorts = map[string]string{"80/tcp": "running"}
 			}
 		}
 		a := Schedule(in, rand.New(rand.NewPCG(seed, seed)))

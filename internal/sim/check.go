@@ -260,11 +260,19 @@ func (c *checker) capacity(n *node, m *state.Machine, worker uint64) {
 		mem += t.GetSpec().GetResources().GetMemoryMib()
 	}
 	vms := 0
+	ports := map[string]string{}
 	for _, v := range m.VMsOnWorker(worker) {
 		r := state.VMReservation(v.Spec)
 		cpu += r.GetCpuMillis()
 		mem += r.GetMemoryMib()
 		vms++
+		for _, p := range v.Spec.GetPorts() {
+			k := fmt.Sprintf("%d/%s", p.GetHostPort(), p.GetProtocol())
+			if other, ok := ports[k]; ok {
+				c.s.violate("capacity", "n%d: worker %d holds vm %s and vm %s, which both forward host port %s", n.id, worker, other, v.Spec.GetName(), k)
+			}
+			ports[k] = v.Spec.GetName()
+		}
 	}
 	if cpu > w.GetCapacity().GetCpuMillis() || mem > w.GetCapacity().GetMemoryMib() {
 		c.s.violate("capacity", "n%d: worker %d holds %dm CPU / %d MiB of attempts and %d VMs, capacity %dm / %d MiB",

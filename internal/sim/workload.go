@@ -344,6 +344,10 @@ func (c *client) vmOp() {
 			Restart: []pb.RestartPolicy{pb.RestartPolicy_RESTART_POLICY_ALWAYS, pb.RestartPolicy_RESTART_POLICY_ALWAYS,
 				pb.RestartPolicy_RESTART_POLICY_ALWAYS, pb.RestartPolicy_RESTART_POLICY_ON_FAILURE, pb.RestartPolicy_RESTART_POLICY_NEVER}[r.IntN(5)],
 		})
+		if r.IntN(2) == 0 {
+			// Two host ports for five names: VMs that must not share a worker.
+			spec.Ports = []*pb.PortForward{{HostPort: uint32(8080 + r.IntN(2)), GuestPort: 80, Protocol: "tcp"}}
+		}
 		c.createVM(spec, 1)
 	case k < 6:
 		c.setVM(name, pb.VMDesired_VM_DESIRED_STOPPED, false, 1)

@@ -523,6 +523,9 @@ type SchedulingView struct {
 	Pending []PendingTask
 	Workers []*pb.Worker
 	Used    map[uint64]Usage
+	// HostPorts are, per worker, the host ports forwarded by the VMs placed
+	// there, each to the VM's name (shared maps: do not modify).
+	HostPorts map[uint64]map[string]string
 }
 
 // ForScheduling returns the current SchedulingView.
@@ -553,6 +556,7 @@ func (m *Machine) ForScheduling() SchedulingView {
 			v.Used[id] = m.used[id]
 		}
 	}
+	v.HostPorts = m.vmHostPorts()
 	return v
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -215,6 +216,59 @@ func (m *Machine) setVMWorker(vm *pb.VM, w uint64) {
 	}
 }
 
+// hostPorts lists the host ports a VM forwards, as "PORT/PROTOCOL"
+// (8080/tcp and 8080/udp are different ports).
+func hostPorts(s *pb.VMSpec) []string {
+	var out []string
+	for _, p := range s.GetPorts() {
+		out = append(out, hostPort(p))
+	}
+	return out
+}
+
+func hostPort(p *pb.PortForward) string {
+	proto := p.GetProtocol()
+	if proto == "" {
+		proto = "tcp"
+	}
+	return fmt.Sprintf("%d/%s", p.GetHostPort(), proto)
+}
+
+// vmHostPorts maps each worker to the host ports its placed VMs forward,
+// each to the VM's name. Every placed VM counts, stopped ones too: they
+// hold their worker's capacity and will bind their ports when started.
+// The caller holds m.mu.
+func (m *Machine) vmHostPorts() map[uint64]map[string]string {
+	var names []string
+	for name, vm := range m.vms {
+		if vm.WorkerId != 0 && len(vm.Spec.GetPorts()) > 0 {
+			names = append(names, name)
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	// In name order, so that a clash (two VMs forwarding one port on one
+	// worker, placed before ports were checked) names the same VM on
+	// every node.
+	slices.Sort(names)
+	out := map[uint64]map[string]string{}
+	for _, name := range names {
+		vm := m.vms[name]
+		ports := out[vm.WorkerId]
+		if ports == nil {
+			ports = map[string]string{}
+			out[vm.WorkerId] = ports
+		}
+		for _, p := range vm.Spec.Ports {
+			if _, ok := ports[hostPort(p)]; !ok {
+				ports[hostPort(p)] = name
+			}
+		}
+	}
+	return out
+}
+
 func (m *Machine) removeVM(vm *pb.VM) {
 	m.setVMWorker(vm, 0)
 	delete(m.vms, vm.Spec.GetName())
@@ -336,6 +390,7 @@ func (m *Machine) setVMDesired(c *pb.SetVMDesired) (proto.Message, error) {
 // every placement against the current state and skips stale ones.
 func (m *Machine) placeVMs(c *pb.PlaceVMs) (proto.Message, error) {
 	placed := 0
+	var taken map[uint64]map[string]string // host ports per worker, on first need
 	for _, p := range c.Placements {
 		vm, ok := m.vms[p.GetName()]
 		if !ok || vm.WorkerId != 0 || vm.Desired != pb.VMDesired_VM_DESIRED_RUNNING || p.Generation != vm.Generation+1 {
@@ -352,6 +407,22 @@ func (m *Machine) placeVMs(c *pb.PlaceVMs) (proto.Message, error) {
 		u := m.used[w.Id]
 		if u.CPUMillis+req.CpuMillis > w.GetCapacity().GetCpuMillis() || u.MemoryMiB+req.MemoryMib > w.GetCapacity().GetMemoryMib() {
 			continue
+		}
+		if ports := hostPorts(vm.Spec); len(ports) > 0 {
+			if taken == nil {
+				if taken = m.vmHostPorts(); taken == nil {
+					taken = map[uint64]map[string]string{}
+				}
+			}
+			if slices.ContainsFunc(ports, func(p string) bool { _, ok := taken[w.Id][p]; return ok }) {
+				continue
+			}
+			if taken[w.Id] == nil {
+				taken[w.Id] = map[string]string{}
+			}
+			for _, p := range ports {
+				taken[w.Id][p] = vm.Spec.Name
+			}
 		}
 		m.setVMWorker(vm, w.Id)
 		vm.Generation = p.Generation
@@ -523,7 +594,8 @@ type PendingVM struct {
 	MemoryMiB   int64
 	Constraints map[string]string
 	Node        uint64
-	Generation  uint32 // the generation the placement gets
+	Generation  uint32   // the generation the placement gets
+	HostPorts   []string // forwarded host ports ("8080/tcp"), which must be free on its worker
 }
 
 // PendingVMs returns the VMs that want to run and have no worker, in
@@ -540,6 +612,7 @@ func (m *Machine) PendingVMs() []PendingVM {
 		out = append(out, PendingVM{
 			Name: vm.Spec.Name, Seq: vm.Seq, CPUMillis: r.CpuMillis, MemoryMiB: r.MemoryMib,
 			Constraints: vm.Spec.Constraints, Node: vm.Spec.Node, Generation: vm.Generation + 1,
+			HostPorts: hostPorts(vm.Spec),
 		})
 	}
 	sort.Slice(out, func(i, j int) bool {

@@ -3,6 +3,7 @@ package state
 import (
 	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -221,6 +222,51 @@ func TestPlaceVMsIsRecheckedAndSharesCapacityWithTasks(t *testing.T) {
 	pending := h.m.PendingVMs()
 	if len(pending) != 2 || pending[0].Name != "b" && pending[1].Name != "b" {
 		t.Fatalf("pending = %+v", pending)
+	}
+}
+
+func TestPlaceVMsKeepsHostPortsApart(t *testing.T) {
+	h := newVMHarness(t, 1, 2)
+	fwd := func(port uint32, proto string) *pb.PortForward {
+		return &pb.PortForward{HostPort: port, GuestPort: 80, Protocol: proto}
+	}
+	for name, ports := range map[string][]*pb.PortForward{
+		"web":  {fwd(8080, "tcp")},
+		"web2": {fwd(8080, "")}, // tcp by default
+		"dns":  {fwd(8080, "udp")},
+	} {
+		if err := h.create(&pb.VMSpec{Name: name, Vcpus: 1, MemoryMib: 128, Ports: ports}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !h.place("web", 1, 1) {
+		t.Fatal("web not placed")
+	}
+	if h.place("web2", 1, 1) {
+		t.Fatal("web2 placed on worker 1, where web already forwards 8080/tcp")
+	}
+	if !h.place("dns", 1, 1) {
+		t.Fatal("dns (8080/udp) refused on worker 1: another protocol is another port")
+	}
+	v := h.m.ForScheduling()
+	if got := v.HostPorts[1]; got["8080/tcp"] != "web" || got["8080/udp"] != "dns" || len(got) != 2 || len(v.HostPorts[2]) != 0 {
+		t.Fatalf("scheduling view host ports = %v", v.HostPorts)
+	}
+	if p := h.m.PendingVMs(); len(p) != 1 || p[0].Name != "web2" || !slices.Equal(p[0].HostPorts, []string{"8080/tcp"}) {
+		t.Fatalf("pending = %+v", p)
+	}
+	if !h.place("web2", 1, 2) {
+		t.Fatal("web2 not placed on worker 2")
+	}
+	// A deleted VM frees its port.
+	if _, err := h.desire("web", pb.VMDesired_VM_DESIRED_DELETED, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.report("web", 1, 1, pb.VMState_VM_STATE_STOPPED); err != nil {
+		t.Fatal(err)
+	}
+	if _, taken := h.m.ForScheduling().HostPorts[1]["8080/tcp"]; taken {
+		t.Fatal("8080/tcp still taken on worker 1 after web was deleted")
 	}
 }
 
