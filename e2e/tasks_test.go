@@ -125,7 +125,7 @@ func TestTwoHundredTasksCompleteWithCorrectOutput(t *testing.T) {
 
 func TestFailingTaskRetriedExactlyN(t *testing.T) {
 	c := threeNodes(t)
-	out, errOut, err := cli(c.nodes[2].addr, "--output", "json", "task", "submit", "--retries", "2", "--backoff-base", "50ms", "--", "/bin/sh", "-c", "exit 3")
+	out, errOut, err := cli(c.nodes[2].addr, "--output", "json", "task", "submit", "--retries", "2", "--backoff-base", "200ms", "--", "/bin/sh", "-c", "exit 3")
 	if err != nil {
 		t.Fatalf("submit: %v %s", err, errOut)
 	}
@@ -134,9 +134,19 @@ func TestFailingTaskRetriedExactlyN(t *testing.T) {
 	if task.State != pb.TaskState_TASK_STATE_FAILED || len(task.Attempts) != 3 || task.RetriesUsed != 2 {
 		t.Fatalf("want failed after exactly 3 attempts, got %v with %d attempts", task.State, len(task.Attempts))
 	}
-	for _, a := range task.Attempts {
+	for i, a := range task.Attempts {
 		if a.Result.GetExitCode() != 3 {
 			t.Fatalf("attempt %d exit %d, want 3", a.Number, a.Result.GetExitCode())
+		}
+		// Each retry waits out its backoff (200 ms, then 400 ms) and is
+		// placed when it ends, with no applied entry to wake the
+		// scheduler: the pass's own wake-up does.
+		if i > 0 {
+			prev := task.Attempts[i-1]
+			gap := time.Duration(a.AssignedAtUnixNano - prev.FinishedAtUnixNano)
+			if want := time.Duration(100<<i) * time.Millisecond; gap < want {
+				t.Errorf("attempt %d placed %v after attempt %d finished, before its %v backoff ended", a.Number, gap, prev.Number, want)
+			}
 		}
 	}
 	// --wait exits with the task's exit code.

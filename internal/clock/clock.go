@@ -3,6 +3,7 @@
 package clock
 
 import (
+	"slices"
 	"sync"
 	"time"
 )
@@ -56,6 +57,9 @@ func (f *Fake) NewTicker(d time.Duration) Ticker {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	t := &fakeTicker{f: f, d: d, next: f.now.Add(d), c: make(chan time.Time, 1)}
+	// Forget stopped tickers: loops that make a one-shot per wait would
+	// otherwise grow the list without bound.
+	f.tickers = slices.DeleteFunc(f.tickers, func(t *fakeTicker) bool { return t.stopped })
 	f.tickers = append(f.tickers, t)
 	return t
 }

@@ -8,19 +8,26 @@ import (
 
 // Backoffs is the scheduling leader's memory of when it first saw each
 // retry waiting out its backoff. A retry's NotBefore is stamped on the
-// clock of the leader that placed the failed attempt; after a leader
-// change the new leader's clock may be minutes away from it, which would
-// delay the retry by the difference (or run it early). So each leader also
-// times the backoff on its own clock from the moment it first sees the
-// retry pending, and a retry becomes placeable at the earlier of the two:
-// never later than one full backoff after the current leader took over,
-// and exactly at NotBefore while one leader (one clock) does it all.
+// clock of the leader that placed the failed attempt, and only
+// approximates when the attempt ended (the worker's start-up latency is
+// not in it). So each leader times backoffs on its own clock:
+//
+//   - A retry that became pending while this node was already leading
+//     (first seen after its first pass) is placeable one backoff after
+//     this leader first saw it, that is after the failure was applied:
+//     never early, and NotBefore does not matter.
+//   - A retry already pending when this node took over (seen in its first
+//     pass) is placeable at the earlier of NotBefore and one backoff after
+//     first sight: never more than one backoff late however far the old
+//     leader's clock was from this one's, and early only by how far the
+//     old leader's clock was behind.
 //
 // It is leader-local and not replicated: a new leader starts empty. It
 // does no I/O and keeps the pass pure: the caller owns it and passes the
 // time in. Not safe for concurrent use.
 type Backoffs struct {
-	seen map[backoffKey]time.Time
+	started bool // a pass has run since the last Reset
+	seen    map[backoffKey]backoffSight
 }
 
 type backoffKey struct {
@@ -28,23 +35,31 @@ type backoffKey struct {
 	attempt uint32
 }
 
-// Apply caps each pending task's NotBefore in v at first sight + its
-// backoff, remembering first sights for the next pass and forgetting
-// retries that are no longer pending.
+type backoffSight struct {
+	first time.Time
+	live  bool // became pending while this node led: time it on this clock alone
+}
+
+// Apply sets each pending retry's NotBefore in v by the rules above,
+// remembering first sights for the next pass and forgetting retries that
+// are no longer pending.
 func (b *Backoffs) Apply(now time.Time, v *state.SchedulingView) {
-	next := make(map[backoffKey]time.Time, len(b.seen))
+	live := b.started
+	b.started = true
+	next := make(map[backoffKey]backoffSight, len(b.seen))
 	for i := range v.Pending {
 		t := &v.Pending[i]
 		if t.NotBefore == 0 {
 			continue
 		}
 		k := backoffKey{t.ID, t.Attempt}
-		first, ok := b.seen[k]
+		sight, ok := b.seen[k]
 		if !ok {
-			first = now
+			sight = backoffSight{first: now, live: live}
 		}
-		next[k] = first
-		if own := first.Add(t.Backoff).UnixNano(); own < t.NotBefore {
+		next[k] = sight
+		own := sight.first.Add(t.Backoff).UnixNano()
+		if sight.live || own < t.NotBefore {
 			t.NotBefore = own
 		}
 	}
@@ -53,4 +68,4 @@ func (b *Backoffs) Apply(now time.Time, v *state.SchedulingView) {
 
 // Reset forgets everything; a node calls it when it stops leading, so a
 // later term times its retries afresh.
-func (b *Backoffs) Reset() { b.seen = nil }
+func (b *Backoffs) Reset() { *b = Backoffs{} }

@@ -47,6 +47,27 @@ func TestBackoffsTimeRetriesOnTheLeadersOwnClock(t *testing.T) {
 	}
 }
 
+// A retry that becomes pending while this leader already leads is timed
+// on its clock alone, from when it first saw it: not early even when
+// NotBefore (which leaves out the worker's start-up latency) is earlier.
+func TestBackoffsTimeALiveRetryFromFirstSightAlone(t *testing.T) {
+	const backoff = 200 * time.Millisecond
+	var b Backoffs
+	v := state.SchedulingView{Pending: []state.PendingTask{{ID: "other"}}}
+	b.Apply(epoch, &v) // this leader's first pass
+
+	failedAt := epoch.Add(time.Second)
+	for _, d := range []time.Duration{0, 100 * time.Millisecond} {
+		v = state.SchedulingView{Pending: []state.PendingTask{
+			{ID: "t1", NotBefore: failedAt.Add(backoff - 16*time.Millisecond).UnixNano(), Backoff: backoff, Attempt: 2},
+		}}
+		b.Apply(failedAt.Add(d), &v)
+		if got, want := v.Pending[0].NotBefore, failedAt.Add(backoff).UnixNano(); got != want {
+			t.Fatalf("pass at +%v: NotBefore = %v, want %v (first sight + backoff)", d, time.Unix(0, got).UTC(), time.Unix(0, want).UTC())
+		}
+	}
+}
+
 func TestBackoffsForgetWhatIsNoLongerPendingAndAfterReset(t *testing.T) {
 	const backoff = 4 * time.Second
 	far := epoch.Add(time.Hour).UnixNano()
@@ -58,7 +79,7 @@ func TestBackoffsForgetWhatIsNoLongerPendingAndAfterReset(t *testing.T) {
 	b.Apply(epoch, &v)
 
 	// The next retry of the same task is a new backoff, timed from its own
-	// first sight.
+	// first sight (live: it became pending while this node led).
 	later := epoch.Add(time.Minute)
 	v = view(3)
 	b.Apply(later, &v)
@@ -71,8 +92,9 @@ func TestBackoffsForgetWhatIsNoLongerPendingAndAfterReset(t *testing.T) {
 
 	b.Reset()
 	v = view(3)
+	v.Pending[0].NotBefore = later.Add(time.Minute + time.Second).UnixNano()
 	b.Apply(later.Add(time.Minute), &v)
-	if got, want := v.Pending[0].NotBefore, later.Add(time.Minute+backoff).UnixNano(); got != want {
-		t.Errorf("after Reset: NotBefore = %v, want %v", time.Unix(0, got).UTC(), time.Unix(0, want).UTC())
+	if got, want := v.Pending[0].NotBefore, later.Add(time.Minute+time.Second).UnixNano(); got != want {
+		t.Errorf("after Reset (a first pass again: the earlier of the two): NotBefore = %v, want %v", time.Unix(0, got).UTC(), time.Unix(0, want).UTC())
 	}
 }

@@ -17,6 +17,11 @@ type FullPassResult struct {
 	PlaceVMs *pb.PlaceVMs
 	// VMWaiting says, for each pending VM left unplaced, why.
 	VMWaiting map[string]string
+	// NextWake is the earliest time a task now in retry backoff becomes
+	// placeable (zero if none): nothing is applied then, so the caller
+	// runs a pass at that time itself. Every other reason to run a pass
+	// is an applied command.
+	NextWake time.Time
 }
 
 // FullPass is Pass with the pending VMs scheduled in the same call, so
@@ -50,6 +55,11 @@ func FullPass(now time.Time, v state.SchedulingView, vms []state.PendingVM, rng 
 	gens := AddVMs(&in, vms)
 	plan := schedule(in, rng)
 	res := FullPassResult{PassResult: PassResult{Input: in, Plan: plan, Waiting: map[string]string{}}, VMWaiting: map[string]string{}}
+	for _, t := range in.Pending {
+		if t.NotBefore.After(now) && (res.NextWake.IsZero() || t.NotBefore.Before(res.NextWake)) {
+			res.NextWake = t.NotBefore
+		}
+	}
 	for _, u := range plan.Unplaced {
 		if u.Kind == KindVM {
 			res.VMWaiting[u.TaskID] = u.Reason

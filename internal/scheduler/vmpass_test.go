@@ -48,3 +48,30 @@ func TestFullPassSplitsTasksAndVMs(t *testing.T) {
 		t.Fatalf("waiting %v / %v", got.Waiting, got.VMWaiting)
 	}
 }
+
+// TestFullPassSaysWhenTheNextBackoffEnds: retries in backoff are the one
+// reason to run a pass that no applied entry announces, so the pass says
+// when the earliest ends.
+func TestFullPassSaysWhenTheNextBackoffEnds(t *testing.T) {
+	now := time.Unix(5000, 0)
+	v := state.SchedulingView{
+		Workers: []*pb.Worker{{Id: 1, Capacity: &pb.Resources{CpuMillis: 1000, MemoryMib: 1024}}},
+		Pending: []state.PendingTask{
+			{ID: "later", Seq: 1, NotBefore: now.Add(3 * time.Second).UnixNano(), Attempt: 2},
+			{ID: "sooner", Seq: 2, NotBefore: now.Add(time.Second).UnixNano(), Attempt: 3},
+			{ID: "due", Seq: 3, NotBefore: now.Add(-time.Second).UnixNano(), Attempt: 2},
+			{ID: "fresh", Seq: 4, Attempt: 1},
+		},
+	}
+	got := FullPass(now, v, nil, rand.New(rand.NewPCG(1, 2)), nil)
+	if want := now.Add(time.Second); !got.NextWake.Equal(want) {
+		t.Fatalf("NextWake = %v, want %v (the end of sooner's backoff)", got.NextWake, want)
+	}
+	if got.Place == nil || len(got.Place.Placements) != 2 {
+		t.Fatalf("placements %v, want due and fresh", got.Place)
+	}
+	v.Pending = v.Pending[2:]
+	if got := FullPass(now, v, nil, rand.New(rand.NewPCG(1, 2)), nil); !got.NextWake.IsZero() {
+		t.Fatalf("nothing in backoff: NextWake = %v", got.NextWake)
+	}
+}

@@ -37,7 +37,6 @@ const (
 	checkpointEvery   = 100 * time.Millisecond
 	heartbeatInterval = time.Second
 	workerTTL         = 5 * time.Second
-	schedulerEvery    = 500 * time.Millisecond
 	taskRetention     = 24 * time.Hour // server.Config's default: no run lasts that long
 	inboxLimit        = 4096           // raftnode.Node's receive channel
 )
@@ -85,10 +84,15 @@ type node struct {
 	schedDue  bool
 	schedRng  *rand.Rand
 	backoffs  scheduler.Backoffs // the leader's memory of retries in backoff; lost on crash
-	w         *simWorker
-	vmh       *vmHost // the machine: outlives the process
-	stopDue   bool    // removal applied somewhere: the operator stops it soon
-	idle      bool    // a join that has not happened (yet): clients avoid it
+	// schedWake is the scheduling loop's one timer: the latest pass's
+	// NextWake (or a retry after a failed proposal); schedWakeSeq
+	// cancels the earlier ones, as the server's loop stops its timer.
+	schedWake    time.Time
+	schedWakeSeq uint64
+	w            *simWorker
+	vmh          *vmHost // the machine: outlives the process
+	stopDue      bool    // removal applied somewhere: the operator stops it soon
+	idle         bool    // a join that has not happened (yet): clients avoid it
 }
 
 func (n *node) name() string { return fmt.Sprintf("n%d", n.id) }
@@ -182,7 +186,6 @@ func (n *node) open() {
 	n.after(tickInterval, n.tickLoop)
 	n.after(time.Duration(s.rng.Int64N(int64(checkpointEvery))), n.checkpointLoop)
 	n.after(heartbeatInterval/2, n.dutiesLoop)
-	n.after(schedulerEvery, n.schedLoop)
 	n.w.start()
 	n.kick()
 }

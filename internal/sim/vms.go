@@ -602,6 +602,11 @@ func (s *Sim) vmsQuiet(l *node) (bool, string) {
 				if v.Spec.GetRestart() == pb.RestartPolicy_RESTART_POLICY_ALWAYS && !isSpecFailure(v.Reason) {
 					return false, fmt.Sprintf("vm %s (restart always) wants running but failed: %s", name, v.Reason)
 				}
+			case pb.VMState_VM_STATE_PENDING:
+				if v.WorkerId == 0 && portsTakenEverywhere(l.sm, v.Spec) {
+					continue // it rightly waits: another VM forwards its host port on every worker
+				}
+				return false, fmt.Sprintf("vm %s wants running but is pending (%s)", name, v.Reason)
 			default:
 				return false, fmt.Sprintf("vm %s wants running but is %v (%s) on worker %d", name, v.State, v.Reason, v.WorkerId)
 			}
@@ -618,6 +623,30 @@ func (s *Sim) vmsQuiet(l *node) (bool, string) {
 		}
 	}
 	return true, ""
+}
+
+// portsTakenEverywhere says whether every worker that could run VMs has
+// one of spec's host ports forwarded by another VM placed there.
+func portsTakenEverywhere(m *state.Machine, spec *pb.VMSpec) bool {
+	if len(spec.GetPorts()) == 0 {
+		return false
+	}
+	v := m.ForScheduling()
+	for _, w := range v.Workers {
+		if !slices.Contains(w.Capabilities, state.CapabilityVMs) {
+			continue
+		}
+		taken := false
+		for _, p := range spec.GetPorts() {
+			if _, ok := v.HostPorts[w.Id][fmt.Sprintf("%d/%s", p.GetHostPort(), p.GetProtocol())]; ok {
+				taken = true
+			}
+		}
+		if !taken {
+			return false
+		}
+	}
+	return true
 }
 
 func isSpecFailure(reason string) bool {

@@ -393,9 +393,22 @@ func (n *node) dutiesLoop() {
 	}
 }
 
-func (n *node) schedLoop() {
-	n.schedPass()
-	n.after(schedulerEvery, n.schedLoop)
+// setSchedWake makes at (zero: none) the time of the next pass that no
+// applied entry asks for, replacing the previous one, as the server's
+// scheduling loop does with its timer.
+func (n *node) setSchedWake(at time.Time) {
+	n.schedWakeSeq++
+	n.schedWake = at
+	if at.IsZero() {
+		return
+	}
+	seq := n.schedWakeSeq
+	n.after(max(at.Sub(n.localNow()), time.Millisecond), func() {
+		if n.schedWakeSeq == seq {
+			n.schedWake = time.Time{}
+			n.schedKick()
+		}
+	})
 }
 
 // schedKick runs a pass soon after something was applied on the leader.
@@ -416,6 +429,7 @@ func (n *node) schedPass() {
 	s := n.s
 	if !n.core.IsLeader() {
 		n.backoffs.Reset()
+		n.setSchedWake(time.Time{})
 		return
 	}
 	if n.schedBusy {
@@ -427,6 +441,7 @@ func (n *node) schedPass() {
 	view := n.sm.ForScheduling()
 	n.backoffs.Apply(now, &view)
 	pass := scheduler.FullPass(now, view, n.sm.PendingVMs(), n.schedRng, s.cfg.Schedule)
+	n.setSchedWake(pass.NextWake)
 	if len(pass.Input.Pending) > 0 {
 		s.chk.plan(n, pass.Input, pass.Plan)
 	}
@@ -465,9 +480,13 @@ func (n *node) schedPass() {
 // proposePass proposes a pass's commands one after the other, as
 // server.schedulePass does, and allows the next pass after the last.
 func (n *node) proposePass(cmds []*pb.Command, inc int) {
-	n.issue(&request{kind: rqPropose, payload: mustMarshal(cmds[0]), done: func(proto.Message, error) {
+	n.issue(&request{kind: rqPropose, payload: mustMarshal(cmds[0]), done: func(_ proto.Message, err error) {
 		if n.inc != inc {
 			return
+		}
+		if retry := n.localNow().Add(time.Second); err != nil && (n.schedWake.IsZero() || retry.Before(n.schedWake)) {
+			// As the server: a pass retries a second after a failed proposal.
+			n.setSchedWake(retry)
 		}
 		if len(cmds) > 1 {
 			n.proposePass(cmds[1:], inc)
