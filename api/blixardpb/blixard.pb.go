@@ -548,8 +548,13 @@ type Worker struct {
 	// failing; the scheduler places nothing on it.
 	Unschedulable       bool   `protobuf:"varint,9,opt,name=unschedulable,proto3" json:"unschedulable,omitempty"`
 	UnschedulableReason string `protobuf:"bytes,10,opt,name=unschedulable_reason,json=unschedulableReason,proto3" json:"unschedulable_reason,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// cordoned is set by an operator (`worker cordon`); the scheduler places
+	// nothing new on it. It survives the worker's re-registration; only
+	// `worker uncordon` clears it (and the worker's own unschedulable too).
+	Cordoned      bool   `protobuf:"varint,11,opt,name=cordoned,proto3" json:"cordoned,omitempty"`
+	CordonReason  string `protobuf:"bytes,12,opt,name=cordon_reason,json=cordonReason,proto3" json:"cordon_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Worker) Reset() {
@@ -648,6 +653,20 @@ func (x *Worker) GetUnschedulable() bool {
 func (x *Worker) GetUnschedulableReason() string {
 	if x != nil {
 		return x.UnschedulableReason
+	}
+	return ""
+}
+
+func (x *Worker) GetCordoned() bool {
+	if x != nil {
+		return x.Cordoned
+	}
+	return false
+}
+
+func (x *Worker) GetCordonReason() string {
+	if x != nil {
+		return x.CordonReason
 	}
 	return ""
 }
@@ -1775,6 +1794,7 @@ type Command struct {
 	//	*Command_SetWorkerSchedulable
 	//	*Command_ReconcileWorker
 	//	*Command_PurgeTasks
+	//	*Command_CordonWorker
 	//	*Command_CreateVm
 	//	*Command_SetVmDesired
 	//	*Command_PlaceVms
@@ -1939,6 +1959,15 @@ func (x *Command) GetPurgeTasks() *PurgeTasks {
 	return nil
 }
 
+func (x *Command) GetCordonWorker() *CordonWorker {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CordonWorker); ok {
+			return x.CordonWorker
+		}
+	}
+	return nil
+}
+
 func (x *Command) GetCreateVm() *CreateVM {
 	if x != nil {
 		if x, ok := x.Op.(*Command_CreateVm); ok {
@@ -2040,6 +2069,10 @@ type Command_PurgeTasks struct {
 	PurgeTasks *PurgeTasks `protobuf:"bytes,22,opt,name=purge_tasks,json=purgeTasks,proto3,oneof"`
 }
 
+type Command_CordonWorker struct {
+	CordonWorker *CordonWorker `protobuf:"bytes,23,opt,name=cordon_worker,json=cordonWorker,proto3,oneof"`
+}
+
 type Command_CreateVm struct {
 	// 30..39: MicroVMs.
 	CreateVm *CreateVM `protobuf:"bytes,30,opt,name=create_vm,json=createVm,proto3,oneof"`
@@ -2086,6 +2119,8 @@ func (*Command_SetWorkerSchedulable) isCommand_Op() {}
 func (*Command_ReconcileWorker) isCommand_Op() {}
 
 func (*Command_PurgeTasks) isCommand_Op() {}
+
+func (*Command_CordonWorker) isCommand_Op() {}
 
 func (*Command_CreateVm) isCommand_Op() {}
 
@@ -2994,6 +3029,76 @@ func (x *SetWorkerSchedulable) GetNowUnixNano() int64 {
 	return 0
 }
 
+// CordonWorker is an operator's cordon (cordoned true) or uncordon of a
+// worker. Uncordon also clears the worker's own unschedulable mark.
+type CordonWorker struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      uint64                 `protobuf:"varint,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Cordoned      bool                   `protobuf:"varint,2,opt,name=cordoned,proto3" json:"cordoned,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	NowUnixNano   int64                  `protobuf:"varint,4,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CordonWorker) Reset() {
+	*x = CordonWorker{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CordonWorker) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CordonWorker) ProtoMessage() {}
+
+func (x *CordonWorker) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CordonWorker.ProtoReflect.Descriptor instead.
+func (*CordonWorker) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CordonWorker) GetWorkerId() uint64 {
+	if x != nil {
+		return x.WorkerId
+	}
+	return 0
+}
+
+func (x *CordonWorker) GetCordoned() bool {
+	if x != nil {
+		return x.Cordoned
+	}
+	return false
+}
+
+func (x *CordonWorker) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CordonWorker) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
+
 // ReconcileWorker is sent by a worker after it restarts: attempts it
 // owned but no longer runs are lost.
 type ReconcileWorker struct {
@@ -3007,7 +3112,7 @@ type ReconcileWorker struct {
 
 func (x *ReconcileWorker) Reset() {
 	*x = ReconcileWorker{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3019,7 +3124,7 @@ func (x *ReconcileWorker) String() string {
 func (*ReconcileWorker) ProtoMessage() {}
 
 func (x *ReconcileWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3032,7 +3137,7 @@ func (x *ReconcileWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileWorker.ProtoReflect.Descriptor instead.
 func (*ReconcileWorker) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{28}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReconcileWorker) GetWorkerId() uint64 {
@@ -3066,7 +3171,7 @@ type RegisterWorker struct {
 
 func (x *RegisterWorker) Reset() {
 	*x = RegisterWorker{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3078,7 +3183,7 @@ func (x *RegisterWorker) String() string {
 func (*RegisterWorker) ProtoMessage() {}
 
 func (x *RegisterWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3091,7 +3196,7 @@ func (x *RegisterWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterWorker.ProtoReflect.Descriptor instead.
 func (*RegisterWorker) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{29}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RegisterWorker) GetWorker() *Worker {
@@ -3119,7 +3224,7 @@ type SetWorkerState struct {
 
 func (x *SetWorkerState) Reset() {
 	*x = SetWorkerState{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3131,7 +3236,7 @@ func (x *SetWorkerState) String() string {
 func (*SetWorkerState) ProtoMessage() {}
 
 func (x *SetWorkerState) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3144,7 +3249,7 @@ func (x *SetWorkerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetWorkerState.ProtoReflect.Descriptor instead.
 func (*SetWorkerState) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{30}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SetWorkerState) GetWorkerId() uint64 {
@@ -3177,7 +3282,7 @@ type ReportWorkerUsage struct {
 
 func (x *ReportWorkerUsage) Reset() {
 	*x = ReportWorkerUsage{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3189,7 +3294,7 @@ func (x *ReportWorkerUsage) String() string {
 func (*ReportWorkerUsage) ProtoMessage() {}
 
 func (x *ReportWorkerUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3202,7 +3307,7 @@ func (x *ReportWorkerUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportWorkerUsage.ProtoReflect.Descriptor instead.
 func (*ReportWorkerUsage) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{31}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReportWorkerUsage) GetStatus() *WorkerStatus {
@@ -3222,7 +3327,7 @@ type Put struct {
 
 func (x *Put) Reset() {
 	*x = Put{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3234,7 +3339,7 @@ func (x *Put) String() string {
 func (*Put) ProtoMessage() {}
 
 func (x *Put) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3247,7 +3352,7 @@ func (x *Put) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Put.ProtoReflect.Descriptor instead.
 func (*Put) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{32}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Put) GetKey() string {
@@ -3273,7 +3378,7 @@ type Delete struct {
 
 func (x *Delete) Reset() {
 	*x = Delete{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3285,7 +3390,7 @@ func (x *Delete) String() string {
 func (*Delete) ProtoMessage() {}
 
 func (x *Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3298,7 +3403,7 @@ func (x *Delete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delete.ProtoReflect.Descriptor instead.
 func (*Delete) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{33}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Delete) GetKey() string {
@@ -3321,7 +3426,7 @@ type MemberContext struct {
 
 func (x *MemberContext) Reset() {
 	*x = MemberContext{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3333,7 +3438,7 @@ func (x *MemberContext) String() string {
 func (*MemberContext) ProtoMessage() {}
 
 func (x *MemberContext) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3346,7 +3451,7 @@ func (x *MemberContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberContext.ProtoReflect.Descriptor instead.
 func (*MemberContext) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{34}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MemberContext) GetMember() *Member {
@@ -3379,7 +3484,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3391,7 +3496,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3404,7 +3509,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{35}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RaftBatch) GetMessages() [][]byte {
@@ -3422,7 +3527,7 @@ type SendAck struct {
 
 func (x *SendAck) Reset() {
 	*x = SendAck{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3434,7 +3539,7 @@ func (x *SendAck) String() string {
 func (*SendAck) ProtoMessage() {}
 
 func (x *SendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3447,7 +3552,7 @@ func (x *SendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendAck.ProtoReflect.Descriptor instead.
 func (*SendAck) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{36}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{37}
 }
 
 type SnapshotChunk struct {
@@ -3467,7 +3572,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3479,7 +3584,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3492,7 +3597,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{37}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SnapshotChunk) GetHeader() []byte {
@@ -3547,7 +3652,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3559,7 +3664,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3572,7 +3677,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{38}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *StatusRequest) GetLocal() bool {
@@ -3597,7 +3702,7 @@ type MemberStatus struct {
 
 func (x *MemberStatus) Reset() {
 	*x = MemberStatus{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3609,7 +3714,7 @@ func (x *MemberStatus) String() string {
 func (*MemberStatus) ProtoMessage() {}
 
 func (x *MemberStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3622,7 +3727,7 @@ func (x *MemberStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberStatus.ProtoReflect.Descriptor instead.
 func (*MemberStatus) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{39}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *MemberStatus) GetId() uint64 {
@@ -3676,7 +3781,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3688,7 +3793,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3701,7 +3806,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{40}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *StatusResponse) GetNodeId() uint64 {
@@ -3763,7 +3868,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3775,7 +3880,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3788,7 +3893,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{41}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *JoinRequest) GetId() uint64 {
@@ -3814,7 +3919,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3826,7 +3931,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3839,7 +3944,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{42}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -3858,7 +3963,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3870,7 +3975,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3883,7 +3988,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{43}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RemoveMemberRequest) GetId() uint64 {
@@ -3901,7 +4006,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3913,7 +4018,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3926,7 +4031,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{44}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{45}
 }
 
 type TransferLeaderRequest struct {
@@ -3938,7 +4043,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3950,7 +4055,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3963,7 +4068,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{45}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *TransferLeaderRequest) GetId() uint64 {
@@ -3982,7 +4087,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3994,7 +4099,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4007,7 +4112,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{46}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *TransferLeaderResponse) GetLeader() uint64 {
@@ -4025,7 +4130,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4037,7 +4142,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4050,7 +4155,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{47}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{48}
 }
 
 type WorkerInfo struct {
@@ -4065,7 +4170,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4077,7 +4182,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4090,7 +4195,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{48}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *WorkerInfo) GetWorker() *Worker {
@@ -4123,7 +4228,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4135,7 +4240,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4148,12 +4253,116 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{49}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
 	if x != nil {
 		return x.Workers
+	}
+	return nil
+}
+
+type CordonWorkerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      uint64                 `protobuf:"varint,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Cordon        bool                   `protobuf:"varint,2,opt,name=cordon,proto3" json:"cordon,omitempty"` // false: uncordon
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`  // shown by worker list; optional
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CordonWorkerRequest) Reset() {
+	*x = CordonWorkerRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CordonWorkerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CordonWorkerRequest) ProtoMessage() {}
+
+func (x *CordonWorkerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CordonWorkerRequest.ProtoReflect.Descriptor instead.
+func (*CordonWorkerRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *CordonWorkerRequest) GetWorkerId() uint64 {
+	if x != nil {
+		return x.WorkerId
+	}
+	return 0
+}
+
+func (x *CordonWorkerRequest) GetCordon() bool {
+	if x != nil {
+		return x.Cordon
+	}
+	return false
+}
+
+func (x *CordonWorkerRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type CordonWorkerResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Worker        *Worker                `protobuf:"bytes,1,opt,name=worker,proto3" json:"worker,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CordonWorkerResponse) Reset() {
+	*x = CordonWorkerResponse{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CordonWorkerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CordonWorkerResponse) ProtoMessage() {}
+
+func (x *CordonWorkerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CordonWorkerResponse.ProtoReflect.Descriptor instead.
+func (*CordonWorkerResponse) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *CordonWorkerResponse) GetWorker() *Worker {
+	if x != nil {
+		return x.Worker
 	}
 	return nil
 }
@@ -4167,7 +4376,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4179,7 +4388,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4192,7 +4401,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{50}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *HeartbeatRequest) GetWorkerId() uint64 {
@@ -4219,7 +4428,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4231,7 +4440,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4244,7 +4453,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{51}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *HeartbeatResponse) GetLeader() uint64 {
@@ -4285,7 +4494,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4297,7 +4506,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4310,7 +4519,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{52}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *PutRequest) GetKey() string {
@@ -4336,7 +4545,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4348,7 +4557,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4361,7 +4570,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{53}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *PutResponse) GetIndex() uint64 {
@@ -4382,7 +4591,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4394,7 +4603,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4407,7 +4616,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{54}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *GetRequest) GetKey() string {
@@ -4435,7 +4644,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4447,7 +4656,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4460,7 +4669,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{55}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GetResponse) GetFound() bool {
@@ -4496,7 +4705,7 @@ type SubmitTaskRequest struct {
 
 func (x *SubmitTaskRequest) Reset() {
 	*x = SubmitTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[56]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4508,7 +4717,7 @@ func (x *SubmitTaskRequest) String() string {
 func (*SubmitTaskRequest) ProtoMessage() {}
 
 func (x *SubmitTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[56]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4521,7 +4730,7 @@ func (x *SubmitTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitTaskRequest.ProtoReflect.Descriptor instead.
 func (*SubmitTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{56}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *SubmitTaskRequest) GetSpec() *TaskSpec {
@@ -4547,7 +4756,7 @@ type TaskResponse struct {
 
 func (x *TaskResponse) Reset() {
 	*x = TaskResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[57]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4559,7 +4768,7 @@ func (x *TaskResponse) String() string {
 func (*TaskResponse) ProtoMessage() {}
 
 func (x *TaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[57]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4572,7 +4781,7 @@ func (x *TaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskResponse.ProtoReflect.Descriptor instead.
 func (*TaskResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{57}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *TaskResponse) GetTask() *Task {
@@ -4591,7 +4800,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[58]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4603,7 +4812,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[58]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4616,7 +4825,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{58}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *GetTaskRequest) GetId() string {
@@ -4635,7 +4844,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[59]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4647,7 +4856,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[59]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4660,7 +4869,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{59}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ListTasksRequest) GetState() TaskState {
@@ -4679,7 +4888,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[60]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4691,7 +4900,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[60]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4704,7 +4913,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{60}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -4723,7 +4932,7 @@ type CancelTaskRequest struct {
 
 func (x *CancelTaskRequest) Reset() {
 	*x = CancelTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[61]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4735,7 +4944,7 @@ func (x *CancelTaskRequest) String() string {
 func (*CancelTaskRequest) ProtoMessage() {}
 
 func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[61]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4748,7 +4957,7 @@ func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskRequest.ProtoReflect.Descriptor instead.
 func (*CancelTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{61}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *CancelTaskRequest) GetId() string {
@@ -4767,7 +4976,7 @@ type WaitTaskRequest struct {
 
 func (x *WaitTaskRequest) Reset() {
 	*x = WaitTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[62]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4779,7 +4988,7 @@ func (x *WaitTaskRequest) String() string {
 func (*WaitTaskRequest) ProtoMessage() {}
 
 func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[62]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4792,7 +5001,7 @@ func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitTaskRequest.ProtoReflect.Descriptor instead.
 func (*WaitTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{62}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *WaitTaskRequest) GetId() string {
@@ -4815,7 +5024,7 @@ type TaskLogsRequest struct {
 
 func (x *TaskLogsRequest) Reset() {
 	*x = TaskLogsRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[63]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4827,7 +5036,7 @@ func (x *TaskLogsRequest) String() string {
 func (*TaskLogsRequest) ProtoMessage() {}
 
 func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[63]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4840,7 +5049,7 @@ func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskLogsRequest.ProtoReflect.Descriptor instead.
 func (*TaskLogsRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{63}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *TaskLogsRequest) GetId() string {
@@ -4887,7 +5096,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[64]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4899,7 +5108,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[64]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4912,7 +5121,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{64}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *LogChunk) GetData() []byte {
@@ -4931,7 +5140,7 @@ type CreateVMRequest struct {
 
 func (x *CreateVMRequest) Reset() {
 	*x = CreateVMRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[65]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4943,7 +5152,7 @@ func (x *CreateVMRequest) String() string {
 func (*CreateVMRequest) ProtoMessage() {}
 
 func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[65]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4956,7 +5165,7 @@ func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVMRequest.ProtoReflect.Descriptor instead.
 func (*CreateVMRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{65}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *CreateVMRequest) GetSpec() *VMSpec {
@@ -4977,7 +5186,7 @@ type VMResponse struct {
 
 func (x *VMResponse) Reset() {
 	*x = VMResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[66]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4989,7 +5198,7 @@ func (x *VMResponse) String() string {
 func (*VMResponse) ProtoMessage() {}
 
 func (x *VMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[66]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5002,7 +5211,7 @@ func (x *VMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMResponse.ProtoReflect.Descriptor instead.
 func (*VMResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{66}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *VMResponse) GetVm() *VM {
@@ -5028,7 +5237,7 @@ type GetVMRequest struct {
 
 func (x *GetVMRequest) Reset() {
 	*x = GetVMRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[67]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5040,7 +5249,7 @@ func (x *GetVMRequest) String() string {
 func (*GetVMRequest) ProtoMessage() {}
 
 func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[67]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5053,7 +5262,7 @@ func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVMRequest.ProtoReflect.Descriptor instead.
 func (*GetVMRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{67}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *GetVMRequest) GetName() string {
@@ -5071,7 +5280,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[68]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5083,7 +5292,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[68]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5096,7 +5305,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{68}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{71}
 }
 
 type ListVMsResponse struct {
@@ -5108,7 +5317,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[69]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5120,7 +5329,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[69]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5133,7 +5342,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{69}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -5154,7 +5363,7 @@ type SetVMDesiredRequest struct {
 
 func (x *SetVMDesiredRequest) Reset() {
 	*x = SetVMDesiredRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[70]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5166,7 +5375,7 @@ func (x *SetVMDesiredRequest) String() string {
 func (*SetVMDesiredRequest) ProtoMessage() {}
 
 func (x *SetVMDesiredRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[70]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5179,7 +5388,7 @@ func (x *SetVMDesiredRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVMDesiredRequest.ProtoReflect.Descriptor instead.
 func (*SetVMDesiredRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{70}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *SetVMDesiredRequest) GetName() string {
@@ -5212,7 +5421,7 @@ type WaitVMRequest struct {
 
 func (x *WaitVMRequest) Reset() {
 	*x = WaitVMRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[71]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5224,7 +5433,7 @@ func (x *WaitVMRequest) String() string {
 func (*WaitVMRequest) ProtoMessage() {}
 
 func (x *WaitVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[71]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5237,7 +5446,7 @@ func (x *WaitVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitVMRequest.ProtoReflect.Descriptor instead.
 func (*WaitVMRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{71}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *WaitVMRequest) GetName() string {
@@ -5261,7 +5470,7 @@ type VMLogsRequest struct {
 
 func (x *VMLogsRequest) Reset() {
 	*x = VMLogsRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[72]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5273,7 +5482,7 @@ func (x *VMLogsRequest) String() string {
 func (*VMLogsRequest) ProtoMessage() {}
 
 func (x *VMLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[72]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5286,7 +5495,7 @@ func (x *VMLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMLogsRequest.ProtoReflect.Descriptor instead.
 func (*VMLogsRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{72}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *VMLogsRequest) GetName() string {
@@ -5332,7 +5541,7 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"cpu_millis\x18\x01 \x01(\x03R\tcpuMillis\x12\x1d\n" +
 	"\n" +
 	"memory_mib\x18\x02 \x01(\x03R\tmemoryMib\x12\x19\n" +
-	"\bdisk_mib\x18\x03 \x01(\x03R\adiskMib\"\xf1\x03\n" +
+	"\bdisk_mib\x18\x03 \x01(\x03R\adiskMib\"\xb2\x04\n" +
 	"\x06Worker\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x121\n" +
@@ -5344,7 +5553,9 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x1astate_changed_at_unix_nano\x18\b \x01(\x03R\x16stateChangedAtUnixNano\x12$\n" +
 	"\runschedulable\x18\t \x01(\bR\runschedulable\x121\n" +
 	"\x14unschedulable_reason\x18\n" +
-	" \x01(\tR\x13unschedulableReason\x1a9\n" +
+	" \x01(\tR\x13unschedulableReason\x12\x1a\n" +
+	"\bcordoned\x18\v \x01(\bR\bcordoned\x12#\n" +
+	"\rcordon_reason\x18\f \x01(\tR\fcordonReason\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcc\x01\n" +
@@ -5474,7 +5685,7 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x0fworker_statuses\x18\x04 \x03(\v2\x18.blixard.v1.WorkerStatusR\x0eworkerStatuses\x12 \n" +
 	"\x03kvs\x18\x05 \x03(\v2\x0e.blixard.v1.KVR\x03kvs\x12&\n" +
 	"\x05tasks\x18\x06 \x03(\v2\x10.blixard.v1.TaskR\x05tasks\x12 \n" +
-	"\x03vms\x18\a \x03(\v2\x0e.blixard.v1.VMR\x03vms\"\xf3\b\n" +
+	"\x03vms\x18\a \x03(\v2\x0e.blixard.v1.VMR\x03vms\"\xb4\t\n" +
 	"\aCommand\x12E\n" +
 	"\x0fregister_worker\x18\n" +
 	" \x01(\v2\x1a.blixard.v1.RegisterWorkerH\x00R\x0eregisterWorker\x12F\n" +
@@ -5493,7 +5704,8 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x16set_worker_schedulable\x18\x14 \x01(\v2 .blixard.v1.SetWorkerSchedulableH\x00R\x14setWorkerSchedulable\x12H\n" +
 	"\x10reconcile_worker\x18\x15 \x01(\v2\x1b.blixard.v1.ReconcileWorkerH\x00R\x0freconcileWorker\x129\n" +
 	"\vpurge_tasks\x18\x16 \x01(\v2\x16.blixard.v1.PurgeTasksH\x00R\n" +
-	"purgeTasks\x123\n" +
+	"purgeTasks\x12?\n" +
+	"\rcordon_worker\x18\x17 \x01(\v2\x18.blixard.v1.CordonWorkerH\x00R\fcordonWorker\x123\n" +
 	"\tcreate_vm\x18\x1e \x01(\v2\x14.blixard.v1.CreateVMH\x00R\bcreateVm\x12@\n" +
 	"\x0eset_vm_desired\x18\x1f \x01(\v2\x18.blixard.v1.SetVMDesiredH\x00R\fsetVmDesired\x123\n" +
 	"\tplace_vms\x18  \x01(\v2\x14.blixard.v1.PlaceVMsH\x00R\bplaceVms\x123\n" +
@@ -5573,6 +5785,11 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\tworker_id\x18\x01 \x01(\x04R\bworkerId\x12 \n" +
 	"\vschedulable\x18\x02 \x01(\bR\vschedulable\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\"\n" +
+	"\rnow_unix_nano\x18\x04 \x01(\x03R\vnowUnixNano\"\x83\x01\n" +
+	"\fCordonWorker\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\x04R\bworkerId\x12\x1a\n" +
+	"\bcordoned\x18\x02 \x01(\bR\bcordoned\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\"\n" +
 	"\rnow_unix_nano\x18\x04 \x01(\x03R\vnowUnixNano\"|\n" +
 	"\x0fReconcileWorker\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\x04R\bworkerId\x12(\n" +
@@ -5643,7 +5860,13 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\v2\x18.blixard.v1.WorkerStatusR\x06status\x127\n" +
 	"\x18last_heartbeat_unix_nano\x18\x03 \x01(\x03R\x15lastHeartbeatUnixNano\"G\n" +
 	"\x13ListWorkersResponse\x120\n" +
-	"\aworkers\x18\x01 \x03(\v2\x16.blixard.v1.WorkerInfoR\aworkers\"/\n" +
+	"\aworkers\x18\x01 \x03(\v2\x16.blixard.v1.WorkerInfoR\aworkers\"b\n" +
+	"\x13CordonWorkerRequest\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\x04R\bworkerId\x12\x16\n" +
+	"\x06cordon\x18\x02 \x01(\bR\x06cordon\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"B\n" +
+	"\x14CordonWorkerResponse\x12*\n" +
+	"\x06worker\x18\x01 \x01(\v2\x12.blixard.v1.WorkerR\x06worker\"/\n" +
 	"\x10HeartbeatRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\x04R\bworkerId\"\x80\x01\n" +
 	"\x11HeartbeatResponse\x12\x16\n" +
@@ -5769,7 +5992,7 @@ func file_api_blixardpb_blixard_proto_rawDescGZIP() []byte {
 }
 
 var file_api_blixardpb_blixard_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_api_blixardpb_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
+var file_api_blixardpb_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
 var file_api_blixardpb_blixard_proto_goTypes = []any{
 	(MemberRole)(0),                // 0: blixard.v1.MemberRole
 	(WorkerState)(0),               // 1: blixard.v1.WorkerState
@@ -5806,64 +6029,67 @@ var file_api_blixardpb_blixard_proto_goTypes = []any{
 	(*TaskFinished)(nil),           // 32: blixard.v1.TaskFinished
 	(*CancelTask)(nil),             // 33: blixard.v1.CancelTask
 	(*SetWorkerSchedulable)(nil),   // 34: blixard.v1.SetWorkerSchedulable
-	(*ReconcileWorker)(nil),        // 35: blixard.v1.ReconcileWorker
-	(*RegisterWorker)(nil),         // 36: blixard.v1.RegisterWorker
-	(*SetWorkerState)(nil),         // 37: blixard.v1.SetWorkerState
-	(*ReportWorkerUsage)(nil),      // 38: blixard.v1.ReportWorkerUsage
-	(*Put)(nil),                    // 39: blixard.v1.Put
-	(*Delete)(nil),                 // 40: blixard.v1.Delete
-	(*MemberContext)(nil),          // 41: blixard.v1.MemberContext
-	(*RaftBatch)(nil),              // 42: blixard.v1.RaftBatch
-	(*SendAck)(nil),                // 43: blixard.v1.SendAck
-	(*SnapshotChunk)(nil),          // 44: blixard.v1.SnapshotChunk
-	(*StatusRequest)(nil),          // 45: blixard.v1.StatusRequest
-	(*MemberStatus)(nil),           // 46: blixard.v1.MemberStatus
-	(*StatusResponse)(nil),         // 47: blixard.v1.StatusResponse
-	(*JoinRequest)(nil),            // 48: blixard.v1.JoinRequest
-	(*JoinResponse)(nil),           // 49: blixard.v1.JoinResponse
-	(*RemoveMemberRequest)(nil),    // 50: blixard.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),   // 51: blixard.v1.RemoveMemberResponse
-	(*TransferLeaderRequest)(nil),  // 52: blixard.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 53: blixard.v1.TransferLeaderResponse
-	(*ListWorkersRequest)(nil),     // 54: blixard.v1.ListWorkersRequest
-	(*WorkerInfo)(nil),             // 55: blixard.v1.WorkerInfo
-	(*ListWorkersResponse)(nil),    // 56: blixard.v1.ListWorkersResponse
-	(*HeartbeatRequest)(nil),       // 57: blixard.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 58: blixard.v1.HeartbeatResponse
-	(*PutRequest)(nil),             // 59: blixard.v1.PutRequest
-	(*PutResponse)(nil),            // 60: blixard.v1.PutResponse
-	(*GetRequest)(nil),             // 61: blixard.v1.GetRequest
-	(*GetResponse)(nil),            // 62: blixard.v1.GetResponse
-	(*SubmitTaskRequest)(nil),      // 63: blixard.v1.SubmitTaskRequest
-	(*TaskResponse)(nil),           // 64: blixard.v1.TaskResponse
-	(*GetTaskRequest)(nil),         // 65: blixard.v1.GetTaskRequest
-	(*ListTasksRequest)(nil),       // 66: blixard.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),      // 67: blixard.v1.ListTasksResponse
-	(*CancelTaskRequest)(nil),      // 68: blixard.v1.CancelTaskRequest
-	(*WaitTaskRequest)(nil),        // 69: blixard.v1.WaitTaskRequest
-	(*TaskLogsRequest)(nil),        // 70: blixard.v1.TaskLogsRequest
-	(*LogChunk)(nil),               // 71: blixard.v1.LogChunk
-	(*CreateVMRequest)(nil),        // 72: blixard.v1.CreateVMRequest
-	(*VMResponse)(nil),             // 73: blixard.v1.VMResponse
-	(*GetVMRequest)(nil),           // 74: blixard.v1.GetVMRequest
-	(*ListVMsRequest)(nil),         // 75: blixard.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),        // 76: blixard.v1.ListVMsResponse
-	(*SetVMDesiredRequest)(nil),    // 77: blixard.v1.SetVMDesiredRequest
-	(*WaitVMRequest)(nil),          // 78: blixard.v1.WaitVMRequest
-	(*VMLogsRequest)(nil),          // 79: blixard.v1.VMLogsRequest
-	nil,                            // 80: blixard.v1.Worker.LabelsEntry
-	nil,                            // 81: blixard.v1.TaskSpec.EnvEntry
-	nil,                            // 82: blixard.v1.TaskSpec.ConstraintsEntry
-	nil,                            // 83: blixard.v1.VMSpec.ConstraintsEntry
+	(*CordonWorker)(nil),           // 35: blixard.v1.CordonWorker
+	(*ReconcileWorker)(nil),        // 36: blixard.v1.ReconcileWorker
+	(*RegisterWorker)(nil),         // 37: blixard.v1.RegisterWorker
+	(*SetWorkerState)(nil),         // 38: blixard.v1.SetWorkerState
+	(*ReportWorkerUsage)(nil),      // 39: blixard.v1.ReportWorkerUsage
+	(*Put)(nil),                    // 40: blixard.v1.Put
+	(*Delete)(nil),                 // 41: blixard.v1.Delete
+	(*MemberContext)(nil),          // 42: blixard.v1.MemberContext
+	(*RaftBatch)(nil),              // 43: blixard.v1.RaftBatch
+	(*SendAck)(nil),                // 44: blixard.v1.SendAck
+	(*SnapshotChunk)(nil),          // 45: blixard.v1.SnapshotChunk
+	(*StatusRequest)(nil),          // 46: blixard.v1.StatusRequest
+	(*MemberStatus)(nil),           // 47: blixard.v1.MemberStatus
+	(*StatusResponse)(nil),         // 48: blixard.v1.StatusResponse
+	(*JoinRequest)(nil),            // 49: blixard.v1.JoinRequest
+	(*JoinResponse)(nil),           // 50: blixard.v1.JoinResponse
+	(*RemoveMemberRequest)(nil),    // 51: blixard.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),   // 52: blixard.v1.RemoveMemberResponse
+	(*TransferLeaderRequest)(nil),  // 53: blixard.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 54: blixard.v1.TransferLeaderResponse
+	(*ListWorkersRequest)(nil),     // 55: blixard.v1.ListWorkersRequest
+	(*WorkerInfo)(nil),             // 56: blixard.v1.WorkerInfo
+	(*ListWorkersResponse)(nil),    // 57: blixard.v1.ListWorkersResponse
+	(*CordonWorkerRequest)(nil),    // 58: blixard.v1.CordonWorkerRequest
+	(*CordonWorkerResponse)(nil),   // 59: blixard.v1.CordonWorkerResponse
+	(*HeartbeatRequest)(nil),       // 60: blixard.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 61: blixard.v1.HeartbeatResponse
+	(*PutRequest)(nil),             // 62: blixard.v1.PutRequest
+	(*PutResponse)(nil),            // 63: blixard.v1.PutResponse
+	(*GetRequest)(nil),             // 64: blixard.v1.GetRequest
+	(*GetResponse)(nil),            // 65: blixard.v1.GetResponse
+	(*SubmitTaskRequest)(nil),      // 66: blixard.v1.SubmitTaskRequest
+	(*TaskResponse)(nil),           // 67: blixard.v1.TaskResponse
+	(*GetTaskRequest)(nil),         // 68: blixard.v1.GetTaskRequest
+	(*ListTasksRequest)(nil),       // 69: blixard.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),      // 70: blixard.v1.ListTasksResponse
+	(*CancelTaskRequest)(nil),      // 71: blixard.v1.CancelTaskRequest
+	(*WaitTaskRequest)(nil),        // 72: blixard.v1.WaitTaskRequest
+	(*TaskLogsRequest)(nil),        // 73: blixard.v1.TaskLogsRequest
+	(*LogChunk)(nil),               // 74: blixard.v1.LogChunk
+	(*CreateVMRequest)(nil),        // 75: blixard.v1.CreateVMRequest
+	(*VMResponse)(nil),             // 76: blixard.v1.VMResponse
+	(*GetVMRequest)(nil),           // 77: blixard.v1.GetVMRequest
+	(*ListVMsRequest)(nil),         // 78: blixard.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),        // 79: blixard.v1.ListVMsResponse
+	(*SetVMDesiredRequest)(nil),    // 80: blixard.v1.SetVMDesiredRequest
+	(*WaitVMRequest)(nil),          // 81: blixard.v1.WaitVMRequest
+	(*VMLogsRequest)(nil),          // 82: blixard.v1.VMLogsRequest
+	nil,                            // 83: blixard.v1.Worker.LabelsEntry
+	nil,                            // 84: blixard.v1.TaskSpec.EnvEntry
+	nil,                            // 85: blixard.v1.TaskSpec.ConstraintsEntry
+	nil,                            // 86: blixard.v1.VMSpec.ConstraintsEntry
 }
 var file_api_blixardpb_blixard_proto_depIdxs = []int32{
 	0,  // 0: blixard.v1.Member.role:type_name -> blixard.v1.MemberRole
 	8,  // 1: blixard.v1.Worker.capacity:type_name -> blixard.v1.Resources
-	80, // 2: blixard.v1.Worker.labels:type_name -> blixard.v1.Worker.LabelsEntry
+	83, // 2: blixard.v1.Worker.labels:type_name -> blixard.v1.Worker.LabelsEntry
 	1,  // 3: blixard.v1.Worker.state:type_name -> blixard.v1.WorkerState
-	81, // 4: blixard.v1.TaskSpec.env:type_name -> blixard.v1.TaskSpec.EnvEntry
+	84, // 4: blixard.v1.TaskSpec.env:type_name -> blixard.v1.TaskSpec.EnvEntry
 	8,  // 5: blixard.v1.TaskSpec.resources:type_name -> blixard.v1.Resources
-	82, // 6: blixard.v1.TaskSpec.constraints:type_name -> blixard.v1.TaskSpec.ConstraintsEntry
+	85, // 6: blixard.v1.TaskSpec.constraints:type_name -> blixard.v1.TaskSpec.ConstraintsEntry
 	3,  // 7: blixard.v1.TaskSpec.policy:type_name -> blixard.v1.PlacementPolicy
 	2,  // 8: blixard.v1.Attempt.state:type_name -> blixard.v1.TaskState
 	13, // 9: blixard.v1.Attempt.result:type_name -> blixard.v1.TaskResult
@@ -5872,7 +6098,7 @@ var file_api_blixardpb_blixard_proto_depIdxs = []int32{
 	14, // 12: blixard.v1.Task.attempts:type_name -> blixard.v1.Attempt
 	16, // 13: blixard.v1.VMSpec.ports:type_name -> blixard.v1.PortForward
 	6,  // 14: blixard.v1.VMSpec.restart:type_name -> blixard.v1.RestartPolicy
-	83, // 15: blixard.v1.VMSpec.constraints:type_name -> blixard.v1.VMSpec.ConstraintsEntry
+	86, // 15: blixard.v1.VMSpec.constraints:type_name -> blixard.v1.VMSpec.ConstraintsEntry
 	17, // 16: blixard.v1.VM.spec:type_name -> blixard.v1.VMSpec
 	5,  // 17: blixard.v1.VM.desired:type_name -> blixard.v1.VMDesired
 	4,  // 18: blixard.v1.VM.state:type_name -> blixard.v1.VMState
@@ -5882,54 +6108,56 @@ var file_api_blixardpb_blixard_proto_depIdxs = []int32{
 	11, // 22: blixard.v1.StateSnapshot.kvs:type_name -> blixard.v1.KV
 	15, // 23: blixard.v1.StateSnapshot.tasks:type_name -> blixard.v1.Task
 	18, // 24: blixard.v1.StateSnapshot.vms:type_name -> blixard.v1.VM
-	36, // 25: blixard.v1.Command.register_worker:type_name -> blixard.v1.RegisterWorker
-	37, // 26: blixard.v1.Command.set_worker_state:type_name -> blixard.v1.SetWorkerState
-	38, // 27: blixard.v1.Command.report_worker_usage:type_name -> blixard.v1.ReportWorkerUsage
-	39, // 28: blixard.v1.Command.put:type_name -> blixard.v1.Put
-	40, // 29: blixard.v1.Command.delete:type_name -> blixard.v1.Delete
+	37, // 25: blixard.v1.Command.register_worker:type_name -> blixard.v1.RegisterWorker
+	38, // 26: blixard.v1.Command.set_worker_state:type_name -> blixard.v1.SetWorkerState
+	39, // 27: blixard.v1.Command.report_worker_usage:type_name -> blixard.v1.ReportWorkerUsage
+	40, // 28: blixard.v1.Command.put:type_name -> blixard.v1.Put
+	41, // 29: blixard.v1.Command.delete:type_name -> blixard.v1.Delete
 	28, // 30: blixard.v1.Command.submit_task:type_name -> blixard.v1.SubmitTask
 	30, // 31: blixard.v1.Command.place_tasks:type_name -> blixard.v1.PlaceTasks
 	31, // 32: blixard.v1.Command.task_started:type_name -> blixard.v1.TaskStarted
 	32, // 33: blixard.v1.Command.task_finished:type_name -> blixard.v1.TaskFinished
 	33, // 34: blixard.v1.Command.cancel_task:type_name -> blixard.v1.CancelTask
 	34, // 35: blixard.v1.Command.set_worker_schedulable:type_name -> blixard.v1.SetWorkerSchedulable
-	35, // 36: blixard.v1.Command.reconcile_worker:type_name -> blixard.v1.ReconcileWorker
+	36, // 36: blixard.v1.Command.reconcile_worker:type_name -> blixard.v1.ReconcileWorker
 	27, // 37: blixard.v1.Command.purge_tasks:type_name -> blixard.v1.PurgeTasks
-	21, // 38: blixard.v1.Command.create_vm:type_name -> blixard.v1.CreateVM
-	22, // 39: blixard.v1.Command.set_vm_desired:type_name -> blixard.v1.SetVMDesired
-	25, // 40: blixard.v1.Command.place_vms:type_name -> blixard.v1.PlaceVMs
-	26, // 41: blixard.v1.Command.report_vm:type_name -> blixard.v1.ReportVM
-	23, // 42: blixard.v1.Command.release_vms:type_name -> blixard.v1.ReleaseVMs
-	17, // 43: blixard.v1.CreateVM.spec:type_name -> blixard.v1.VMSpec
-	5,  // 44: blixard.v1.SetVMDesired.desired:type_name -> blixard.v1.VMDesired
-	24, // 45: blixard.v1.PlaceVMs.placements:type_name -> blixard.v1.VMPlacement
-	4,  // 46: blixard.v1.ReportVM.state:type_name -> blixard.v1.VMState
-	12, // 47: blixard.v1.SubmitTask.spec:type_name -> blixard.v1.TaskSpec
-	29, // 48: blixard.v1.PlaceTasks.placements:type_name -> blixard.v1.Placement
-	13, // 49: blixard.v1.TaskFinished.result:type_name -> blixard.v1.TaskResult
-	9,  // 50: blixard.v1.RegisterWorker.worker:type_name -> blixard.v1.Worker
-	1,  // 51: blixard.v1.SetWorkerState.state:type_name -> blixard.v1.WorkerState
-	10, // 52: blixard.v1.ReportWorkerUsage.status:type_name -> blixard.v1.WorkerStatus
-	7,  // 53: blixard.v1.MemberContext.member:type_name -> blixard.v1.Member
-	0,  // 54: blixard.v1.MemberStatus.role:type_name -> blixard.v1.MemberRole
-	46, // 55: blixard.v1.StatusResponse.members:type_name -> blixard.v1.MemberStatus
-	7,  // 56: blixard.v1.JoinResponse.members:type_name -> blixard.v1.Member
-	9,  // 57: blixard.v1.WorkerInfo.worker:type_name -> blixard.v1.Worker
-	10, // 58: blixard.v1.WorkerInfo.status:type_name -> blixard.v1.WorkerStatus
-	55, // 59: blixard.v1.ListWorkersResponse.workers:type_name -> blixard.v1.WorkerInfo
-	12, // 60: blixard.v1.SubmitTaskRequest.spec:type_name -> blixard.v1.TaskSpec
-	15, // 61: blixard.v1.TaskResponse.task:type_name -> blixard.v1.Task
-	2,  // 62: blixard.v1.ListTasksRequest.state:type_name -> blixard.v1.TaskState
-	15, // 63: blixard.v1.ListTasksResponse.tasks:type_name -> blixard.v1.Task
-	17, // 64: blixard.v1.CreateVMRequest.spec:type_name -> blixard.v1.VMSpec
-	18, // 65: blixard.v1.VMResponse.vm:type_name -> blixard.v1.VM
-	18, // 66: blixard.v1.ListVMsResponse.vms:type_name -> blixard.v1.VM
-	5,  // 67: blixard.v1.SetVMDesiredRequest.desired:type_name -> blixard.v1.VMDesired
-	68, // [68:68] is the sub-list for method output_type
-	68, // [68:68] is the sub-list for method input_type
-	68, // [68:68] is the sub-list for extension type_name
-	68, // [68:68] is the sub-list for extension extendee
-	0,  // [0:68] is the sub-list for field type_name
+	35, // 38: blixard.v1.Command.cordon_worker:type_name -> blixard.v1.CordonWorker
+	21, // 39: blixard.v1.Command.create_vm:type_name -> blixard.v1.CreateVM
+	22, // 40: blixard.v1.Command.set_vm_desired:type_name -> blixard.v1.SetVMDesired
+	25, // 41: blixard.v1.Command.place_vms:type_name -> blixard.v1.PlaceVMs
+	26, // 42: blixard.v1.Command.report_vm:type_name -> blixard.v1.ReportVM
+	23, // 43: blixard.v1.Command.release_vms:type_name -> blixard.v1.ReleaseVMs
+	17, // 44: blixard.v1.CreateVM.spec:type_name -> blixard.v1.VMSpec
+	5,  // 45: blixard.v1.SetVMDesired.desired:type_name -> blixard.v1.VMDesired
+	24, // 46: blixard.v1.PlaceVMs.placements:type_name -> blixard.v1.VMPlacement
+	4,  // 47: blixard.v1.ReportVM.state:type_name -> blixard.v1.VMState
+	12, // 48: blixard.v1.SubmitTask.spec:type_name -> blixard.v1.TaskSpec
+	29, // 49: blixard.v1.PlaceTasks.placements:type_name -> blixard.v1.Placement
+	13, // 50: blixard.v1.TaskFinished.result:type_name -> blixard.v1.TaskResult
+	9,  // 51: blixard.v1.RegisterWorker.worker:type_name -> blixard.v1.Worker
+	1,  // 52: blixard.v1.SetWorkerState.state:type_name -> blixard.v1.WorkerState
+	10, // 53: blixard.v1.ReportWorkerUsage.status:type_name -> blixard.v1.WorkerStatus
+	7,  // 54: blixard.v1.MemberContext.member:type_name -> blixard.v1.Member
+	0,  // 55: blixard.v1.MemberStatus.role:type_name -> blixard.v1.MemberRole
+	47, // 56: blixard.v1.StatusResponse.members:type_name -> blixard.v1.MemberStatus
+	7,  // 57: blixard.v1.JoinResponse.members:type_name -> blixard.v1.Member
+	9,  // 58: blixard.v1.WorkerInfo.worker:type_name -> blixard.v1.Worker
+	10, // 59: blixard.v1.WorkerInfo.status:type_name -> blixard.v1.WorkerStatus
+	56, // 60: blixard.v1.ListWorkersResponse.workers:type_name -> blixard.v1.WorkerInfo
+	9,  // 61: blixard.v1.CordonWorkerResponse.worker:type_name -> blixard.v1.Worker
+	12, // 62: blixard.v1.SubmitTaskRequest.spec:type_name -> blixard.v1.TaskSpec
+	15, // 63: blixard.v1.TaskResponse.task:type_name -> blixard.v1.Task
+	2,  // 64: blixard.v1.ListTasksRequest.state:type_name -> blixard.v1.TaskState
+	15, // 65: blixard.v1.ListTasksResponse.tasks:type_name -> blixard.v1.Task
+	17, // 66: blixard.v1.CreateVMRequest.spec:type_name -> blixard.v1.VMSpec
+	18, // 67: blixard.v1.VMResponse.vm:type_name -> blixard.v1.VM
+	18, // 68: blixard.v1.ListVMsResponse.vms:type_name -> blixard.v1.VM
+	5,  // 69: blixard.v1.SetVMDesiredRequest.desired:type_name -> blixard.v1.VMDesired
+	70, // [70:70] is the sub-list for method output_type
+	70, // [70:70] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_api_blixardpb_blixard_proto_init() }
@@ -5951,6 +6179,7 @@ func file_api_blixardpb_blixard_proto_init() {
 		(*Command_SetWorkerSchedulable)(nil),
 		(*Command_ReconcileWorker)(nil),
 		(*Command_PurgeTasks)(nil),
+		(*Command_CordonWorker)(nil),
 		(*Command_CreateVm)(nil),
 		(*Command_SetVmDesired)(nil),
 		(*Command_PlaceVms)(nil),
@@ -5963,7 +6192,7 @@ func file_api_blixardpb_blixard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_blixardpb_blixard_proto_rawDesc), len(file_api_blixardpb_blixard_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   77,
+			NumMessages:   80,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

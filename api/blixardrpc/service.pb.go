@@ -30,14 +30,14 @@ const file_api_blixardrpc_service_proto_rawDesc = "" +
 	"\x1capi/blixardrpc/service.proto\x12\x0eblixard.rpc.v1\x1a\x1bapi/blixardpb/blixard.proto2~\n" +
 	"\x04Raft\x124\n" +
 	"\x04Send\x12\x15.blixard.v1.RaftBatch\x1a\x13.blixard.v1.SendAck(\x01\x12@\n" +
-	"\fSendSnapshot\x12\x19.blixard.v1.SnapshotChunk\x1a\x13.blixard.v1.SendAck(\x012\xdd\n" +
-	"\n" +
+	"\fSendSnapshot\x12\x19.blixard.v1.SnapshotChunk\x1a\x13.blixard.v1.SendAck(\x012\xb0\v\n" +
 	"\aCluster\x12?\n" +
 	"\x06Status\x12\x19.blixard.v1.StatusRequest\x1a\x1a.blixard.v1.StatusResponse\x129\n" +
 	"\x04Join\x12\x17.blixard.v1.JoinRequest\x1a\x18.blixard.v1.JoinResponse\x12Q\n" +
 	"\fRemoveMember\x12\x1f.blixard.v1.RemoveMemberRequest\x1a .blixard.v1.RemoveMemberResponse\x12W\n" +
 	"\x0eTransferLeader\x12!.blixard.v1.TransferLeaderRequest\x1a\".blixard.v1.TransferLeaderResponse\x12N\n" +
-	"\vListWorkers\x12\x1e.blixard.v1.ListWorkersRequest\x1a\x1f.blixard.v1.ListWorkersResponse\x12H\n" +
+	"\vListWorkers\x12\x1e.blixard.v1.ListWorkersRequest\x1a\x1f.blixard.v1.ListWorkersResponse\x12Q\n" +
+	"\fCordonWorker\x12\x1f.blixard.v1.CordonWorkerRequest\x1a .blixard.v1.CordonWorkerResponse\x12H\n" +
 	"\tHeartbeat\x12\x1c.blixard.v1.HeartbeatRequest\x1a\x1d.blixard.v1.HeartbeatResponse\x126\n" +
 	"\x03Put\x12\x16.blixard.v1.PutRequest\x1a\x17.blixard.v1.PutResponse\x126\n" +
 	"\x03Get\x12\x16.blixard.v1.GetRequest\x1a\x17.blixard.v1.GetResponse\x12E\n" +
@@ -64,35 +64,37 @@ var file_api_blixardrpc_service_proto_goTypes = []any{
 	(*blixardpb.RemoveMemberRequest)(nil),    // 4: blixard.v1.RemoveMemberRequest
 	(*blixardpb.TransferLeaderRequest)(nil),  // 5: blixard.v1.TransferLeaderRequest
 	(*blixardpb.ListWorkersRequest)(nil),     // 6: blixard.v1.ListWorkersRequest
-	(*blixardpb.HeartbeatRequest)(nil),       // 7: blixard.v1.HeartbeatRequest
-	(*blixardpb.PutRequest)(nil),             // 8: blixard.v1.PutRequest
-	(*blixardpb.GetRequest)(nil),             // 9: blixard.v1.GetRequest
-	(*blixardpb.SubmitTaskRequest)(nil),      // 10: blixard.v1.SubmitTaskRequest
-	(*blixardpb.GetTaskRequest)(nil),         // 11: blixard.v1.GetTaskRequest
-	(*blixardpb.ListTasksRequest)(nil),       // 12: blixard.v1.ListTasksRequest
-	(*blixardpb.CancelTaskRequest)(nil),      // 13: blixard.v1.CancelTaskRequest
-	(*blixardpb.WaitTaskRequest)(nil),        // 14: blixard.v1.WaitTaskRequest
-	(*blixardpb.TaskLogsRequest)(nil),        // 15: blixard.v1.TaskLogsRequest
-	(*blixardpb.CreateVMRequest)(nil),        // 16: blixard.v1.CreateVMRequest
-	(*blixardpb.GetVMRequest)(nil),           // 17: blixard.v1.GetVMRequest
-	(*blixardpb.ListVMsRequest)(nil),         // 18: blixard.v1.ListVMsRequest
-	(*blixardpb.SetVMDesiredRequest)(nil),    // 19: blixard.v1.SetVMDesiredRequest
-	(*blixardpb.WaitVMRequest)(nil),          // 20: blixard.v1.WaitVMRequest
-	(*blixardpb.VMLogsRequest)(nil),          // 21: blixard.v1.VMLogsRequest
-	(*blixardpb.SendAck)(nil),                // 22: blixard.v1.SendAck
-	(*blixardpb.StatusResponse)(nil),         // 23: blixard.v1.StatusResponse
-	(*blixardpb.JoinResponse)(nil),           // 24: blixard.v1.JoinResponse
-	(*blixardpb.RemoveMemberResponse)(nil),   // 25: blixard.v1.RemoveMemberResponse
-	(*blixardpb.TransferLeaderResponse)(nil), // 26: blixard.v1.TransferLeaderResponse
-	(*blixardpb.ListWorkersResponse)(nil),    // 27: blixard.v1.ListWorkersResponse
-	(*blixardpb.HeartbeatResponse)(nil),      // 28: blixard.v1.HeartbeatResponse
-	(*blixardpb.PutResponse)(nil),            // 29: blixard.v1.PutResponse
-	(*blixardpb.GetResponse)(nil),            // 30: blixard.v1.GetResponse
-	(*blixardpb.TaskResponse)(nil),           // 31: blixard.v1.TaskResponse
-	(*blixardpb.ListTasksResponse)(nil),      // 32: blixard.v1.ListTasksResponse
-	(*blixardpb.LogChunk)(nil),               // 33: blixard.v1.LogChunk
-	(*blixardpb.VMResponse)(nil),             // 34: blixard.v1.VMResponse
-	(*blixardpb.ListVMsResponse)(nil),        // 35: blixard.v1.ListVMsResponse
+	(*blixardpb.CordonWorkerRequest)(nil),    // 7: blixard.v1.CordonWorkerRequest
+	(*blixardpb.HeartbeatRequest)(nil),       // 8: blixard.v1.HeartbeatRequest
+	(*blixardpb.PutRequest)(nil),             // 9: blixard.v1.PutRequest
+	(*blixardpb.GetRequest)(nil),             // 10: blixard.v1.GetRequest
+	(*blixardpb.SubmitTaskRequest)(nil),      // 11: blixard.v1.SubmitTaskRequest
+	(*blixardpb.GetTaskRequest)(nil),         // 12: blixard.v1.GetTaskRequest
+	(*blixardpb.ListTasksRequest)(nil),       // 13: blixard.v1.ListTasksRequest
+	(*blixardpb.CancelTaskRequest)(nil),      // 14: blixard.v1.CancelTaskRequest
+	(*blixardpb.WaitTaskRequest)(nil),        // 15: blixard.v1.WaitTaskRequest
+	(*blixardpb.TaskLogsRequest)(nil),        // 16: blixard.v1.TaskLogsRequest
+	(*blixardpb.CreateVMRequest)(nil),        // 17: blixard.v1.CreateVMRequest
+	(*blixardpb.GetVMRequest)(nil),           // 18: blixard.v1.GetVMRequest
+	(*blixardpb.ListVMsRequest)(nil),         // 19: blixard.v1.ListVMsRequest
+	(*blixardpb.SetVMDesiredRequest)(nil),    // 20: blixard.v1.SetVMDesiredRequest
+	(*blixardpb.WaitVMRequest)(nil),          // 21: blixard.v1.WaitVMRequest
+	(*blixardpb.VMLogsRequest)(nil),          // 22: blixard.v1.VMLogsRequest
+	(*blixardpb.SendAck)(nil),                // 23: blixard.v1.SendAck
+	(*blixardpb.StatusResponse)(nil),         // 24: blixard.v1.StatusResponse
+	(*blixardpb.JoinResponse)(nil),           // 25: blixard.v1.JoinResponse
+	(*blixardpb.RemoveMemberResponse)(nil),   // 26: blixard.v1.RemoveMemberResponse
+	(*blixardpb.TransferLeaderResponse)(nil), // 27: blixard.v1.TransferLeaderResponse
+	(*blixardpb.ListWorkersResponse)(nil),    // 28: blixard.v1.ListWorkersResponse
+	(*blixardpb.CordonWorkerResponse)(nil),   // 29: blixard.v1.CordonWorkerResponse
+	(*blixardpb.HeartbeatResponse)(nil),      // 30: blixard.v1.HeartbeatResponse
+	(*blixardpb.PutResponse)(nil),            // 31: blixard.v1.PutResponse
+	(*blixardpb.GetResponse)(nil),            // 32: blixard.v1.GetResponse
+	(*blixardpb.TaskResponse)(nil),           // 33: blixard.v1.TaskResponse
+	(*blixardpb.ListTasksResponse)(nil),      // 34: blixard.v1.ListTasksResponse
+	(*blixardpb.LogChunk)(nil),               // 35: blixard.v1.LogChunk
+	(*blixardpb.VMResponse)(nil),             // 36: blixard.v1.VMResponse
+	(*blixardpb.ListVMsResponse)(nil),        // 37: blixard.v1.ListVMsResponse
 }
 var file_api_blixardrpc_service_proto_depIdxs = []int32{
 	0,  // 0: blixard.rpc.v1.Raft.Send:input_type -> blixard.v1.RaftBatch
@@ -102,45 +104,47 @@ var file_api_blixardrpc_service_proto_depIdxs = []int32{
 	4,  // 4: blixard.rpc.v1.Cluster.RemoveMember:input_type -> blixard.v1.RemoveMemberRequest
 	5,  // 5: blixard.rpc.v1.Cluster.TransferLeader:input_type -> blixard.v1.TransferLeaderRequest
 	6,  // 6: blixard.rpc.v1.Cluster.ListWorkers:input_type -> blixard.v1.ListWorkersRequest
-	7,  // 7: blixard.rpc.v1.Cluster.Heartbeat:input_type -> blixard.v1.HeartbeatRequest
-	8,  // 8: blixard.rpc.v1.Cluster.Put:input_type -> blixard.v1.PutRequest
-	9,  // 9: blixard.rpc.v1.Cluster.Get:input_type -> blixard.v1.GetRequest
-	10, // 10: blixard.rpc.v1.Cluster.SubmitTask:input_type -> blixard.v1.SubmitTaskRequest
-	11, // 11: blixard.rpc.v1.Cluster.GetTask:input_type -> blixard.v1.GetTaskRequest
-	12, // 12: blixard.rpc.v1.Cluster.ListTasks:input_type -> blixard.v1.ListTasksRequest
-	13, // 13: blixard.rpc.v1.Cluster.CancelTask:input_type -> blixard.v1.CancelTaskRequest
-	14, // 14: blixard.rpc.v1.Cluster.WaitTask:input_type -> blixard.v1.WaitTaskRequest
-	15, // 15: blixard.rpc.v1.Cluster.TaskLogs:input_type -> blixard.v1.TaskLogsRequest
-	16, // 16: blixard.rpc.v1.Cluster.CreateVM:input_type -> blixard.v1.CreateVMRequest
-	17, // 17: blixard.rpc.v1.Cluster.GetVM:input_type -> blixard.v1.GetVMRequest
-	18, // 18: blixard.rpc.v1.Cluster.ListVMs:input_type -> blixard.v1.ListVMsRequest
-	19, // 19: blixard.rpc.v1.Cluster.SetVMDesired:input_type -> blixard.v1.SetVMDesiredRequest
-	20, // 20: blixard.rpc.v1.Cluster.WaitVM:input_type -> blixard.v1.WaitVMRequest
-	21, // 21: blixard.rpc.v1.Cluster.VMLogs:input_type -> blixard.v1.VMLogsRequest
-	22, // 22: blixard.rpc.v1.Raft.Send:output_type -> blixard.v1.SendAck
-	22, // 23: blixard.rpc.v1.Raft.SendSnapshot:output_type -> blixard.v1.SendAck
-	23, // 24: blixard.rpc.v1.Cluster.Status:output_type -> blixard.v1.StatusResponse
-	24, // 25: blixard.rpc.v1.Cluster.Join:output_type -> blixard.v1.JoinResponse
-	25, // 26: blixard.rpc.v1.Cluster.RemoveMember:output_type -> blixard.v1.RemoveMemberResponse
-	26, // 27: blixard.rpc.v1.Cluster.TransferLeader:output_type -> blixard.v1.TransferLeaderResponse
-	27, // 28: blixard.rpc.v1.Cluster.ListWorkers:output_type -> blixard.v1.ListWorkersResponse
-	28, // 29: blixard.rpc.v1.Cluster.Heartbeat:output_type -> blixard.v1.HeartbeatResponse
-	29, // 30: blixard.rpc.v1.Cluster.Put:output_type -> blixard.v1.PutResponse
-	30, // 31: blixard.rpc.v1.Cluster.Get:output_type -> blixard.v1.GetResponse
-	31, // 32: blixard.rpc.v1.Cluster.SubmitTask:output_type -> blixard.v1.TaskResponse
-	31, // 33: blixard.rpc.v1.Cluster.GetTask:output_type -> blixard.v1.TaskResponse
-	32, // 34: blixard.rpc.v1.Cluster.ListTasks:output_type -> blixard.v1.ListTasksResponse
-	31, // 35: blixard.rpc.v1.Cluster.CancelTask:output_type -> blixard.v1.TaskResponse
-	31, // 36: blixard.rpc.v1.Cluster.WaitTask:output_type -> blixard.v1.TaskResponse
-	33, // 37: blixard.rpc.v1.Cluster.TaskLogs:output_type -> blixard.v1.LogChunk
-	34, // 38: blixard.rpc.v1.Cluster.CreateVM:output_type -> blixard.v1.VMResponse
-	34, // 39: blixard.rpc.v1.Cluster.GetVM:output_type -> blixard.v1.VMResponse
-	35, // 40: blixard.rpc.v1.Cluster.ListVMs:output_type -> blixard.v1.ListVMsResponse
-	34, // 41: blixard.rpc.v1.Cluster.SetVMDesired:output_type -> blixard.v1.VMResponse
-	34, // 42: blixard.rpc.v1.Cluster.WaitVM:output_type -> blixard.v1.VMResponse
-	33, // 43: blixard.rpc.v1.Cluster.VMLogs:output_type -> blixard.v1.LogChunk
-	22, // [22:44] is the sub-list for method output_type
-	0,  // [0:22] is the sub-list for method input_type
+	7,  // 7: blixard.rpc.v1.Cluster.CordonWorker:input_type -> blixard.v1.CordonWorkerRequest
+	8,  // 8: blixard.rpc.v1.Cluster.Heartbeat:input_type -> blixard.v1.HeartbeatRequest
+	9,  // 9: blixard.rpc.v1.Cluster.Put:input_type -> blixard.v1.PutRequest
+	10, // 10: blixard.rpc.v1.Cluster.Get:input_type -> blixard.v1.GetRequest
+	11, // 11: blixard.rpc.v1.Cluster.SubmitTask:input_type -> blixard.v1.SubmitTaskRequest
+	12, // 12: blixard.rpc.v1.Cluster.GetTask:input_type -> blixard.v1.GetTaskRequest
+	13, // 13: blixard.rpc.v1.Cluster.ListTasks:input_type -> blixard.v1.ListTasksRequest
+	14, // 14: blixard.rpc.v1.Cluster.CancelTask:input_type -> blixard.v1.CancelTaskRequest
+	15, // 15: blixard.rpc.v1.Cluster.WaitTask:input_type -> blixard.v1.WaitTaskRequest
+	16, // 16: blixard.rpc.v1.Cluster.TaskLogs:input_type -> blixard.v1.TaskLogsRequest
+	17, // 17: blixard.rpc.v1.Cluster.CreateVM:input_type -> blixard.v1.CreateVMRequest
+	18, // 18: blixard.rpc.v1.Cluster.GetVM:input_type -> blixard.v1.GetVMRequest
+	19, // 19: blixard.rpc.v1.Cluster.ListVMs:input_type -> blixard.v1.ListVMsRequest
+	20, // 20: blixard.rpc.v1.Cluster.SetVMDesired:input_type -> blixard.v1.SetVMDesiredRequest
+	21, // 21: blixard.rpc.v1.Cluster.WaitVM:input_type -> blixard.v1.WaitVMRequest
+	22, // 22: blixard.rpc.v1.Cluster.VMLogs:input_type -> blixard.v1.VMLogsRequest
+	23, // 23: blixard.rpc.v1.Raft.Send:output_type -> blixard.v1.SendAck
+	23, // 24: blixard.rpc.v1.Raft.SendSnapshot:output_type -> blixard.v1.SendAck
+	24, // 25: blixard.rpc.v1.Cluster.Status:output_type -> blixard.v1.StatusResponse
+	25, // 26: blixard.rpc.v1.Cluster.Join:output_type -> blixard.v1.JoinResponse
+	26, // 27: blixard.rpc.v1.Cluster.RemoveMember:output_type -> blixard.v1.RemoveMemberResponse
+	27, // 28: blixard.rpc.v1.Cluster.TransferLeader:output_type -> blixard.v1.TransferLeaderResponse
+	28, // 29: blixard.rpc.v1.Cluster.ListWorkers:output_type -> blixard.v1.ListWorkersResponse
+	29, // 30: blixard.rpc.v1.Cluster.CordonWorker:output_type -> blixard.v1.CordonWorkerResponse
+	30, // 31: blixard.rpc.v1.Cluster.Heartbeat:output_type -> blixard.v1.HeartbeatResponse
+	31, // 32: blixard.rpc.v1.Cluster.Put:output_type -> blixard.v1.PutResponse
+	32, // 33: blixard.rpc.v1.Cluster.Get:output_type -> blixard.v1.GetResponse
+	33, // 34: blixard.rpc.v1.Cluster.SubmitTask:output_type -> blixard.v1.TaskResponse
+	33, // 35: blixard.rpc.v1.Cluster.GetTask:output_type -> blixard.v1.TaskResponse
+	34, // 36: blixard.rpc.v1.Cluster.ListTasks:output_type -> blixard.v1.ListTasksResponse
+	33, // 37: blixard.rpc.v1.Cluster.CancelTask:output_type -> blixard.v1.TaskResponse
+	33, // 38: blixard.rpc.v1.Cluster.WaitTask:output_type -> blixard.v1.TaskResponse
+	35, // 39: blixard.rpc.v1.Cluster.TaskLogs:output_type -> blixard.v1.LogChunk
+	36, // 40: blixard.rpc.v1.Cluster.CreateVM:output_type -> blixard.v1.VMResponse
+	36, // 41: blixard.rpc.v1.Cluster.GetVM:output_type -> blixard.v1.VMResponse
+	37, // 42: blixard.rpc.v1.Cluster.ListVMs:output_type -> blixard.v1.ListVMsResponse
+	36, // 43: blixard.rpc.v1.Cluster.SetVMDesired:output_type -> blixard.v1.VMResponse
+	36, // 44: blixard.rpc.v1.Cluster.WaitVM:output_type -> blixard.v1.VMResponse
+	35, // 45: blixard.rpc.v1.Cluster.VMLogs:output_type -> blixard.v1.LogChunk
+	23, // [23:46] is the sub-list for method output_type
+	0,  // [0:23] is the sub-list for method input_type
 	0,  // [0:0] is the sub-list for extension type_name
 	0,  // [0:0] is the sub-list for extension extendee
 	0,  // [0:0] is the sub-list for field type_name

@@ -157,6 +157,7 @@ const (
 	Cluster_RemoveMember_FullMethodName   = "/blixard.rpc.v1.Cluster/RemoveMember"
 	Cluster_TransferLeader_FullMethodName = "/blixard.rpc.v1.Cluster/TransferLeader"
 	Cluster_ListWorkers_FullMethodName    = "/blixard.rpc.v1.Cluster/ListWorkers"
+	Cluster_CordonWorker_FullMethodName   = "/blixard.rpc.v1.Cluster/CordonWorker"
 	Cluster_Heartbeat_FullMethodName      = "/blixard.rpc.v1.Cluster/Heartbeat"
 	Cluster_Put_FullMethodName            = "/blixard.rpc.v1.Cluster/Put"
 	Cluster_Get_FullMethodName            = "/blixard.rpc.v1.Cluster/Get"
@@ -183,6 +184,9 @@ type ClusterClient interface {
 	RemoveMember(ctx context.Context, in *blixardpb.RemoveMemberRequest, opts ...grpc.CallOption) (*blixardpb.RemoveMemberResponse, error)
 	TransferLeader(ctx context.Context, in *blixardpb.TransferLeaderRequest, opts ...grpc.CallOption) (*blixardpb.TransferLeaderResponse, error)
 	ListWorkers(ctx context.Context, in *blixardpb.ListWorkersRequest, opts ...grpc.CallOption) (*blixardpb.ListWorkersResponse, error)
+	// CordonWorker cordons (or uncordons) a worker: nothing new is placed on
+	// a cordoned worker; what runs there keeps running.
+	CordonWorker(ctx context.Context, in *blixardpb.CordonWorkerRequest, opts ...grpc.CallOption) (*blixardpb.CordonWorkerResponse, error)
 	Heartbeat(ctx context.Context, in *blixardpb.HeartbeatRequest, opts ...grpc.CallOption) (*blixardpb.HeartbeatResponse, error)
 	Put(ctx context.Context, in *blixardpb.PutRequest, opts ...grpc.CallOption) (*blixardpb.PutResponse, error)
 	Get(ctx context.Context, in *blixardpb.GetRequest, opts ...grpc.CallOption) (*blixardpb.GetResponse, error)
@@ -259,6 +263,16 @@ func (c *clusterClient) ListWorkers(ctx context.Context, in *blixardpb.ListWorke
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(blixardpb.ListWorkersResponse)
 	err := c.cc.Invoke(ctx, Cluster_ListWorkers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) CordonWorker(ctx context.Context, in *blixardpb.CordonWorkerRequest, opts ...grpc.CallOption) (*blixardpb.CordonWorkerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(blixardpb.CordonWorkerResponse)
+	err := c.cc.Invoke(ctx, Cluster_CordonWorker_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -451,6 +465,9 @@ type ClusterServer interface {
 	RemoveMember(context.Context, *blixardpb.RemoveMemberRequest) (*blixardpb.RemoveMemberResponse, error)
 	TransferLeader(context.Context, *blixardpb.TransferLeaderRequest) (*blixardpb.TransferLeaderResponse, error)
 	ListWorkers(context.Context, *blixardpb.ListWorkersRequest) (*blixardpb.ListWorkersResponse, error)
+	// CordonWorker cordons (or uncordons) a worker: nothing new is placed on
+	// a cordoned worker; what runs there keeps running.
+	CordonWorker(context.Context, *blixardpb.CordonWorkerRequest) (*blixardpb.CordonWorkerResponse, error)
 	Heartbeat(context.Context, *blixardpb.HeartbeatRequest) (*blixardpb.HeartbeatResponse, error)
 	Put(context.Context, *blixardpb.PutRequest) (*blixardpb.PutResponse, error)
 	Get(context.Context, *blixardpb.GetRequest) (*blixardpb.GetResponse, error)
@@ -497,6 +514,9 @@ func (UnimplementedClusterServer) TransferLeader(context.Context, *blixardpb.Tra
 }
 func (UnimplementedClusterServer) ListWorkers(context.Context, *blixardpb.ListWorkersRequest) (*blixardpb.ListWorkersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListWorkers not implemented")
+}
+func (UnimplementedClusterServer) CordonWorker(context.Context, *blixardpb.CordonWorkerRequest) (*blixardpb.CordonWorkerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CordonWorker not implemented")
 }
 func (UnimplementedClusterServer) Heartbeat(context.Context, *blixardpb.HeartbeatRequest) (*blixardpb.HeartbeatResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Heartbeat not implemented")
@@ -650,6 +670,24 @@ func _Cluster_ListWorkers_Handler(srv interface{}, ctx context.Context, dec func
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ClusterServer).ListWorkers(ctx, req.(*blixardpb.ListWorkersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_CordonWorker_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(blixardpb.CordonWorkerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).CordonWorker(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_CordonWorker_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).CordonWorker(ctx, req.(*blixardpb.CordonWorkerRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -929,6 +967,10 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListWorkers",
 			Handler:    _Cluster_ListWorkers_Handler,
+		},
+		{
+			MethodName: "CordonWorker",
+			Handler:    _Cluster_CordonWorker_Handler,
 		},
 		{
 			MethodName: "Heartbeat",

@@ -106,6 +106,7 @@ func workersFixture() *fakeCluster {
 				Capacity:     &blixardpb.Resources{CpuMillis: 500, MemoryMib: 2048},
 				Labels:       map[string]string{"zone": "eu-1", "disk": "ssd"},
 				Capabilities: []string{"docker"},
+				Cordoned:     true, CordonReason: "disk swap",
 			},
 			Status: &blixardpb.WorkerStatus{
 				WorkerId: 1, CpuPercent: 12.5, MemoryUsedMib: 512, RunningTasks: 3,
@@ -127,7 +128,8 @@ func TestWorkerListJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, w := range list {
-		want := sorted("id", "addr", "status", "cpu", "memory_mib", "labels", "last_heartbeat", "capabilities", "disk_mib", "usage")
+		want := sorted("id", "addr", "status", "cpu", "memory_mib", "labels", "last_heartbeat", "capabilities", "disk_mib", "usage",
+			"schedulable", "cordoned", "cordon_reason", "unschedulable", "unschedulable_reason")
 		if got := sortedKeys(w); !reflect.DeepEqual(got, want) {
 			t.Errorf("worker fields = %v, want %v", got, want)
 		}
@@ -139,10 +141,12 @@ func TestWorkerListJSON(t *testing.T) {
 		{"id": 1, "addr": "127.0.0.1:7001", "status": "ready", "cpu": 0.5, "memory_mib": 2048,
 		 "labels": {"disk": "ssd", "zone": "eu-1"}, "last_heartbeat": "2026-03-01T11:59:58.5Z",
 		 "capabilities": ["docker"], "disk_mib": 0,
-		 "usage": {"cpu_percent": 12.5, "memory_used_mib": 512, "running_tasks": 3, "reported_at": "2026-03-01T11:59:50.123456789Z"}},
+		 "usage": {"cpu_percent": 12.5, "memory_used_mib": 512, "running_tasks": 3, "reported_at": "2026-03-01T11:59:50.123456789Z"},
+		 "schedulable": false, "cordoned": true, "cordon_reason": "disk swap", "unschedulable": false, "unschedulable_reason": ""},
 		{"id": 2, "addr": "127.0.0.1:7002", "status": "down", "cpu": 4, "memory_mib": 8192,
 		 "labels": {}, "last_heartbeat": null, "capabilities": [], "disk_mib": 10240,
-		 "usage": {"cpu_percent": 0, "memory_used_mib": 0, "running_tasks": 0, "reported_at": null}}
+		 "usage": {"cpu_percent": 0, "memory_used_mib": 0, "running_tasks": 0, "reported_at": null},
+		 "schedulable": false, "cordoned": false, "cordon_reason": "", "unschedulable": false, "unschedulable_reason": ""}
 	]`)
 }
 
@@ -164,9 +168,9 @@ func TestWorkerListTable(t *testing.T) {
 		t.Fatalf("exit code %d, stderr %q", code, h.stderr.String())
 	}
 	want := "" +
-		"ID  ADDR            STATUS  CPU  MEMORY   DISK      CPU USED  MEMORY USED  TASKS  LAST HEARTBEAT  LABELS              CAPABILITIES\n" +
-		"1   127.0.0.1:7001  ready   0.5  2048MiB  -         12.5%     512MiB       3      1.5s ago        disk=ssd,zone=eu-1  docker\n" +
-		"2   127.0.0.1:7002  down    4    8192MiB  10240MiB  -         -            -      -               -                   -\n"
+		"ID  ADDR            STATUS  SCHEDULING            CPU  MEMORY   DISK      CPU USED  MEMORY USED  TASKS  LAST HEARTBEAT  LABELS              CAPABILITIES\n" +
+		"1   127.0.0.1:7001  ready   cordoned (disk swap)  0.5  2048MiB  -         12.5%     512MiB       3      1.5s ago        disk=ssd,zone=eu-1  docker\n" +
+		"2   127.0.0.1:7002  down    no                    4    8192MiB  10240MiB  -         -            -      -               -                   -\n"
 	if got := h.stdout.String(); got != want {
 		t.Errorf("table\n got:\n%s\nwant:\n%s", got, want)
 	}

@@ -13,16 +13,17 @@ import (
 
 	"github.com/blixard/blixard/api/blixardpb"
 	rpcpb "github.com/blixard/blixard/api/blixardrpc"
+	"github.com/blixard/blixard/internal/state"
 )
 
 func (a *app) newWorkerCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "worker",
-		Short: "Inspect workers",
+		Short: "Inspect workers, cordon and drain them",
 		Args:  noSubcommand,
 		RunE:  showHelp,
 	}
-	cmd.AddCommand(a.newWorkerListCmd())
+	cmd.AddCommand(a.newWorkerListCmd(), a.newWorkerCordonCmd(), a.newWorkerUncordonCmd(), a.newWorkerDrainCmd())
 	return cmd
 }
 
@@ -38,6 +39,16 @@ type workerJSON struct {
 	Capabilities  []string          `json:"capabilities"`
 	DiskMiB       int64             `json:"disk_mib"`
 	Usage         usageJSON         `json:"usage"`
+	// Schedulable is whether new work may be placed there: ready, not
+	// cordoned, not unschedulable.
+	Schedulable bool `json:"schedulable"`
+	// Cordoned is an operator's cordon; CordonReason its --reason.
+	Cordoned     bool   `json:"cordoned"`
+	CordonReason string `json:"cordon_reason"`
+	// Unschedulable is the worker's own mark after repeated executor
+	// failures; 'worker uncordon' clears it.
+	Unschedulable       bool   `json:"unschedulable"`
+	UnschedulableReason string `json:"unschedulable_reason"`
 }
 
 type usageJSON struct {
@@ -89,6 +100,62 @@ func (a *app) newWorkerListCmd() *cobra.Command {
 	}
 }
 
+// workerToJSON is one worker as 'worker list' prints it in JSON.
+func workerToJSON(in *blixardpb.WorkerInfo) workerJSON {
+	w, st := in.GetWorker(), in.GetStatus()
+	labels := map[string]string{}
+	for k, v := range w.GetLabels() {
+		labels[k] = v
+	}
+	return workerJSON{
+		ID:            w.GetId(),
+		Addr:          w.GetAddr(),
+		Status:        workerStatusName(w.GetState()),
+		CPU:           cores(w.GetCapacity().GetCpuMillis()),
+		MemoryMiB:     w.GetCapacity().GetMemoryMib(),
+		Labels:        labels,
+		LastHeartbeat: timeJSON(in.GetLastHeartbeatUnixNano()),
+		Capabilities:  append([]string{}, w.GetCapabilities()...),
+		DiskMiB:       w.GetCapacity().GetDiskMib(),
+		Usage: usageJSON{
+			CPUPercent:    st.GetCpuPercent(),
+			MemoryUsedMiB: st.GetMemoryUsedMib(),
+			RunningTasks:  st.GetRunningTasks(),
+			ReportedAt:    timeJSON(st.GetReportedAtUnixNano()),
+		},
+		Schedulable:         state.Schedulable(w),
+		Cordoned:            w.GetCordoned(),
+		CordonReason:        w.GetCordonReason(),
+		Unschedulable:       w.GetUnschedulable(),
+		UnschedulableReason: w.GetUnschedulableReason(),
+	}
+}
+
+// scheduling is the SCHEDULING column of 'worker list'.
+func scheduling(w *blixardpb.Worker) string {
+	var why []string
+	if w.GetCordoned() {
+		why = append(why, "cordoned"+parenthesized(w.GetCordonReason()))
+	}
+	if w.GetUnschedulable() {
+		why = append(why, "unschedulable"+parenthesized(w.GetUnschedulableReason()))
+	}
+	switch {
+	case len(why) > 0:
+		return strings.Join(why, ", ")
+	case w.GetState() != blixardpb.WorkerState_WORKER_STATE_READY:
+		return "no"
+	}
+	return "yes"
+}
+
+func parenthesized(s string) string {
+	if s == "" {
+		return ""
+	}
+	return " (" + s + ")"
+}
+
 func (a *app) printWorkers(cmd *cobra.Command, infos []*blixardpb.WorkerInfo) error {
 	infos = slices.Clone(infos)
 	slices.SortFunc(infos, func(x, y *blixardpb.WorkerInfo) int {
@@ -98,35 +165,14 @@ func (a *app) printWorkers(cmd *cobra.Command, infos []*blixardpb.WorkerInfo) er
 	if a.jsonOutput() {
 		list := []workerJSON{}
 		for _, in := range infos {
-			w, st := in.GetWorker(), in.GetStatus()
-			labels := map[string]string{}
-			for k, v := range w.GetLabels() {
-				labels[k] = v
-			}
-			list = append(list, workerJSON{
-				ID:            w.GetId(),
-				Addr:          w.GetAddr(),
-				Status:        workerStatusName(w.GetState()),
-				CPU:           cores(w.GetCapacity().GetCpuMillis()),
-				MemoryMiB:     w.GetCapacity().GetMemoryMib(),
-				Labels:        labels,
-				LastHeartbeat: timeJSON(in.GetLastHeartbeatUnixNano()),
-				Capabilities:  append([]string{}, w.GetCapabilities()...),
-				DiskMiB:       w.GetCapacity().GetDiskMib(),
-				Usage: usageJSON{
-					CPUPercent:    st.GetCpuPercent(),
-					MemoryUsedMiB: st.GetMemoryUsedMib(),
-					RunningTasks:  st.GetRunningTasks(),
-					ReportedAt:    timeJSON(st.GetReportedAtUnixNano()),
-				},
-			})
+			list = append(list, workerToJSON(in))
 		}
 		return writeJSON(out, list)
 	}
 
 	now := a.now()
 	tw := newTable(out)
-	fmt.Fprintln(tw, "ID\tADDR\tSTATUS\tCPU\tMEMORY\tDISK\tCPU USED\tMEMORY USED\tTASKS\tLAST HEARTBEAT\tLABELS\tCAPABILITIES")
+	fmt.Fprintln(tw, "ID\tADDR\tSTATUS\tSCHEDULING\tCPU\tMEMORY\tDISK\tCPU USED\tMEMORY USED\tTASKS\tLAST HEARTBEAT\tLABELS\tCAPABILITIES")
 	for _, in := range infos {
 		w, st := in.GetWorker(), in.GetStatus()
 		c := w.GetCapacity()
@@ -144,8 +190,8 @@ func (a *app) printWorkers(cmd *cobra.Command, infos []*blixardpb.WorkerInfo) er
 		if hb := in.GetLastHeartbeatUnixNano(); hb != 0 {
 			heartbeat = ago(now, time.Unix(0, hb))
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%dMiB\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-			w.GetId(), dash(w.GetAddr()), workerStatusName(w.GetState()), formatCores(c.GetCpuMillis()),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%dMiB\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			w.GetId(), dash(w.GetAddr()), workerStatusName(w.GetState()), scheduling(w), formatCores(c.GetCpuMillis()),
 			c.GetMemoryMib(), disk, cpuUsed, memUsed, tasks, heartbeat,
 			formatLabels(w.GetLabels()), dash(strings.Join(w.GetCapabilities(), ",")))
 	}

@@ -279,6 +279,32 @@ func (a *api) ListWorkers(ctx context.Context, req *pb.ListWorkersRequest) (*pb.
 	return resp, nil
 }
 
+// maxCordonReason bounds the free text an operator attaches to a cordon.
+const maxCordonReason = 256
+
+func (a *api) CordonWorker(ctx context.Context, req *pb.CordonWorkerRequest) (*pb.CordonWorkerResponse, error) {
+	if req.GetWorkerId() == 0 {
+		return nil, status.Error(codes.InvalidArgument, "worker_id: must be a positive integer (see 'blixard worker list')")
+	}
+	if len(req.GetReason()) > maxCordonReason {
+		return nil, status.Errorf(codes.InvalidArgument, "reason: at most %d bytes (got %d)", maxCordonReason, len(req.GetReason()))
+	}
+	if !req.GetCordon() && req.GetReason() != "" {
+		return nil, status.Error(codes.InvalidArgument, "reason: only with a cordon")
+	}
+	res, err := a.s.propose(ctx, &pb.Command{Op: &pb.Command_CordonWorker{CordonWorker: &pb.CordonWorker{
+		WorkerId: req.WorkerId, Cordoned: req.Cordon, Reason: req.Reason, NowUnixNano: a.s.clock.Now().UnixNano(),
+	}}})
+	if err != nil {
+		if errors.Is(err, state.ErrUnknownWorker) {
+			return nil, status.Errorf(codes.NotFound, "worker %d is not registered; see 'blixard worker list'", req.WorkerId)
+		}
+		return nil, toStatus(err)
+	}
+	w, _ := res.(*pb.Worker)
+	return &pb.CordonWorkerResponse{Worker: w}, nil
+}
+
 func (a *api) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.HeartbeatResponse, error) {
 	if req.GetWorkerId() == 0 {
 		return nil, status.Error(codes.InvalidArgument, "worker_id: must be a positive integer")

@@ -144,6 +144,8 @@ func (m *Machine) ApplyCommand(index uint64, data []byte) (proto.Message, error)
 		return m.cancelTask(op.CancelTask)
 	case *pb.Command_SetWorkerSchedulable:
 		return m.setSchedulable(op.SetWorkerSchedulable)
+	case *pb.Command_CordonWorker:
+		return m.cordonWorker(op.CordonWorker)
 	case *pb.Command_ReconcileWorker:
 		return m.reconcileWorker(op.ReconcileWorker)
 	case *pb.Command_PurgeTasks:
@@ -170,7 +172,11 @@ func (m *Machine) registerWorker(c *pb.RegisterWorker) (proto.Message, error) {
 	}
 	nw := proto.Clone(w).(*pb.Worker)
 	nw.State = pb.WorkerState_WORKER_STATE_READY
+	// A cordon is the operator's, not the worker's: a registration neither
+	// sets nor clears it.
+	nw.Cordoned, nw.CordonReason = false, ""
 	if old, ok := m.workers[w.Id]; ok {
+		nw.Cordoned, nw.CordonReason = old.Cordoned, old.CordonReason
 		// Re-registration after a restart keeps the original registration
 		// time: the worker is the same one, perhaps with new capacity.
 		nw.RegisteredAtUnixNano = old.RegisteredAtUnixNano

@@ -189,7 +189,7 @@ func (m *Machine) placeTasks(c *pb.PlaceTasks) (proto.Message, error) {
 			continue
 		}
 		w, ok := m.workers[p.WorkerId]
-		if !ok || w.State != pb.WorkerState_WORKER_STATE_READY || w.Unschedulable {
+		if !ok || !Schedulable(w) {
 			continue
 		}
 		req := t.Spec.GetResources()
@@ -427,6 +427,30 @@ func (m *Machine) setSchedulable(c *pb.SetWorkerSchedulable) (proto.Message, err
 	return proto.Clone(w), nil
 }
 
+// cordonWorker applies an operator's cordon or uncordon. Uncordon also
+// clears the worker's own unschedulable mark: it is how an operator puts a
+// worker whose executor kept failing back into service once fixed.
+func (m *Machine) cordonWorker(c *pb.CordonWorker) (proto.Message, error) {
+	w, ok := m.workers[c.GetWorkerId()]
+	if !ok {
+		return nil, fmt.Errorf("%w %d", ErrUnknownWorker, c.GetWorkerId())
+	}
+	w.Cordoned, w.CordonReason = c.Cordoned, ""
+	if c.Cordoned {
+		w.CordonReason = c.Reason
+	} else {
+		w.Unschedulable, w.UnschedulableReason = false, ""
+	}
+	m.touch(storage.TableWorkers, idKey(w.Id))
+	return proto.Clone(w), nil
+}
+
+// Schedulable says whether the scheduler may place new work on w: ready,
+// not cordoned by an operator, not marked unschedulable by itself.
+func Schedulable(w *pb.Worker) bool {
+	return w.GetState() == pb.WorkerState_WORKER_STATE_READY && !w.GetUnschedulable() && !w.GetCordoned()
+}
+
 // rebuildDerived recomputes indexes that are not stored: idempotency keys
 // and per-worker reservations.
 func (m *Machine) rebuildDerived() {
@@ -551,7 +575,7 @@ func (m *Machine) ForScheduling() SchedulingView {
 	sort.Slice(v.Pending, func(i, j int) bool { return v.Pending[i].Seq < v.Pending[j].Seq })
 	for _, id := range sortedIDs(m.workers) {
 		w := m.workers[id]
-		if w.State == pb.WorkerState_WORKER_STATE_READY && !w.Unschedulable {
+		if Schedulable(w) {
 			v.Workers = append(v.Workers, proto.Clone(w).(*pb.Worker))
 			v.Used[id] = m.used[id]
 		}

@@ -400,7 +400,7 @@ func (m *Machine) placeVMs(c *pb.PlaceVMs) (proto.Message, error) {
 			continue
 		}
 		w, ok := m.workers[p.WorkerId]
-		if !ok || w.State != pb.WorkerState_WORKER_STATE_READY || w.Unschedulable {
+		if !ok || !Schedulable(w) {
 			continue
 		}
 		req := VMReservation(vm.Spec)
