@@ -237,7 +237,7 @@ func TestVMLifecycleOnThreeNodes(t *testing.T) {
 			t.Fatalf("QEMU still runs after stop: %v", p)
 		}
 		for _, f := range vmFiles(worker, "web") {
-			if f != "console.log" && f != "blixard.generation" {
+			if f != "console.log" && f != "console.log.1" && f != "blixard.generation" {
 				t.Errorf("%s left in the VM's directory after stop", f)
 			}
 		}

@@ -91,7 +91,9 @@ func qemuArgs(spec *vm.Spec, p vmPaths, accel, cmdline string) []string {
 		"-S",
 		"-kernel", abs(spec.Kernel),
 		"-append", cmdline,
-		"-chardev", "file,id=console,path=" + esc(p.console),
+		// append: the driver rotates the log by copy and truncate, which
+		// needs QEMU to write at the end rather than at its own offset.
+		"-chardev", "file,id=console,path=" + esc(p.console) + ",append=on",
 		"-serial", "chardev:console",
 		"-chardev", "socket,id=qmp,path=" + esc(p.qmp) + ",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",

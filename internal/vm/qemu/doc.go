@@ -52,19 +52,22 @@
 //	qemu.pid     QEMU's own pid file (covers a driver crash before vm.json has the pid)
 //	qmp.sock     the QMP control socket
 //	qemu.log     QEMU's stdout/stderr
-//	console.log  the guest's serial console
+//	console.log  the guest's serial console (QEMU appends)
+//	console.log.1  its previous part: the last run's, or before the last rotation
 //
 // When the VM has exited (Stop, Kill, crash, guest poweroff) no process
 // is left and everything but console.log is removed (QEMU's last error
 // line goes into Exit.Reason first), as is the StateRoot/<ID> link; the
 // directory itself stays for the log. The next Start of the same ID
-// truncates it. A Start that fails removes everything it created,
+// moves it to console.log.1 and starts an empty one. A Start that fails removes everything it created,
 // including the directory if it made it.
 //
 // # Readiness and exit codes
 //
 // The driver tails console.log (every 20 ms until the guest is ready,
 // then every 250 ms) for the readiness marker, the guest exit marker and
-// kernel panic lines. console.log is not rotated: a guest that writes to
-// its console without end fills the disk.
+// kernel panic lines. Past Config.ConsoleMax (16 MiB) the monitor copies
+// console.log to console.log.1 and truncates it (copytruncate; QEMU opens
+// it with append=on so it writes at the new end), so a guest that writes
+// to its console without end cannot fill the disk.
 package qemu

@@ -25,8 +25,11 @@ import (
 )
 
 const (
-	defaultQEMU         = "qemu-system-x86_64"
-	defaultStopGrace    = 10 * time.Second
+	defaultQEMU      = "qemu-system-x86_64"
+	defaultStopGrace = 10 * time.Second
+	// defaultConsoleMax is the size at which a VM's console.log is rotated
+	// to console.log.1 (one previous part is kept).
+	defaultConsoleMax   = 16 << 20
 	defaultStartTimeout = 10 * time.Second
 	// killWait bounds how long Kill waits for a SIGKILLed QEMU to be gone;
 	// the kernel takes milliseconds, unless the process is stuck in
@@ -55,6 +58,9 @@ type Config struct {
 	// StartTimeout bounds Start until QEMU answers on QMP (on top of the
 	// context's deadline); 0 means 10 s.
 	StartTimeout time.Duration
+	// ConsoleMax is the size at which a watched VM's console.log is copied
+	// to console.log.1 and truncated; 0 means 16 MiB.
+	ConsoleMax int64
 	// Guard, when set, is the command that fences QEMU with a lease
 	// (`blixard vm-guard`, see package guard): the driver runs Guard
 	// followed by guard.Args(Lease, LeaseTTL, console log) and the QEMU
@@ -106,6 +112,9 @@ func newDriver(cfg Config, host hostProbe) (*Driver, error) {
 	}
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = defaultStopGrace
+	}
+	if cfg.ConsoleMax <= 0 {
+		cfg.ConsoleMax = defaultConsoleMax
 	}
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = defaultStartTimeout
@@ -388,6 +397,11 @@ func (d *Driver) launch(ctx context.Context, spec *vm.Spec, p vmPaths, cmdline s
 	// Leftovers of a VM that died unwatched; verified dead above.
 	for _, f := range []string{p.qmp, p.pid, p.qemuLog} {
 		_ = os.Remove(f)
+	}
+	// The previous run's console (how it ended) becomes console.log.1;
+	// this run's starts empty (QEMU appends, so it would not truncate).
+	if err := os.Rename(p.console, p.console+rotatedSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("keep the previous console log: %w", err)
 	}
 	rec := &record{Version: recordVersion, Spec: *spec, BootID: d.boot, StartedAt: time.Now(), Accel: d.accel}
 	if err := writeRecord(p.record, rec); err != nil {

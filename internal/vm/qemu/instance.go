@@ -85,6 +85,7 @@ type instance struct {
 	// Recover before the monitor starts).
 	console    *os.File
 	consoleOff int64
+	consoleMax int64 // rotate console.log at this size; 0: never
 	partial    []byte
 	guestExit  int
 	panicMsg   string
@@ -93,8 +94,13 @@ type instance struct {
 }
 
 func newInstance(d *Driver, spec *vm.Spec, p vmPaths, link string, pid int, pidfd *os.File, started time.Time, adopted bool) *instance {
+	var limit int64
+	if d != nil {
+		limit = d.cfg.ConsoleMax
+	}
 	return &instance{
-		d: d, id: spec.ID, spec: *spec, paths: p, link: link, pid: pid, pidfd: pidfd,
+		consoleMax: limit,
+		d:          d, id: spec.ID, spec: *spec, paths: p, link: link, pid: pid, pidfd: pidfd,
 		startedAt: started, adopted: adopted,
 		detach: make(chan struct{}), ready: make(chan struct{}), done: make(chan struct{}),
 		guestExit: -1,
@@ -558,18 +564,68 @@ func (in *instance) scanConsole() {
 		}
 		in.console = f
 	}
+	in.readConsole()
+	if in.consoleMax > 0 && in.consoleOff >= in.consoleMax {
+		in.rotateConsole()
+	}
+}
+
+func (in *instance) readConsole() {
+	if st, err := in.console.Stat(); err == nil && st.Size() < in.consoleOff {
+		// Truncated under us: start again from its beginning.
+		in.consoleOff, in.partial = 0, in.partial[:0]
+	}
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := in.console.ReadAt(buf, in.consoleOff)
 		in.consoleOff += int64(n)
 		in.consume(buf[:n])
 		if err != nil || n < len(buf) {
-			if err != nil && !errors.Is(err, io.EOF) {
+			if err != nil && !errors.Is(err, io.EOF) && in.d != nil {
 				in.d.log.Warn("cannot read console log", "id", in.id, "err", err)
 			}
 			return
 		}
 	}
+}
+
+// rotatedSuffix names the kept previous part of a console log.
+const rotatedSuffix = ".1"
+
+// rotateConsole copies what the monitor has read of console.log to
+// console.log.1 (replacing it) and truncates console.log, as logrotate's
+// copytruncate does: QEMU appends, so it goes on at the new end. Bytes the
+// guest writes between the last read and the truncate are lost.
+func (in *instance) rotateConsole() {
+	src := in.paths.console
+	warn := func(what string, err error) {
+		if in.d != nil {
+			in.d.log.Warn("cannot rotate console log", "id", in.id, "step", what, "err", err)
+		}
+	}
+	tmp := src + rotatedSuffix + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		warn("create", err)
+		return
+	}
+	_, err = io.Copy(out, io.NewSectionReader(in.console, 0, in.consoleOff))
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, src+rotatedSuffix)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		warn("copy", err)
+		return
+	}
+	if err := os.Truncate(src, 0); err != nil {
+		warn("truncate", err)
+		return
+	}
+	in.consoleOff, in.partial = 0, in.partial[:0]
 }
 
 func (in *instance) consume(b []byte) {

@@ -74,7 +74,7 @@ func TestKernelCmdlineAndArgs(t *testing.T) {
 		"-machine microvm,pit=on,rtc=on,acpi=on", "-accel tcg", "-smp 2", "-m 256M",
 		"-nodefaults -no-user-config -nographic", "-no-reboot", "-S",
 		"-kernel /img/vmlinux", "-initrd /img/initrd.img",
-		"-chardev file,id=console,path=/var/lib/blixard/vms/web/console.log",
+		"-chardev file,id=console,path=/var/lib/blixard/vms/web/console.log,append=on",
 		"-chardev socket,id=qmp,path=/var/lib/blixard/vms/web/qmp.sock,server=on,wait=off",
 		"-pidfile /var/lib/blixard/vms/web/qemu.pid",
 		"-drive id=disk0,if=none,file=/data/a,,b.img,format=raw,readonly=on -device virtio-blk-device,drive=disk0",
@@ -163,3 +163,41 @@ func TestConsoleScanning(t *testing.T) {
 }
 
 func testNow() (t0 time.Time) { return t0 }
+
+// TestConsoleRotation: past consoleMax, console.log is copied to
+// console.log.1 and truncated, and scanning goes on in the new file (a
+// marker written after the rotation is still seen); a writer appending
+// (as QEMU does with append=on) keeps writing at the new end.
+func TestConsoleRotation(t *testing.T) {
+	spec := vm.Spec{ID: "c"}
+	p := pathsFor(t.TempDir())
+	in := newInstance(nil, &spec, p, "", 0, nil, testNow(), false)
+	in.consoleMax = 1000
+	w, err := os.OpenFile(p.console, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	first := strings.Repeat("boot line\n", 120) // 1200 bytes: over the cap
+	if _, err := w.WriteString(first); err != nil {
+		t.Fatal(err)
+	}
+	in.scanConsole()
+	if b, _ := os.ReadFile(p.console + ".1"); string(b) != first {
+		t.Fatalf("console.log.1 holds %d bytes, want the %d before the rotation", len(b), len(first))
+	}
+	if st, _ := os.Stat(p.console); st.Size() != 0 || in.consoleOff != 0 {
+		t.Fatalf("after rotation console.log is %d bytes, offset %d", st.Size(), in.consoleOff)
+	}
+	if _, err := w.WriteString("BLIXARD-READY\n"); err != nil {
+		t.Fatal(err)
+	}
+	in.scanConsole()
+	if !isClosed(in.ready) {
+		t.Fatal("the readiness marker written after the rotation was not seen")
+	}
+	if b, _ := os.ReadFile(p.console); string(b) != "BLIXARD-READY\n" {
+		t.Fatalf("console.log after the rotation = %q (an appending writer goes on at the new end)", b)
+	}
+	in.closeConsole()
+}
