@@ -464,7 +464,7 @@ func (n *Node) propose(p proposal) {
 func (n *Node) handleOutput(out Output) {
 	advanced := out.AppliedIndex > n.applied.Load()
 	n.applied.Store(out.AppliedIndex)
-	n.lead.Store(out.Leader)
+	prevLead := n.lead.Swap(out.Leader)
 	n.term.Store(out.Term)
 	if out.Removed {
 		n.removed.Store(true)
@@ -487,7 +487,7 @@ func (n *Node) handleOutput(out Output) {
 		n.pendingReads = kept
 	}
 	if out.LeaderChanged {
-		n.leaderChanged()
+		n.leaderChanged(prevLead)
 	}
 	if (out.LeaderChanged || out.MembershipChanged || out.Removed) && n.cfg.OnChange != nil {
 		n.cfg.OnChange(out)
@@ -499,7 +499,7 @@ func (n *Node) handleOutput(out Output) {
 
 // leaderChanged fails every request made under the old leader: raft may
 // have dropped it silently, so waiting could hang until the deadline.
-func (n *Node) leaderChanged() {
+func (n *Node) leaderChanged(prevLead uint64) {
 	n.mu.Lock()
 	old := n.epoch
 	n.epoch++
@@ -507,7 +507,17 @@ func (n *Node) leaderChanged() {
 	n.leaderCh = make(chan struct{})
 	var failed []*waiter
 	for id, w := range n.waiters {
-		if w.epoch <= old {
+		switch {
+		case w.epoch > old:
+		case prevLead == 0:
+			// No leader during its epoch: the core refused it (ErrNoLeader,
+			// already delivered, and await sends it again) or it is not
+			// sent yet. Nothing appended it, so its outcome is not unknown:
+			// it goes on under the new epoch rather than failing with
+			// ErrLeaderChanged (which made every request in a node's
+			// first election timeout fail with "outcome unknown").
+			w.epoch = n.epoch
+		default:
 			failed = append(failed, w)
 			delete(n.waiters, id)
 		}

@@ -191,6 +191,27 @@ func TestNodeProposalWaitsForLeader(t *testing.T) {
 	}
 }
 
+// A request made before a fresh node's first election (no leader yet)
+// was never appended anywhere, so the term changes of that election must
+// not fail it with "outcome unknown" (ErrLeaderChanged): it waits for the
+// leader and succeeds. (A `blixard dev` node failed its own worker
+// registration and the first CLI commands this way.)
+func TestNodeRequestBeforeFirstElectionSucceeds(t *testing.T) {
+	for range 5 {
+		_, nodes := startNodes(t, 1)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		errc := make(chan error, 2)
+		go func() { _, err := nodes[1].Propose(ctx, putCmd(t, "k", "v")); errc <- err }()
+		go func() { errc <- nodes[1].ReadIndex(ctx) }()
+		for range 2 {
+			if err := <-errc; err != nil {
+				t.Fatalf("a request made before the first election: %v", err)
+			}
+		}
+		cancel()
+	}
+}
+
 func TestNodeStopFailsWaiters(t *testing.T) {
 	cn, nodes := startNodes(t, 1, 2, 3)
 	lead := waitLeader(t, nodes)

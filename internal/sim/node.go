@@ -258,6 +258,7 @@ func (n *node) handleOutput(out raftnode.Output) {
 			}
 		}
 	}
+	prevLead := n.lead
 	n.lead, n.term = out.Leader, out.Term
 	if n.core.IsLeader() {
 		s.chk.leader(out.Term, n.id)
@@ -279,7 +280,7 @@ func (n *node) handleOutput(out raftnode.Output) {
 		n.reads = kept
 	}
 	if out.LeaderChanged {
-		n.leaderChanged()
+		n.leaderChanged(prevLead)
 	}
 	if out.MembershipChanged {
 		s.onMembership(n)
@@ -415,12 +416,17 @@ func (n *node) complete(a raftnode.Applied) {
 }
 
 // leaderChanged fails requests made under the old leader, as
-// raftnode.Node does: raft may have dropped them silently.
-func (n *node) leaderChanged() {
+// raftnode.Node does: raft may have dropped them silently. Requests of an
+// epoch without a leader were appended by no one and go on.
+func (n *node) leaderChanged(prevLead uint64) {
 	old := n.epoch
 	n.epoch++
 	for _, id := range sortedKeys(n.waiters) {
-		if r := n.waiters[id]; r.epoch <= old {
+		switch r := n.waiters[id]; {
+		case r.epoch > old:
+		case prevLead == 0:
+			r.epoch = n.epoch
+		default:
 			delete(n.waiters, id)
 			r.finish(nil, raftnode.ErrLeaderChanged)
 		}
