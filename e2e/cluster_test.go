@@ -3,6 +3,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +25,39 @@ func TestThreeNodeFormationAndReplication(t *testing.T) {
 			t.Fatalf("node %d read %q, want %q", id, v, "hello")
 		}
 	}
+	// Every node serves health and metrics on its --http-addr; exactly one
+	// says it leads.
+	leaders := 0
+	for id, n := range c.nodes {
+		if code, body := httpGet(t, "http://"+n.http+"/readyz"); code != 200 || body != "ok\n" {
+			t.Errorf("node %d /readyz = %d %q", id, code, body)
+		}
+		_, metrics := httpGet(t, "http://"+n.http+"/metrics")
+		if strings.Contains(metrics, "\nblixard_raft_is_leader 1\n") {
+			leaders++
+		} else if !strings.Contains(metrics, "\nblixard_raft_is_leader 0\n") {
+			t.Errorf("node %d /metrics has no blixard_raft_is_leader:\n%s", id, metrics)
+		}
+	}
+	if leaders != 1 {
+		t.Errorf("%d nodes report blixard_raft_is_leader 1, want 1", leaders)
+	}
+}
+
+// httpGet fetches url on a fresh connection.
+func httpGet(t testing.TB, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(b)
 }
 
 func leaderOf(t testing.TB, c *cluster) *node {

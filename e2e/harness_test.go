@@ -60,6 +60,7 @@ type node struct {
 	t       testing.TB
 	id      uint64
 	addr    string
+	http    string // --http-addr: metrics, health, dashboard
 	dir     string
 	logPath string
 	args    []string
@@ -167,8 +168,8 @@ func (c *cluster) spawn(id uint64, extra ...string) *node {
 		c.t.Fatal(err)
 	}
 	dir := filepath.Join(parent, fmt.Sprintf("node%d", id))
-	n := &node{t: c.t, id: id, addr: freeAddr(c.t), dir: dir, logPath: dir + ".log"}
-	n.args = append([]string{"node", "--id", strconv.FormatUint(id, 10), "--data-dir", dir, "--listen", n.addr, "--log-level", "debug"}, c.timers...)
+	n := &node{t: c.t, id: id, addr: freeAddr(c.t), http: freeAddr(c.t), dir: dir, logPath: dir + ".log"}
+	n.args = append([]string{"node", "--id", strconv.FormatUint(id, 10), "--data-dir", dir, "--listen", n.addr, "--http-addr", n.http, "--log-level", "debug"}, c.timers...)
 	n.args = append(n.args, extra...)
 	n.start()
 	return n

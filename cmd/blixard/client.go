@@ -78,9 +78,11 @@ func (a *app) dial(cmd *cobra.Command) (*grpc.ClientConn, *atomic.Bool, error) {
 		}
 		return c, err
 	}
-	conn, err := grpc.NewClient(a.addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(dialer))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(dialer)}
+	if a.dialOptions != nil {
+		opts = append(opts, a.dialOptions()...)
+	}
+	conn, err := grpc.NewClient(a.addr, opts...)
 	if err != nil {
 		return nil, nil, usageError(fmt.Sprintf("bad address %q: %v", a.addr, err), "pass --addr HOST:PORT of a running node")
 	}

@@ -33,6 +33,7 @@ const (
 type devOptions struct {
 	dataDir      string
 	listen       string
+	httpAddr     string
 	readyTimeout time.Duration
 	log          logOptions
 }
@@ -61,6 +62,7 @@ Once the node is serving, dev prints what to try next.`,
 	fs.SortFlags = false
 	fs.StringVar(&o.dataDir, "data-dir", "", "directory `DIR` for the node's data, kept on exit (default: a new temporary directory, removed on exit)")
 	fs.StringVar(&o.listen, "listen", defaultAddr, "`HOST:PORT` to serve on")
+	fs.StringVar(&o.httpAddr, "http-addr", "", httpAddrUsage)
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", defaultReadyTimeout, "how long to wait for the node to start serving before giving up")
 	o.log.addFlags(fs)
 	return cmd
@@ -70,6 +72,10 @@ func (a *app) runDev(cmd *cobra.Command, o *devOptions) error {
 	// Validate everything before creating anything.
 	if p := hostPortProblem(o.listen, false, false); p != "" {
 		return usageError(fmt.Sprintf("--listen %s (got %q)", p, o.listen), "pass e.g. --listen 127.0.0.1:7000")
+	}
+	httpAddr, err := resolveHTTPAddr(cmd.Flags(), o.httpAddr, o.listen)
+	if err != nil {
+		return err
 	}
 	if o.readyTimeout <= 0 {
 		return usageError(fmt.Sprintf("--ready-timeout must be a positive duration (got %q)", o.readyTimeout.String()), "pass e.g. --ready-timeout 30s")
@@ -127,6 +133,7 @@ func (a *app) runDev(cmd *cobra.Command, o *devOptions) error {
 		CPUMillis: int64(a.numCPU()) * 1000,
 		MemoryMiB: mem,
 		Labels:    map[string]string{},
+		HTTPAddr:  httpAddr,
 		Logger:    logger,
 		// VMs run here; a temporary data dir takes them with it on exit.
 		VMs:          true,
@@ -204,6 +211,10 @@ func printDevReady(w io.Writer, cfg server.Config, addr, clientDefault string, t
 	fmt.Fprintf(w, "blixard dev: node %d is serving on %s\n", cfg.ID, addr)
 	fmt.Fprintf(w, "data dir: %s (%s)\n", cfg.DataDir, keep)
 	fmt.Fprintf(w, "worker: %s CPU, %d MiB memory\n", strconv.FormatFloat(float64(cfg.CPUMillis)/1000, 'f', -1, 64), cfg.MemoryMiB)
+	if cfg.HTTPAddr != "" {
+		u := dashboardURL(cfg.HTTPAddr)
+		fmt.Fprintf(w, "dashboard: %s (metrics: %smetrics)\n", u, u)
+	}
 	fmt.Fprintf(w, "\ntry, in another terminal:\n")
 	for _, c := range []string{"cluster status", "worker list", "kv put hello world", "kv get hello", "vm create hello", "vm logs hello"} {
 		fmt.Fprintf(w, "  %s %s\n", blixard, c)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -85,8 +86,12 @@ func TestDevPrintsNextStepsOnceServing(t *testing.T) {
 		t.Fatal("dev never reported it was serving")
 	}
 	out := h.stdout.String()
+	host, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	httpAddr := net.JoinHostPort(host, strconv.Itoa(p+80))
 	for _, want := range []string{
 		"node 1 is serving on " + addr,
+		"\ndashboard: http://" + httpAddr + "/ (metrics: http://" + httpAddr + "/metrics)\n",
 		"data dir: " + cfg.DataDir + " (temporary, removed on exit)",
 		"\n  blixard cluster status\n",
 		"\n  blixard worker list\n",
@@ -103,7 +108,8 @@ func TestDevPrintsNextStepsOnceServing(t *testing.T) {
 	}
 	f.mu.Unlock()
 	if cfg.ID != 1 || !cfg.Bootstrap || !cfg.Worker || cfg.Listen != addr || cfg.Advertise != addr ||
-		cfg.CPUMillis != 4000 || cfg.MemoryMiB != 8192 || cfg.ElectionTicks != defaultElectionTicks || cfg.Logger == nil {
+		cfg.CPUMillis != 4000 || cfg.MemoryMiB != 8192 || cfg.ElectionTicks != defaultElectionTicks || cfg.Logger == nil ||
+		cfg.HTTPAddr != httpAddr {
 		t.Errorf("dev config = %+v", cfg)
 	}
 	if fi, err := os.Stat(cfg.DataDir); err != nil || !fi.IsDir() {
@@ -135,6 +141,60 @@ func TestDevAddsAddrToHintsForNonDefaultListen(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+func TestDevPrintsTheDashboardOfAnyHTTPAddr(t *testing.T) {
+	for _, tc := range []struct{ http, want string }{
+		{"0.0.0.0:7180", "dashboard: http://127.0.0.1:7180/ (metrics: http://127.0.0.1:7180/metrics)\n"},
+		{"[::1]:7180", "dashboard: http://[::1]:7180/"},
+		{"", ""},
+	} {
+		var b strings.Builder
+		printDevReady(&b, server.Config{ID: 1, DataDir: "/d", HTTPAddr: tc.http}, "127.0.0.1:7100", defaultAddr, false)
+		if got := b.String(); tc.want == "" && strings.Contains(got, "dashboard") || !strings.Contains(got, tc.want) {
+			t.Errorf("--http-addr %q: output lacks %q:\n%s", tc.http, tc.want, got)
+		}
+	}
+}
+
+func TestDevHTTPAddrFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // HTTPAddr, or the error line
+		ok   bool
+	}{
+		{[]string{"--listen", "127.0.0.1:7100"}, "127.0.0.1:7180", true},
+		{[]string{"--http-addr", "off"}, "", true},
+		{[]string{"--http-addr", "127.0.0.1:9000"}, "127.0.0.1:9000", true},
+		{[]string{"--http-addr", "127.0.0.1:7000"}, "--http-addr must differ from --listen (both use port 7000)", false},
+		{[]string{"--http-addr", "9000"}, `--http-addr must be HOST:PORT (got "9000")`, false},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			t.Setenv("TMPDIR", t.TempDir())
+			h := newHarness(t)
+			started := make(chan server.Config, 1)
+			h.deps.runServer = func(ctx context.Context, cfg server.Config) error {
+				started <- cfg
+				return errors.New("stop here")
+			}
+			code := h.run(append([]string{"dev"}, tc.args...)...)
+			if !tc.ok {
+				if code != exitUsage {
+					t.Errorf("exit code = %d, want %d", code, exitUsage)
+				}
+				h.wantErrorLine(tc.want)
+				return
+			}
+			select {
+			case cfg := <-started:
+				if cfg.HTTPAddr != tc.want {
+					t.Errorf("HTTPAddr = %q, want %q", cfg.HTTPAddr, tc.want)
+				}
+			default:
+				t.Fatalf("node not started (exit %d): %s", code, h.stderr.String())
+			}
+		})
 	}
 }
 

@@ -8,6 +8,12 @@ import (
 )
 
 func main() {
-	root := newRootCmd(defaultDeps())
-	os.Exit(execute(context.Background(), root, os.Args[1:]))
+	d := defaultDeps()
+	// No global OpenTelemetry state: the tracer provider and propagator
+	// are passed to the gRPC handlers explicitly.
+	tracing := &clientTracing{lookupEnv: d.lookupEnv, stderr: d.stderr}
+	d.dialOptions = tracing.dialOptions
+	code := execute(context.Background(), newRootCmd(d), os.Args[1:])
+	tracing.shutdown()
+	os.Exit(code)
 }

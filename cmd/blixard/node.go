@@ -161,6 +161,7 @@ type nodeOptions struct {
 	capabilities []string
 	vmImage      string
 	vmAccel      string
+	httpAddr     string
 	tuning       tuning
 	log          logOptions
 }
@@ -212,6 +213,7 @@ By default (--worker) the node also offers its resources to run work. --cpu and
 	fs.StringSliceVar(&o.capabilities, "capabilities", nil, "worker capabilities `NAME,...`, e.g. docker,gpu (repeatable)")
 	fs.StringVar(&o.vmImage, "vm-image", "", "directory `DIR` with the default micro-VM guest image (vmlinux, initrd.img; see 'blixard image build') (default: <data-dir>/vm-image, built on first use)")
 	fs.StringVar(&o.vmAccel, "vm-accel", "auto", "micro-VM accelerator: `auto` (KVM when the CPU really has it, else TCG), kvm or tcg")
+	fs.StringVar(&o.httpAddr, "http-addr", "", httpAddrUsage)
 	o.tuning.addFlags(fs)
 	o.log.addFlags(fs)
 	expect(fs, "id", "a positive integer")
@@ -258,6 +260,11 @@ func (o *nodeOptions) config(fs *pflag.FlagSet, d deps) (server.Config, []string
 	} else if host, _, _ := net.SplitHostPort(o.listen); isUnspecifiedHost(host) {
 		return cfg, nil, usageError(fmt.Sprintf("--advertise is required when --listen has no specific host (got --listen %q)", o.listen),
 			"pass the address other nodes should dial, e.g. --advertise 10.0.0.1:7000")
+	}
+
+	httpAddr, err := resolveHTTPAddr(fs, o.httpAddr, o.listen)
+	if err != nil {
+		return cfg, nil, err
 	}
 
 	// How the node enters a cluster.
@@ -359,6 +366,7 @@ func (o *nodeOptions) config(fs *pflag.FlagSet, d deps) (server.Config, []string
 		VMs:          o.worker,
 		VMImageDir:   o.vmImage,
 		VMAccel:      o.vmAccel,
+		HTTPAddr:     httpAddr,
 	}
 	if joining && !restart {
 		cfg.Join = o.join
@@ -503,7 +511,7 @@ func (a *app) runNode(cmd *cobra.Command, cfg server.Config, lo logOptions, note
 	}()
 
 	logger.Info("starting node",
-		"id", cfg.ID, "listen", cfg.Listen, "advertise", cfg.Advertise, "data_dir", cfg.DataDir,
+		"id", cfg.ID, "listen", cfg.Listen, "advertise", cfg.Advertise, "http", cfg.HTTPAddr, "data_dir", cfg.DataDir,
 		"bootstrap", cfg.Bootstrap, "join", cfg.Join, "worker", cfg.Worker,
 		"cpu", strconv.FormatFloat(float64(cfg.CPUMillis)/1000, 'f', -1, 64), "memory_mib", cfg.MemoryMiB)
 	err := a.runServer(ctx, cfg)

@@ -100,6 +100,11 @@ func TestNodeFlagValidation(t *testing.T) {
 		{"worker ttl below heartbeat", with("--worker-ttl", "500ms"), []string{"--worker-ttl must be longer than --heartbeat-interval (got 500ms and 1s)"}},
 		{"vm replace after too short", with("--vm-replace-after", "3s"), []string{"--vm-replace-after: 3s is too short for worker-ttl 5s", "raise --vm-replace-after to more than 5.5s"}},
 		{"vm replace after negative", with("--vm-replace-after", "-1s"), []string{"--vm-replace-after must not be negative"}},
+		{"http addr bad", with("--http-addr", "nope"), []string{`--http-addr must be HOST:PORT (got "nope")`}},
+		{"http addr port zero", with("--http-addr", "127.0.0.1:0"), []string{"--http-addr needs a port between 1 and 65535"}},
+		{"http addr is listen", with("--http-addr", "127.0.0.1:7001"), []string{"--http-addr must differ from --listen (both use port 7001)"}},
+		{"http addr clashes with wildcard listen", withOut("--listen", "--listen", "0.0.0.0:7001", "--advertise", "10.0.0.1:7001", "--http-addr", "127.0.0.1:7001"), []string{"--http-addr must differ from --listen"}},
+		{"http addr without default", withOut("--listen", "--listen", "127.0.0.1:65500"), []string{"--http-addr has no default for --listen 127.0.0.1:65500", "--http-addr off"}},
 		{"log format", with("--log-format", "xml"), []string{`--log-format must be "text" or "json" (got "xml")`}},
 		{"log level", with("--log-level", "loud"), []string{`--log-level must be debug, info, warn or error (got "loud")`}},
 		{"unknown flag", with("--bogus"), []string{"unknown flag: --bogus", "blixard node --help"}},
@@ -159,6 +164,7 @@ func TestNodeBuildsConfig(t *testing.T) {
 		TickInterval: 50 * time.Millisecond, ElectionTicks: 20, HeartbeatTicks: 1,
 		SnapshotEvery: 100, SnapshotKeep: 10, CheckpointEvery: defaultCheckpointEvery,
 		HeartbeatInterval: 2 * time.Second, WorkerTTL: 10 * time.Second, UsageInterval: defaultUsageInterval, TaskRetention: defaultTaskRetention,
+		HTTPAddr: "0.0.0.0:7081", // --listen's host, port + 80
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("config\n got %+v\nwant %+v", got, want)
@@ -192,6 +198,26 @@ func TestNodeDefaults(t *testing.T) {
 	}
 	if got.Labels == nil || len(got.Labels) != 0 {
 		t.Errorf("labels = %#v, want empty map", got.Labels)
+	}
+	if got.HTTPAddr != "127.0.0.1:7081" {
+		t.Errorf("HTTPAddr = %q, want --listen's host at port + 80", got.HTTPAddr)
+	}
+}
+
+func TestNodeHTTPAddr(t *testing.T) {
+	for _, tc := range []struct{ flag, want string }{
+		{"--http-addr=off", ""},
+		{"--http-addr=", ""},
+		{"--http-addr=10.0.0.1:9100", "10.0.0.1:9100"},
+		{"--http-addr=:9100", ":9100"},
+	} {
+		h := newHarness(t)
+		if code := h.run("node", "--id", "1", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:7001", "--bootstrap", tc.flag); code != exitOK {
+			t.Fatalf("%s: exit code %d, stderr %q", tc.flag, code, h.stderr.String())
+		}
+		if got := h.startedConfigs()[0].HTTPAddr; got != tc.want {
+			t.Errorf("%s: HTTPAddr = %q, want %q", tc.flag, got, tc.want)
+		}
 	}
 }
 

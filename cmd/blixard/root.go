@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 
 	"github.com/blixard/blixard/internal/server"
 )
@@ -36,6 +37,9 @@ type deps struct {
 	// isTerminal reports whether w is a terminal (for redrawn progress
 	// lines); nil means never.
 	isTerminal func(io.Writer) bool
+	// dialOptions are extra options for every client connection (e.g.
+	// tracing); nil means none.
+	dialOptions func() []grpc.DialOption
 }
 
 func defaultDeps() deps {

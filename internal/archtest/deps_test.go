@@ -18,7 +18,10 @@ var forbidden = []string{
 	"github.com/blixard/blixard/internal/server",
 	"github.com/blixard/blixard/internal/executor",
 	"github.com/blixard/blixard/internal/vm",
+	"github.com/blixard/blixard/internal/observe",
 	"github.com/digitalocean/go-qemu",
+	"github.com/prometheus",
+	"go.opentelemetry.io",
 }
 
 // pure lists the packages that must stay free of I/O beyond storage.

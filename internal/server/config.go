@@ -3,6 +3,8 @@ package server
 import (
 	"log/slog"
 	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 // Config is everything one Blixard node needs to run.
@@ -42,6 +44,13 @@ type Config struct {
 	WorkerTTL         time.Duration // missed-heartbeat limit before down; default 5s
 	UsageInterval     time.Duration // worker usage report period; default 10s
 	TaskRetention     time.Duration // final tasks older than this are purged; default 24h
+
+	// Observability (internal/observe). Traces go where the standard
+	// OTEL_EXPORTER_OTLP_* environment says, if it says anything.
+	HTTPAddr string // host:port serving /metrics, /healthz, /readyz and the dashboard; "" serves none
+	// TraceExporter, when set (tests), receives every span as it ends and
+	// the OTEL_* environment is ignored.
+	TraceExporter sdktrace.SpanExporter
 
 	Logger *slog.Logger
 }

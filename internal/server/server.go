@@ -75,6 +75,11 @@ func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("listen: %q is not host:port: %w", c.Listen, err)
 	}
+	if c.HTTPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			return fmt.Errorf("http-addr: %q is not host:port: %w", c.HTTPAddr, err)
+		}
+	}
 	if c.VMReplaceAfter > 0 {
 		if err := CheckVMFencing(c.WorkerTTL, c.VMReplaceAfter, time.Duration(c.ElectionTicks)*c.TickInterval); err != nil {
 			return err
@@ -125,9 +130,12 @@ type Server struct {
 	lis    net.Listener
 	mon    *worker.Monitor
 	conns  *connPool
+	obs    *observability // metrics, traces, HTTP; set in Start
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	nodeStarted bool // the raft node's goroutine runs (Stop must stop it)
 
 	// contact is this worker's last successful heartbeat, which gates the
 	// VM lease; set at start, before the agent and the lease renewer.
@@ -291,6 +299,11 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("listen on %s: %w (is another node using it? pick another --listen)", s.cfg.Listen, err)
 	}
 	s.lis = lis
+	if err := s.startObserve(ctx); err != nil {
+		lis.Close()
+		return err
+	}
+	s.conns.setOptions(s.obs.tracing.DialOptions())
 	if s.cfg.Advertise == s.cfg.Listen {
 		// With port 0 the real port is only known now.
 		if _, port, _ := net.SplitHostPort(s.cfg.Listen); port == "0" {
@@ -298,7 +311,7 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.grpc = grpc.NewServer(transport.ServerOptions()...)
+	s.grpc = grpc.NewServer(append(transport.ServerOptions(), s.grpcServerOptions()...)...)
 	s.tr.Register(s.grpc)
 	rpcpb.RegisterClusterServer(s.grpc, &api{s: s})
 	s.goRun(func() {
@@ -308,6 +321,8 @@ func (s *Server) Start(ctx context.Context) error {
 	})
 	s.syncPeers()
 	s.node.Start()
+	s.nodeStarted = true
+	s.serveHTTP()
 	if s.cfg.Join != "" {
 		if err := s.join(ctx); err != nil {
 			return err
@@ -471,6 +486,7 @@ func (s *Server) Stop() {
 			s.transferLeadershipAway()
 			s.cancel()
 		}
+		s.stopHTTP()
 		if s.grpc != nil {
 			done := make(chan struct{})
 			go func() { s.grpc.GracefulStop(); close(done) }()
@@ -490,10 +506,13 @@ func (s *Server) Stop() {
 		if err := s.vms.close(); err != nil {
 			s.log.Warn("closing the VM driver", "err", err)
 		}
-		s.node.Stop()
+		if s.nodeStarted {
+			s.node.Stop()
+		}
 		s.tr.Stop()
 		s.conns.close()
 		s.closeStorage()
+		s.stopTracing()
 		s.log.Info("node stopped")
 	})
 }
@@ -683,7 +702,7 @@ func (s *Server) propose(ctx context.Context, cmd *pb.Command) (proto.Message, e
 	if err != nil {
 		return nil, fmt.Errorf("encode command: %w", err)
 	}
-	return s.node.Propose(ctx, b)
+	return s.observedPropose(ctx, cmd, func(ctx context.Context) (proto.Message, error) { return s.node.Propose(ctx, b) })
 }
 
 // leaderClient returns a client for the current leader, or an error
@@ -744,6 +763,7 @@ func (s *Server) heartbeat(_ context.Context, id uint64) (*pb.HeartbeatResponse,
 type connPool struct {
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
+	opts  []grpc.DialOption // e.g. tracing
 }
 
 func newConnPool() *connPool { return &connPool{conns: map[string]*grpc.ClientConn{}} }
@@ -754,12 +774,19 @@ func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := p.conns[addr]; ok {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, p.opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, err)
 	}
 	p.conns[addr] = cc
 	return cc, nil
+}
+
+// setOptions adds dial options to connections made from now on.
+func (p *connPool) setOptions(opts []grpc.DialOption) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.opts = opts
 }
 
 func (p *connPool) close() {
