@@ -22,6 +22,10 @@ func resolveHTTPAddr(fs *pflag.FlagSet, value, listen string) (string, error) {
 	lhost, lport, _ := net.SplitHostPort(listen)
 	if !fs.Changed("http-addr") {
 		p, _ := strconv.Atoi(lport)
+		if p == 0 {
+			// --listen on an ephemeral port: HTTP on one too, not on port 80.
+			return net.JoinHostPort(lhost, "0"), nil
+		}
 		if p+httpPortOffset > 65535 {
 			return "", usageError(fmt.Sprintf("--http-addr has no default for --listen %s (port + %d is past 65535)", listen, httpPortOffset),
 				"pass --http-addr HOST:PORT, or --http-addr off")
