@@ -160,36 +160,6 @@ type Reserved struct {
 	MemoryMiB int64 `json:"memory_mib"`
 }
 
-// reservations sums reservations per worker from tasks and VMs.
-func reservations(tasks []*pb.Task, vms []*pb.VM) map[uint64]Reserved {
-	out := map[uint64]Reserved{}
-	for _, t := range tasks {
-		n := len(t.Attempts)
-		if n == 0 {
-			continue
-		}
-		a := t.Attempts[n-1]
-		if a.State != pb.TaskState_TASK_STATE_ASSIGNED && a.State != pb.TaskState_TASK_STATE_RUNNING {
-			continue
-		}
-		r := out[a.WorkerId]
-		r.CPUMillis += t.Spec.GetResources().GetCpuMillis()
-		r.MemoryMiB += t.Spec.GetResources().GetMemoryMib()
-		out[a.WorkerId] = r
-	}
-	for _, vm := range vms {
-		if vm.WorkerId == 0 {
-			continue
-		}
-		need := state.VMReservation(vm.Spec)
-		r := out[vm.WorkerId]
-		r.CPUMillis += need.GetCpuMillis()
-		r.MemoryMiB += need.GetMemoryMib()
-		out[vm.WorkerId] = r
-	}
-	return out
-}
-
 // vmPending says whether a VM waits for placement.
 func vmPending(vm *pb.VM) bool {
 	return vm.WorkerId == 0 && vm.Desired == pb.VMDesired_VM_DESIRED_RUNNING

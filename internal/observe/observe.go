@@ -10,6 +10,7 @@ import (
 	"context"
 
 	pb "github.com/blixard/blixard/api/blixardpb"
+	"github.com/blixard/blixard/internal/state"
 )
 
 // RaftStatus is a node's view of raft.
@@ -33,9 +34,13 @@ type Source interface {
 	Members() []*pb.Member
 	Workers() []*pb.Worker
 	WorkerStatus(id uint64) (*pb.WorkerStatus, bool)
-	// Tasks returns every task in submission order, with the leader's
-	// pending reasons when this node leads.
-	Tasks() []*pb.Task
+	// TaskSummary counts the tasks by state and returns the newest recent
+	// ones (with the leader's pending reasons when this node leads),
+	// without copying the whole table.
+	TaskSummary(recent int) state.TaskSummary
+	// Reservations is what active attempts and placed VMs reserve on each
+	// worker.
+	Reservations() map[uint64]state.Usage
 	// PendingTasks is the number of tasks waiting for placement (cheap).
 	PendingTasks() int
 	// VMs returns every VM sorted by name, with the leader's pending

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/stats"
 
 	pb "github.com/blixard/blixard/api/blixardpb"
+	"github.com/blixard/blixard/internal/state"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -58,9 +59,51 @@ func (f *fakeSource) WorkerStatus(id uint64) (*pb.WorkerStatus, bool) {
 	}
 	return &pb.WorkerStatus{WorkerId: 1, CpuPercent: 12.5, MemoryUsedMib: 300, RunningTasks: 1, ReportedAtUnixNano: 1}, true
 }
-func (f *fakeSource) Tasks() []*pb.Task { return f.tasks }
 func (f *fakeSource) PendingTasks() int { return 1 }
 func (f *fakeSource) VMs() []*pb.VM     { return f.vms }
+
+// TaskSummary summarizes f.tasks (in submission order) as the state does.
+func (f *fakeSource) TaskSummary(recent int) state.TaskSummary {
+	s := state.TaskSummary{Total: len(f.tasks), ByState: map[pb.TaskState]int{}}
+	for _, t := range f.tasks {
+		s.ByState[t.State]++
+	}
+	for i := len(f.tasks) - 1; i >= 0 && len(s.Recent) < recent; i-- {
+		s.Recent = append(s.Recent, f.tasks[i])
+	}
+	return s
+}
+
+// Reservations sums the active attempts' and placed VMs' requests, as the
+// state keeps them.
+func (f *fakeSource) Reservations() map[uint64]state.Usage {
+	out := map[uint64]state.Usage{}
+	for _, t := range f.tasks {
+		n := len(t.Attempts)
+		if n == 0 {
+			continue
+		}
+		a := t.Attempts[n-1]
+		if a.State != pb.TaskState_TASK_STATE_ASSIGNED && a.State != pb.TaskState_TASK_STATE_RUNNING {
+			continue
+		}
+		r := out[a.WorkerId]
+		r.CPUMillis += t.Spec.GetResources().GetCpuMillis()
+		r.MemoryMiB += t.Spec.GetResources().GetMemoryMib()
+		out[a.WorkerId] = r
+	}
+	for _, vm := range f.vms {
+		if vm.WorkerId == 0 {
+			continue
+		}
+		need := state.VMReservation(vm.Spec)
+		r := out[vm.WorkerId]
+		r.CPUMillis += need.GetCpuMillis()
+		r.MemoryMiB += need.GetMemoryMib()
+		out[vm.WorkerId] = r
+	}
+	return out
+}
 
 func task(id string, s pb.TaskState, attempts ...*pb.Attempt) *pb.Task {
 	return &pb.Task{Id: id, State: s, Attempts: attempts, CreatedAtUnixNano: 1,
@@ -443,7 +486,10 @@ type countingSource struct {
 	reads int
 }
 
-func (c *countingSource) Tasks() []*pb.Task { c.reads++; return c.fakeSource.Tasks() }
+func (c *countingSource) TaskSummary(recent int) state.TaskSummary {
+	c.reads++
+	return c.fakeSource.TaskSummary(recent)
+}
 
 func TestTablesAreReusedOnlyWithinTheirReadBudget(t *testing.T) {
 	src := &countingSource{fakeSource: newFake()}

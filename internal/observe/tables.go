@@ -9,9 +9,9 @@ import (
 
 // readBudget bounds what observing costs: the tables are read again only
 // once the last read is older than readBudget times the time that read
-// took. A small state is read on every request (a read of 1 000 tasks
-// takes about 3 ms, so it is reused for 30 ms); a large one is read at most
-// about a tenth of the time (100 000 tasks: about 0.5 s, reused for 5 s).
+// took. The task table is summarized, not copied (state.SummarizeTasks),
+// so a read stays cheap with a large history and is rarely reused for
+// long; the budget still caps the cost of the VM and worker copies.
 const readBudget = 10
 
 // tables is one read of the source's tables, reduced to what metrics and
@@ -30,28 +30,29 @@ type tables struct {
 }
 
 func readTables(src Source, now time.Time) *tables {
-	tasks := src.Tasks()
+	sum := src.TaskSummary(RecentTasks)
 	t := &tables{
 		readAt:       now,
 		members:      src.Members(),
 		workers:      src.Workers(),
 		statuses:     map[uint64]*pb.WorkerStatus{},
-		taskCount:    map[pb.TaskState]int{},
-		taskTotal:    len(tasks),
+		reserved:     map[uint64]Reserved{},
+		taskCount:    sum.ByState,
+		taskTotal:    sum.Total,
+		recent:       sum.Recent,
 		pendingTasks: src.PendingTasks(),
 		vms:          src.VMs(),
 	}
-	t.reserved = reservations(tasks, t.vms)
+	if t.taskCount == nil {
+		t.taskCount = map[pb.TaskState]int{}
+	}
+	for id, u := range src.Reservations() {
+		t.reserved[id] = Reserved{CPUMillis: u.CPUMillis, MemoryMiB: u.MemoryMiB}
+	}
 	for _, w := range t.workers {
 		if st, ok := src.WorkerStatus(w.Id); ok {
 			t.statuses[w.Id] = st
 		}
-	}
-	for _, task := range tasks {
-		t.taskCount[task.State]++
-	}
-	for i := len(tasks) - 1; i >= 0 && len(t.recent) < RecentTasks; i-- {
-		t.recent = append(t.recent, tasks[i])
 	}
 	return t
 }

@@ -14,6 +14,7 @@ import (
 
 	pb "github.com/blixard/blixard/api/blixardpb"
 	"github.com/blixard/blixard/internal/observe"
+	"github.com/blixard/blixard/internal/state"
 )
 
 // observability is a node's metrics, traces and HTTP endpoint (see
@@ -159,13 +160,15 @@ func (src source) WorkerStatus(id uint64) (*pb.WorkerStatus, bool) {
 }
 func (src source) PendingTasks() int { return src.s.sm.PendingCount() }
 
-func (src source) Tasks() []*pb.Task {
-	tasks := src.s.sm.Tasks(pb.TaskState_TASK_STATE_UNSPECIFIED)
-	for _, t := range tasks {
+func (src source) TaskSummary(recent int) state.TaskSummary {
+	sum := src.s.sm.SummarizeTasks(recent)
+	for _, t := range sum.Recent {
 		src.s.withReason(t) // pending tasks, on the leader
 	}
-	return tasks
+	return sum
 }
+
+func (src source) Reservations() map[uint64]state.Usage { return src.s.sm.Reservations() }
 
 func (src source) VMs() []*pb.VM {
 	vms := src.s.sm.VMs()

@@ -1,7 +1,10 @@
 package state
 
 import (
+	"fmt"
 	"testing"
+
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/blixard/blixard/api/blixardpb"
 )
@@ -33,5 +36,30 @@ func TestSummarizeTasksCountsAndKeepsTheNewest(t *testing.T) {
 	}
 	if s := h.m.SummarizeTasks(0); len(s.Recent) != 0 || s.Total != 7 {
 		t.Fatalf("recent 0: %+v", s)
+	}
+}
+
+// BenchmarkSummarizeTasks is a metrics scrape's read of a large retained
+// task history.
+func BenchmarkSummarizeTasks(b *testing.B) {
+	for _, n := range []int{1_000, 100_000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			m := New()
+			for i := range n {
+				c, err := proto.Marshal(&pb.Command{Op: &pb.Command_SubmitTask{SubmitTask: &pb.SubmitTask{
+					Spec: &pb.TaskSpec{Command: "/bin/true"}, IdempotencyKey: fmt.Sprint(i)}}})
+				if err == nil {
+					_, err = m.ApplyCommand(uint64(i+1), c)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			for b.Loop() {
+				if s := m.SummarizeTasks(50); s.Total != n {
+					b.Fatalf("total %d", s.Total)
+				}
+			}
+		})
 	}
 }
