@@ -13,12 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/stats"
 
 	pb "github.com/blixard/blixard/api/blixardpb"
+	"github.com/blixard/blixard/internal/observe/metricstest"
 	"github.com/blixard/blixard/internal/state"
 )
 
@@ -172,31 +171,9 @@ func scrape(t *testing.T, base string) map[string]float64 {
 
 func parseMetrics(t *testing.T, body string) map[string]float64 {
 	t.Helper()
-	p := expfmt.NewTextParser(model.LegacyValidation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
+	out, err := metricstest.Parse(body)
 	if err != nil {
 		t.Fatalf("parse metrics: %v", err)
-	}
-	out := map[string]float64{}
-	for name, f := range fams {
-		for _, m := range f.Metric {
-			key := name
-			if len(m.Label) > 0 {
-				var ls []string
-				for _, l := range m.Label {
-					ls = append(ls, l.GetName()+"="+l.GetValue())
-				}
-				key += "{" + strings.Join(ls, ",") + "}"
-			}
-			switch {
-			case m.Gauge != nil:
-				out[key] = m.Gauge.GetValue()
-			case m.Counter != nil:
-				out[key] = m.Counter.GetValue()
-			case m.Histogram != nil:
-				out[key+"_count"] = float64(m.Histogram.GetSampleCount())
-			}
-		}
 	}
 	return out
 }

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -23,6 +21,7 @@ import (
 	pb "github.com/blixard/blixard/api/blixardpb"
 	rpcpb "github.com/blixard/blixard/api/blixardrpc"
 	"github.com/blixard/blixard/internal/observe"
+	"github.com/blixard/blixard/internal/observe/metricstest"
 )
 
 func withHTTP(c *Config) { c.HTTPAddr = "127.0.0.1:0" }
@@ -51,31 +50,9 @@ func scrape(t *testing.T, s *Server) map[string]float64 {
 	if code != http.StatusOK {
 		t.Fatalf("node %d /metrics: %d %s", s.cfg.ID, code, body)
 	}
-	p := expfmt.NewTextParser(model.LegacyValidation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
+	out, err := metricstest.Parse(body)
 	if err != nil {
 		t.Fatalf("node %d /metrics does not parse: %v", s.cfg.ID, err)
-	}
-	out := map[string]float64{}
-	for name, f := range fams {
-		for _, m := range f.Metric {
-			key := name
-			if len(m.Label) > 0 {
-				var ls []string
-				for _, l := range m.Label {
-					ls = append(ls, l.GetName()+"="+l.GetValue())
-				}
-				key += "{" + strings.Join(ls, ",") + "}"
-			}
-			switch {
-			case m.Gauge != nil:
-				out[key] = m.Gauge.GetValue()
-			case m.Counter != nil:
-				out[key] = m.Counter.GetValue()
-			case m.Histogram != nil:
-				out[key+"_count"] = float64(m.Histogram.GetSampleCount())
-			}
-		}
 	}
 	return out
 }

@@ -204,6 +204,31 @@ func (h *vmHarness) takeOps() []string {
 	return out
 }
 
+// restartWorker is the worker process dying and starting again over the
+// same host: a new driver and core; Recover's VMs are handed to the core
+// as live at generation gen (ready), with dirs as the directories found.
+func (h *vmHarness) restartWorker(gen uint32, dirs ...string) {
+	h.t.Helper()
+	if err := h.drv.Close(); err != nil {
+		h.t.Fatal(err)
+	}
+	h.drv = h.host.NewDriver()
+	h.core = NewVMCore(VMCoreConfig{WorkerID: vmTestWorker, ImageDir: "/images", StateRoot: h.root})
+	h.watched = map[string]vmWatched{}
+	ids, err := h.drv.Recover(context.Background())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var live []RecoveredVM
+	for _, id := range ids {
+		live = append(live, RecoveredVM{Name: string(id), Gen: gen, Ready: true})
+	}
+	h.core.Recovered(live, dirs)
+	for _, op := range h.core.Live() {
+		h.watched[op.Name] = vmWatched{run: op.Run, exit: h.drv.Wait(vm.ID(op.Name)), ready: true}
+	}
+}
+
 func (h *vmHarness) takeReports() []string {
 	var out []string
 	for _, r := range h.reports {
@@ -559,31 +584,13 @@ func TestVMCoreRecoverAdoptsCurrentAndKillsTheRest(t *testing.T) {
 		return st.PID
 	}
 	keepPID := pid("keep", h.drv)
-	if err := h.drv.Close(); err != nil { // the worker process dies
-		t.Fatal(err)
-	}
-	// Meanwhile the cluster moved on.
+	// While the worker process is down, the cluster moves on.
 	h.vm("old").Generation = 2
 	delete(h.model.vms, "gone")
 	if err := os.MkdirAll(filepath.Join(h.root, "leftover"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-
-	h.drv = h.host.NewDriver()
-	h.core = NewVMCore(VMCoreConfig{WorkerID: vmTestWorker, ImageDir: "/images", StateRoot: h.root})
-	h.watched = map[string]vmWatched{}
-	ids, err := h.drv.Recover(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var live []RecoveredVM
-	for _, id := range ids {
-		live = append(live, RecoveredVM{Name: string(id), Gen: 1, Ready: true})
-	}
-	h.core.Recovered(live, []string{"gone", "keep", "leftover", "old"})
-	for _, op := range h.core.Live() {
-		h.watched[op.Name] = vmWatched{run: op.Run, exit: h.drv.Wait(vm.ID(op.Name)), ready: true}
-	}
+	h.restartWorker(1, "gone", "keep", "leftover", "old")
 	h.step()
 	wantVMList(t, "ops", h.takeOps(), "kill gone", "remove leftover", "kill old", "remove gone", "start old")
 	if got := pid("keep", h.drv); got != keepPID {
@@ -622,19 +629,7 @@ func TestVMCoreRestartCountSurvivesAWorkerRestart(t *testing.T) {
 		t.Fatalf("after two crashes: restarts %d, in generation %d", v.Restarts, v.GenerationRestarts)
 	}
 
-	if err := h.drv.Close(); err != nil { // the worker process dies
-		t.Fatal(err)
-	}
-	h.drv = h.host.NewDriver()
-	h.core = NewVMCore(VMCoreConfig{WorkerID: vmTestWorker, ImageDir: "/images", StateRoot: h.root})
-	h.watched = map[string]vmWatched{}
-	if _, err := h.drv.Recover(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	h.core.Recovered([]RecoveredVM{{Name: "db", Gen: 1, Ready: true}}, []string{"db"})
-	for _, op := range h.core.Live() {
-		h.watched[op.Name] = vmWatched{run: op.Run, exit: h.drv.Wait(vm.ID(op.Name)), ready: true}
-	}
+	h.restartWorker(1, "db")
 	h.step()
 	wantVMList(t, "ops after adoption", h.takeOps())
 	h.takeReports()
