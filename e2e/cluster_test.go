@@ -3,11 +3,11 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/internal/observe/observetest"
 )
 
 func TestThreeNodeFormationAndReplication(t *testing.T) {
@@ -47,17 +47,8 @@ func TestThreeNodeFormationAndReplication(t *testing.T) {
 // httpGet fetches url on a fresh connection.
 func httpGet(t testing.TB, url string) (int, string) {
 	t.Helper()
-	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	return resp.StatusCode, string(b)
+	code, _, body := observetest.Get(t, url)
+	return code, body
 }
 
 func leaderOf(t testing.TB, c *cluster) *node {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -17,7 +16,7 @@ import (
 	"google.golang.org/grpc/stats"
 
 	pb "github.com/blixard/blixard/api/blixardpb"
-	"github.com/blixard/blixard/internal/observe/metricstest"
+	"github.com/blixard/blixard/internal/observe/observetest"
 	"github.com/blixard/blixard/internal/state"
 )
 
@@ -146,17 +145,7 @@ func serve(t *testing.T, src Source) string {
 
 func get(t *testing.T, url string) (int, http.Header, string) {
 	t.Helper()
-	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, resp.Header, string(b)
+	return observetest.Get(t, url)
 }
 
 // scrape parses /metrics into name{labels} → value.
@@ -171,7 +160,7 @@ func scrape(t *testing.T, base string) map[string]float64 {
 
 func parseMetrics(t *testing.T, body string) map[string]float64 {
 	t.Helper()
-	out, err := metricstest.Parse(body)
+	out, err := observetest.ParseMetrics(body)
 	if err != nil {
 		t.Fatalf("parse metrics: %v", err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -21,7 +20,7 @@ import (
 	pb "github.com/blixard/blixard/api/blixardpb"
 	rpcpb "github.com/blixard/blixard/api/blixardrpc"
 	"github.com/blixard/blixard/internal/observe"
-	"github.com/blixard/blixard/internal/observe/metricstest"
+	"github.com/blixard/blixard/internal/observe/observetest"
 )
 
 func withHTTP(c *Config) { c.HTTPAddr = "127.0.0.1:0" }
@@ -29,17 +28,8 @@ func withHTTP(c *Config) { c.HTTPAddr = "127.0.0.1:0" }
 // httpGet fetches url on a fresh connection (none left open for goleak).
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
-	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	return resp.StatusCode, string(b)
+	code, _, body := observetest.Get(t, url)
+	return code, body
 }
 
 // scrape reads s's /metrics into "name{label=value,...}" → value (label
@@ -50,7 +40,7 @@ func scrape(t *testing.T, s *Server) map[string]float64 {
 	if code != http.StatusOK {
 		t.Fatalf("node %d /metrics: %d %s", s.cfg.ID, code, body)
 	}
-	out, err := metricstest.Parse(body)
+	out, err := observetest.ParseMetrics(body)
 	if err != nil {
 		t.Fatalf("node %d /metrics does not parse: %v", s.cfg.ID, err)
 	}
