@@ -641,6 +641,8 @@ func describeCommand(cmd *pb.Command, err error) string {
 		d = fmt.Sprintf("worker %d %v", op.SetWorkerState.WorkerId, op.SetWorkerState.State)
 	case *pb.Command_ReleaseVms:
 		d = fmt.Sprintf("release the VMs of down worker %d", op.ReleaseVms.WorkerId)
+	case *pb.Command_CordonWorker:
+		d = fmt.Sprintf("cordon worker %d = %v", op.CordonWorker.WorkerId, op.CordonWorker.Cordoned)
 	case *pb.Command_RegisterWorker:
 		d = fmt.Sprintf("register worker %d", op.RegisterWorker.Worker.GetId())
 	case *pb.Command_ReconcileWorker:

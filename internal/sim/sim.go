@@ -12,6 +12,7 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/blixard/blixard/api/blixardpb"
 	"github.com/blixard/blixard/internal/raftnode"
@@ -190,7 +191,9 @@ type Sim struct {
 	healAt     time.Duration
 	leaderSeen bool
 	partition  bool
-	downCount  int
+	// uncordoning are the workers whose uncordon after the heal is in flight.
+	uncordoning map[uint64]bool
+	downCount   int
 
 	stats      Stats
 	violations []Violation
@@ -230,7 +233,7 @@ func Run(cfg Config) (res Result) {
 
 func newSim(cfg Config) *Sim {
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0x5eed))
-	s := &Sim{cfg: cfg, rng: rng, nodes: map[uint64]*node{}, tr: tracer{w: cfg.Trace}, opsLeft: cfg.Ops}
+	s := &Sim{cfg: cfg, rng: rng, nodes: map[uint64]*node{}, tr: tracer{w: cfg.Trace}, opsLeft: cfg.Ops, uncordoning: map[uint64]bool{}}
 	s.p = params{
 		voters:    []int{3, 3, 5}[rng.IntN(3)],
 		snapEvery: uint64(50 + rng.IntN(1000)),
@@ -681,6 +684,9 @@ func (s *Sim) quiesceLoop() {
 			return
 		}
 	}
+	if s.leaderSeen && l != nil {
+		s.uncordonAll(l)
+	}
 	if s.leaderSeen && l != nil && s.busy == 0 {
 		if done, _ := s.quiet(l); done {
 			s.stats.QuiesceAfterHeal = since
@@ -698,6 +704,21 @@ func (s *Sim) quiesceLoop() {
 		return
 	}
 	s.after(250*time.Millisecond, s.quiesceLoop)
+}
+
+// uncordonAll is the operator lifting every cordon once the faults have
+// healed, through the leader, one proposal per cordoned worker per round
+// until none is left.
+func (s *Sim) uncordonAll(l *node) {
+	for _, w := range l.sm.Workers() {
+		if !w.Cordoned || s.uncordoning[w.Id] {
+			continue
+		}
+		id := w.Id
+		s.uncordoning[id] = true
+		payload := mustMarshal(&pb.Command{Op: &pb.Command_CordonWorker{CordonWorker: &pb.CordonWorker{WorkerId: id, NowUnixNano: l.localNow().UnixNano()}}})
+		l.issue(&request{kind: rqPropose, payload: payload, done: func(proto.Message, error) { delete(s.uncordoning, id) }}, 5*time.Second)
+	}
 }
 
 const (

@@ -66,11 +66,28 @@ func (c *client) next() {
 		c.cancel()
 	case k < 90:
 		c.readTask()
-	case k < 98:
+	case k < 97:
 		c.vmOp()
+	case k < 98:
+		c.cordon()
 	default:
 		c.membership()
 	}
+}
+
+// cordon is an operator's `worker cordon` or `uncordon` of a random node's
+// worker (after the faults heal, the simulation uncordons every worker so
+// that work pinned to one can finish).
+func (c *client) cordon() {
+	s := c.s
+	id := s.ids[s.rng.IntN(len(s.ids))]
+	on := s.rng.IntN(2) == 0
+	n := c.pick()
+	payload := mustMarshal(&pb.Command{Op: &pb.Command_CordonWorker{CordonWorker: &pb.CordonWorker{WorkerId: id, Cordoned: on, Reason: "sim", NowUnixNano: n.localNow().UnixNano()}}})
+	n.issue(&request{kind: rqPropose, payload: payload, done: func(_ proto.Message, err error) {
+		c.traceOp(n, fmt.Sprintf("cordon worker %d = %v", id, on), err)
+		c.then()
+	}}, c.timeout())
 }
 
 // pick chooses the node to talk to: usually the same one, sometimes
