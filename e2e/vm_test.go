@@ -209,6 +209,10 @@ func TestVMLifecycleOnThreeNodes(t *testing.T) {
 			}
 			return strings.Contains(out, "BLIXARD-READY"), out
 		})
+		// A first run has no previous console.
+		if _, errOut, err := cli(via.addr, "vm", "logs", "web", "--previous"); exitCode(err) != 1 || !strings.Contains(errOut, "no previous console log") {
+			t.Errorf("vm logs --previous before any restart: exit %d, stderr %q", exitCode(err), errOut)
+		}
 	})
 
 	t.Run("killed QEMU is restarted", func(t *testing.T) {
@@ -226,6 +230,14 @@ func TestVMLifecycleOnThreeNodes(t *testing.T) {
 			t.Fatalf("QEMU processes for web after the restart: %v (killed %d)", now, pids[0])
 		}
 		pids = now
+		// The killed run's console is kept, and served from any node.
+		out, errOut, err := cli(c.other(worker).addr, "vm", "logs", "web", "--previous")
+		if err != nil || !strings.Contains(out, "BLIXARD-READY") {
+			t.Errorf("vm logs --previous after the restart: %v %s; got %d bytes without the first run's readiness marker", err, errOut, len(out))
+		}
+		if _, errOut, err := cli(n1.addr, "vm", "logs", "web", "--previous", "-f"); exitCode(err) != 2 || !strings.Contains(errOut, "--follow and --previous") {
+			t.Errorf("vm logs --previous -f: exit %d, stderr %q", exitCode(err), errOut)
+		}
 	})
 
 	t.Run("stop and start", func(t *testing.T) {

@@ -5463,7 +5463,10 @@ type VMLogsRequest struct {
 	Offset int64                  `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
 	// worker_id is set when one node forwards the request to the worker that
 	// runs the VM; that worker serves its own file or refuses.
-	WorkerId      uint64 `protobuf:"varint,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	WorkerId uint64 `protobuf:"varint,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// previous serves console.log.1 instead: the previous run's console, or
+	// the part before the last rotation. Not with follow.
+	Previous      bool `protobuf:"varint,5,opt,name=previous,proto3" json:"previous,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5524,6 +5527,13 @@ func (x *VMLogsRequest) GetWorkerId() uint64 {
 		return x.WorkerId
 	}
 	return 0
+}
+
+func (x *VMLogsRequest) GetPrevious() bool {
+	if x != nil {
+		return x.Previous
+	}
+	return false
 }
 
 var File_api_blixardpb_blixard_proto protoreflect.FileDescriptor
@@ -5930,12 +5940,13 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\adesired\x18\x02 \x01(\x0e2\x15.blixard.v1.VMDesiredR\adesired\x12\x18\n" +
 	"\arestart\x18\x03 \x01(\bR\arestart\"#\n" +
 	"\rWaitVMRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"p\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x8c\x01\n" +
 	"\rVMLogsRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x16\n" +
 	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x1b\n" +
-	"\tworker_id\x18\x04 \x01(\x04R\bworkerId*Y\n" +
+	"\tworker_id\x18\x04 \x01(\x04R\bworkerId\x12\x1a\n" +
+	"\bprevious\x18\x05 \x01(\bR\bprevious*Y\n" +
 	"\n" +
 	"MemberRole\x12\x1b\n" +
 	"\x17MEMBER_ROLE_UNSPECIFIED\x10\x00\x12\x15\n" +

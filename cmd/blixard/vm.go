@@ -700,18 +700,23 @@ func writeVMStatus(out io.Writer, j vmJSON) error {
 }
 
 func (a *app) newVMLogsCmd() *cobra.Command {
-	var follow bool
+	var follow, previous bool
 	cmd := &cobra.Command{
 		Use:   "logs NAME",
 		Short: "Print a VM's serial console",
 		Long: `Print the serial console output of a VM, as raw bytes, from the worker that
 runs it (through whichever node --addr names). With --follow keep printing as
-the guest writes, until the VM leaves its worker or you press Ctrl-C.`,
+the guest writes, until the VM leaves its worker or you press Ctrl-C. With
+--previous print the log kept from before: the run before the VM's last
+restart, or the part before the log was last rotated (at 16 MiB).`,
 		Args: exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
 			if err := checkVMName(name); err != nil {
 				return err
+			}
+			if follow && previous {
+				return usageError("--follow and --previous do not go together", "the previous log is complete: drop --follow, or drop --previous to follow the current one")
 			}
 			vc, err := a.dialVMs(cmd)
 			if err != nil {
@@ -726,7 +731,7 @@ the guest writes, until the VM leaves its worker or you press Ctrl-C.`,
 				ctx, cancel = context.WithTimeout(ctx, a.timeout)
 			}
 			defer cancel()
-			stream, err := vc.c.VMLogs(ctx, &blixardpb.VMLogsRequest{Name: name, Follow: follow})
+			stream, err := vc.c.VMLogs(ctx, &blixardpb.VMLogsRequest{Name: name, Follow: follow, Previous: previous})
 			out := cmd.OutOrStdout()
 			for err == nil {
 				var c *blixardpb.LogChunk
@@ -746,6 +751,7 @@ the guest writes, until the VM leaves its worker or you press Ctrl-C.`,
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing console output as it is written")
+	cmd.Flags().BoolVar(&previous, "previous", false, "print the previous run's console (or the part before the last rotation)")
 	return cmd
 }
 

@@ -16,6 +16,7 @@ import (
 	pb "github.com/blixard/blixard/api/blixardpb"
 	rpcpb "github.com/blixard/blixard/api/blixardrpc"
 	"github.com/blixard/blixard/internal/state"
+	"github.com/blixard/blixard/internal/vm/qemu"
 )
 
 // ---------------------------------------------------------------------------
@@ -227,6 +228,9 @@ func (a *api) WaitVM(req *pb.WaitVMRequest, stream rpcpb.Cluster_WaitVMServer) e
 // proxied through this node when that is another one.
 func (a *api) VMLogs(req *pb.VMLogsRequest, stream rpcpb.Cluster_VMLogsServer) error {
 	ctx := stream.Context()
+	if req.GetPrevious() && req.GetFollow() {
+		return status.Error(codes.InvalidArgument, "previous: the previous console log is complete; it cannot be followed")
+	}
 	vm, err := a.readVM(ctx, req.GetName())
 	if err != nil {
 		return err
@@ -237,13 +241,13 @@ func (a *api) VMLogs(req *pb.VMLogsRequest, stream rpcpb.Cluster_VMLogsServer) e
 		if req.WorkerId != self || vm.WorkerId != self {
 			return status.Errorf(codes.Unavailable, "vm %s moved from worker %d to worker %d; retry", vm.Spec.Name, req.WorkerId, vm.WorkerId)
 		}
-		return a.s.serveConsole(stream, vm.Spec.Name, req.Follow, req.Offset)
+		return a.s.serveConsole(stream, vm.Spec.Name, req.Follow, req.Offset, req.Previous)
 	}
 	switch vm.WorkerId {
 	case 0:
 		return status.Errorf(codes.FailedPrecondition, "vm %s runs on no worker (it is %s); it has no console log now", vm.Spec.Name, stateWord(vm.State))
 	case self:
-		return a.s.serveConsole(stream, vm.Spec.Name, req.Follow, req.Offset)
+		return a.s.serveConsole(stream, vm.Spec.Name, req.Follow, req.Offset, req.Previous)
 	}
 	m, ok := a.s.sm.Member(vm.WorkerId)
 	if !ok {
@@ -253,7 +257,7 @@ func (a *api) VMLogs(req *pb.VMLogsRequest, stream rpcpb.Cluster_VMLogsServer) e
 	if err != nil {
 		return toStatus(err)
 	}
-	fwd := &pb.VMLogsRequest{Name: req.Name, Follow: req.Follow, Offset: req.Offset, WorkerId: vm.WorkerId}
+	fwd := &pb.VMLogsRequest{Name: req.Name, Follow: req.Follow, Offset: req.Offset, WorkerId: vm.WorkerId, Previous: req.Previous}
 	in, err := rpcpb.NewClusterClient(cc).VMLogs(ctx, fwd)
 	if err != nil {
 		return err
@@ -286,9 +290,19 @@ func stateWord(s pb.VMState) string {
 // With follow it keeps going while the VM stays placed here; a log that
 // shrank (the VM was restarted and its log started again) is read again
 // from the start.
-func (s *Server) serveConsole(stream rpcpb.Cluster_VMLogsServer, name string, follow bool, offset int64) error {
+func (s *Server) serveConsole(stream rpcpb.Cluster_VMLogsServer, name string, follow bool, offset int64, previous bool) error {
 	path, ok, err := s.consoleLog(name)
 	if err != nil {
+		return err
+	}
+	if previous {
+		// The previous part (the last run's log, or what came before the
+		// last rotation) is complete: sent once, never followed.
+		prev := path + qemu.PreviousConsoleSuffix
+		if _, err := os.Stat(prev); !ok || err != nil {
+			return status.Errorf(codes.FailedPrecondition, "vm %s has no previous console log on worker %d: it has not been restarted or rotated there", name, s.cfg.ID)
+		}
+		_, err := sendFile(stream, prev, 0, make([]byte, 64<<10))
 		return err
 	}
 	if !ok && !follow {

@@ -400,7 +400,7 @@ func (d *Driver) launch(ctx context.Context, spec *vm.Spec, p vmPaths, cmdline s
 	}
 	// The previous run's console (how it ended) becomes console.log.1;
 	// this run's starts empty (QEMU appends, so it would not truncate).
-	if err := os.Rename(p.console, p.console+rotatedSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := os.Rename(p.console, p.console+PreviousConsoleSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("keep the previous console log: %w", err)
 	}
 	rec := &record{Version: recordVersion, Spec: *spec, BootID: d.boot, StartedAt: time.Now(), Accel: d.accel}

@@ -589,8 +589,9 @@ func (in *instance) readConsole() {
 	}
 }
 
-// rotatedSuffix names the kept previous part of a console log.
-const rotatedSuffix = ".1"
+// PreviousConsoleSuffix names the kept previous part of a console log
+// (console.log.1): the last run's, or the part before the last rotation.
+const PreviousConsoleSuffix = ".1"
 
 // rotateConsole copies what the monitor has read of console.log to
 // console.log.1 (replacing it) and truncates console.log, as logrotate's
@@ -603,7 +604,7 @@ func (in *instance) rotateConsole() {
 			in.d.log.Warn("cannot rotate console log", "id", in.id, "step", what, "err", err)
 		}
 	}
-	tmp := src + rotatedSuffix + ".tmp"
+	tmp := src + PreviousConsoleSuffix + ".tmp"
 	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		warn("create", err)
@@ -614,7 +615,7 @@ func (in *instance) rotateConsole() {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, src+rotatedSuffix)
+		err = os.Rename(tmp, src+PreviousConsoleSuffix)
 	}
 	if err != nil {
 		_ = os.Remove(tmp)
