@@ -427,15 +427,18 @@ func (n *node) schedKick() {
 // PlaceTasks proposal, and no new pass until it is applied.
 func (n *node) schedPass() {
 	s := n.s
+	if n.schedBusy {
+		return // the pass in flight runs another when it is done (schedDue)
+	}
+	// Cleared before the leader check: a kick that finds the node no
+	// longer leading must not leave schedDue set, or no later kick would
+	// schedule a pass (the server's loop has no such flag).
+	n.schedDue = false
 	if !n.core.IsLeader() {
 		n.backoffs.Reset()
 		n.setSchedWake(time.Time{})
 		return
 	}
-	if n.schedBusy {
-		return
-	}
-	n.schedDue = false
 	// The server's pass: tasks and VMs together.
 	now := n.localNow()
 	view := n.sm.ForScheduling()
