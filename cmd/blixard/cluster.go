@@ -123,10 +123,16 @@ func (a *app) printStatus(cmd *cobra.Command, resp *blixardpb.StatusResponse) er
 
 // parseMemberID parses a member ID argument.
 func parseMemberID(cmd *cobra.Command, s string) (uint64, error) {
+	return parseID(cmd, s, "list members with 'blixard cluster status'")
+}
+
+// parseID parses a node ID argument (members and workers share IDs); hint
+// says where to find one.
+func parseID(cmd *cobra.Command, s, hint string) (uint64, error) {
 	id, err := strconv.ParseUint(s, 10, 64)
 	if err != nil || id == 0 {
 		return 0, usageError(fmt.Sprintf("ID must be a positive integer (got %q)", s),
-			fmt.Sprintf("usage: %s ID; list members with 'blixard cluster status'", cmd.CommandPath()))
+			fmt.Sprintf("usage: %s ID; %s", cmd.CommandPath(), hint))
 	}
 	return id, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -18,12 +17,7 @@ import (
 
 // parseWorkerID parses a worker ID argument.
 func parseWorkerID(cmd *cobra.Command, s string) (uint64, error) {
-	id, err := strconv.ParseUint(s, 10, 64)
-	if err != nil || id == 0 {
-		return 0, usageError(fmt.Sprintf("ID must be a positive integer (got %q)", s),
-			fmt.Sprintf("usage: %s ID; list workers with 'blixard worker list'", cmd.CommandPath()))
-	}
-	return id, nil
+	return parseID(cmd, s, "list workers with 'blixard worker list'")
 }
 
 // cordonJSON is the JSON form of 'worker cordon', 'uncordon' and 'drain'.
