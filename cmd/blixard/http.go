@@ -21,11 +21,7 @@ const httpAddrUsage = "`HOST:PORT` serving /metrics, /healthz, /readyz and the d
 func resolveHTTPAddr(fs *pflag.FlagSet, value, listen string) (string, error) {
 	lhost, lport, _ := net.SplitHostPort(listen)
 	if !fs.Changed("http-addr") {
-		p, _ := strconv.Atoi(lport)
-		if p == 0 {
-			// --listen on an ephemeral port: HTTP on one too, not on port 80.
-			return net.JoinHostPort(lhost, "0"), nil
-		}
+		p, _ := strconv.Atoi(lport) // 1..65535: --listen was checked
 		if p+httpPortOffset > 65535 {
 			return "", usageError(fmt.Sprintf("--http-addr has no default for --listen %s (port + %d is past 65535)", listen, httpPortOffset),
 				"pass --http-addr HOST:PORT, or --http-addr off")

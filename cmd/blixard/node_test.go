@@ -219,13 +219,6 @@ func TestNodeHTTPAddr(t *testing.T) {
 			t.Errorf("%s: HTTPAddr = %q, want %q", tc.flag, got, tc.want)
 		}
 	}
-	// An ephemeral --listen port gets an ephemeral HTTP port, not port 80.
-	h := newHarness(t)
-	if code := h.run("node", "--id", "1", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--bootstrap"); code == exitOK {
-		if got := h.startedConfigs()[0].HTTPAddr; got != "127.0.0.1:0" {
-			t.Errorf("--listen 127.0.0.1:0: HTTPAddr = %q, want 127.0.0.1:0", got)
-		}
-	}
 }
 
 func TestNodeNonWorkerSkipsDetection(t *testing.T) {

@@ -46,11 +46,16 @@ type backoffSight struct {
 func (b *Backoffs) Apply(now time.Time, v *state.SchedulingView) {
 	live := b.started
 	b.started = true
-	next := make(map[backoffKey]backoffSight, len(b.seen))
+	// Built on the first retry in backoff: most passes have none, and
+	// this runs on every pass.
+	var next map[backoffKey]backoffSight
 	for i := range v.Pending {
 		t := &v.Pending[i]
 		if t.NotBefore == 0 {
 			continue
+		}
+		if next == nil {
+			next = make(map[backoffKey]backoffSight, len(b.seen))
 		}
 		k := backoffKey{t.ID, t.Attempt}
 		sight, ok := b.seen[k]

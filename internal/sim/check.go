@@ -267,7 +267,7 @@ func (c *checker) capacity(n *node, m *state.Machine, worker uint64) {
 		mem += r.GetMemoryMib()
 		vms++
 		for _, p := range v.Spec.GetPorts() {
-			k := fmt.Sprintf("%d/%s", p.GetHostPort(), p.GetProtocol())
+			k := state.HostPortKey(p)
 			if other, ok := ports[k]; ok {
 				c.s.violate("capacity", "n%d: worker %d holds vm %s and vm %s, which both forward host port %s", n.id, worker, other, v.Spec.GetName(), k)
 			}

@@ -638,7 +638,7 @@ func portsTakenEverywhere(m *state.Machine, spec *pb.VMSpec) bool {
 		}
 		taken := false
 		for _, p := range spec.GetPorts() {
-			if _, ok := v.HostPorts[w.Id][fmt.Sprintf("%d/%s", p.GetHostPort(), p.GetProtocol())]; ok {
+			if _, ok := v.HostPorts[w.Id][state.HostPortKey(p)]; ok {
 				taken = true
 			}
 		}

@@ -221,12 +221,14 @@ func (m *Machine) setVMWorker(vm *pb.VM, w uint64) {
 func hostPorts(s *pb.VMSpec) []string {
 	var out []string
 	for _, p := range s.GetPorts() {
-		out = append(out, hostPort(p))
+		out = append(out, HostPortKey(p))
 	}
 	return out
 }
 
-func hostPort(p *pb.PortForward) string {
+// HostPortKey names the host port p forwards, as "PORT/PROTOCOL" (tcp
+// when unset): the key of SchedulingView.HostPorts.
+func HostPortKey(p *pb.PortForward) string {
 	proto := p.GetProtocol()
 	if proto == "" {
 		proto = "tcp"
@@ -261,8 +263,8 @@ func (m *Machine) vmHostPorts() map[uint64]map[string]string {
 			out[vm.WorkerId] = ports
 		}
 		for _, p := range vm.Spec.Ports {
-			if _, ok := ports[hostPort(p)]; !ok {
-				ports[hostPort(p)] = name
+			if _, ok := ports[HostPortKey(p)]; !ok {
+				ports[HostPortKey(p)] = name
 			}
 		}
 	}
