@@ -118,4 +118,3 @@ func exists(p string) (bool, error) {
 	}
 	return false, fmt.Errorf("check %s: %w", p, err)
 }
-
