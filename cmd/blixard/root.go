@@ -111,6 +111,7 @@ Start a throwaway single-node cluster with 'blixard dev', then try
 		a.newTaskCmd(),
 		a.newVMCmd(),
 		a.newImageCmd(),
+		a.newTLSCmd(),
 		newVMGuardCmd(),
 	)
 	return root
