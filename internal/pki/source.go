@@ -214,6 +214,9 @@ func (s *Source) serverConfig(auth tls.ClientAuthType, protos []string) *tls.Con
 				ClientCAs:    m.pool,
 				ClientAuth:   auth,
 				NextProtos:   protos,
+				// A resumed session would skip verifying the client's
+				// chain against the current pool (after a CA change).
+				SessionTicketsDisabled: true,
 			}, nil
 		},
 	}
