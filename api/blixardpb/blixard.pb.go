@@ -1212,6 +1212,9 @@ type Task struct {
 	// pending_reason says why a pending task is not placed (the leader's last
 	// scheduling pass). Filled in API responses only; never stored.
 	PendingReason string `protobuf:"bytes,13,opt,name=pending_reason,json=pendingReason,proto3" json:"pending_reason,omitempty"`
+	// owner is the accessor of the token that submitted the task ("" when the
+	// cluster runs without authentication, or a node submitted it).
+	Owner         string `protobuf:"bytes,14,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1333,6 +1336,13 @@ func (x *Task) GetFinishedAtUnixNano() int64 {
 func (x *Task) GetPendingReason() string {
 	if x != nil {
 		return x.PendingReason
+	}
+	return ""
+}
+
+func (x *Task) GetOwner() string {
+	if x != nil {
+		return x.Owner
 	}
 	return ""
 }
@@ -1558,8 +1568,10 @@ type VM struct {
 	// generation_restarts is the restarts by policy in the current
 	// generation, as its worker last reported them (included in restarts).
 	GenerationRestarts uint32 `protobuf:"varint,13,opt,name=generation_restarts,json=generationRestarts,proto3" json:"generation_restarts,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// owner is the accessor of the token that created the VM (see Task.owner).
+	Owner         string `protobuf:"bytes,14,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VM) Reset() {
@@ -1683,6 +1695,116 @@ func (x *VM) GetGenerationRestarts() uint32 {
 	return 0
 }
 
+func (x *VM) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+// Token is one bearer token. The secret itself is never stored: only its
+// SHA-256. Revoked and expired tokens are kept (they are refused), so the
+// table also records that the cluster was bootstrapped.
+type Token struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Accessor          string                 `protobuf:"bytes,1,opt,name=accessor,proto3" json:"accessor,omitempty"`                             // public ID; the token is "bxt_<accessor>_<secret>"
+	SecretSha256      []byte                 `protobuf:"bytes,2,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"` // never leaves the state machine in API answers
+	Policy            string                 `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`                                 // management, operator, submit or read
+	Name              string                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`                                     // the operator's label
+	CreatedAtUnixNano int64                  `protobuf:"varint,5,opt,name=created_at_unix_nano,json=createdAtUnixNano,proto3" json:"created_at_unix_nano,omitempty"`
+	ExpiresAtUnixNano int64                  `protobuf:"varint,6,opt,name=expires_at_unix_nano,json=expiresAtUnixNano,proto3" json:"expires_at_unix_nano,omitempty"` // 0: never
+	RevokedAtUnixNano int64                  `protobuf:"varint,7,opt,name=revoked_at_unix_nano,json=revokedAtUnixNano,proto3" json:"revoked_at_unix_nano,omitempty"` // 0: not revoked
+	CreatedBy         string                 `protobuf:"bytes,8,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`                              // accessor of the creating token; "bootstrap" for the first
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Token) Reset() {
+	*x = Token{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Token) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Token) ProtoMessage() {}
+
+func (x *Token) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Token.ProtoReflect.Descriptor instead.
+func (*Token) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Token) GetAccessor() string {
+	if x != nil {
+		return x.Accessor
+	}
+	return ""
+}
+
+func (x *Token) GetSecretSha256() []byte {
+	if x != nil {
+		return x.SecretSha256
+	}
+	return nil
+}
+
+func (x *Token) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *Token) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Token) GetCreatedAtUnixNano() int64 {
+	if x != nil {
+		return x.CreatedAtUnixNano
+	}
+	return 0
+}
+
+func (x *Token) GetExpiresAtUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresAtUnixNano
+	}
+	return 0
+}
+
+func (x *Token) GetRevokedAtUnixNano() int64 {
+	if x != nil {
+		return x.RevokedAtUnixNano
+	}
+	return 0
+}
+
+func (x *Token) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
 // StateSnapshot is the whole replicated state; it is the data of a raft
 // snapshot.
 type StateSnapshot struct {
@@ -1694,13 +1816,14 @@ type StateSnapshot struct {
 	Kvs            []*KV                  `protobuf:"bytes,5,rep,name=kvs,proto3" json:"kvs,omitempty"`
 	Tasks          []*Task                `protobuf:"bytes,6,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	Vms            []*VM                  `protobuf:"bytes,7,rep,name=vms,proto3" json:"vms,omitempty"`
+	Tokens         []*Token               `protobuf:"bytes,8,rep,name=tokens,proto3" json:"tokens,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StateSnapshot) Reset() {
 	*x = StateSnapshot{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1835,7 @@ func (x *StateSnapshot) String() string {
 func (*StateSnapshot) ProtoMessage() {}
 
 func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[12]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1848,7 @@ func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateSnapshot.ProtoReflect.Descriptor instead.
 func (*StateSnapshot) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{12}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StateSnapshot) GetMembers() []*Member {
@@ -1777,6 +1900,13 @@ func (x *StateSnapshot) GetVms() []*VM {
 	return nil
 }
 
+func (x *StateSnapshot) GetTokens() []*Token {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Op:
@@ -1800,6 +1930,8 @@ type Command struct {
 	//	*Command_PlaceVms
 	//	*Command_ReportVm
 	//	*Command_ReleaseVms
+	//	*Command_CreateToken
+	//	*Command_RevokeToken
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1807,7 +1939,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1819,7 +1951,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[13]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1832,7 +1964,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{13}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Command) GetOp() isCommand_Op {
@@ -2013,6 +2145,24 @@ func (x *Command) GetReleaseVms() *ReleaseVMs {
 	return nil
 }
 
+func (x *Command) GetCreateToken() *CreateToken {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CreateToken); ok {
+			return x.CreateToken
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRevokeToken() *RevokeToken {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RevokeToken); ok {
+			return x.RevokeToken
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -2094,6 +2244,15 @@ type Command_ReleaseVms struct {
 	ReleaseVms *ReleaseVMs `protobuf:"bytes,34,opt,name=release_vms,json=releaseVms,proto3,oneof"`
 }
 
+type Command_CreateToken struct {
+	// 40..49: access control.
+	CreateToken *CreateToken `protobuf:"bytes,40,opt,name=create_token,json=createToken,proto3,oneof"`
+}
+
+type Command_RevokeToken struct {
+	RevokeToken *RevokeToken `protobuf:"bytes,41,opt,name=revoke_token,json=revokeToken,proto3,oneof"`
+}
+
 func (*Command_RegisterWorker) isCommand_Op() {}
 
 func (*Command_SetWorkerState) isCommand_Op() {}
@@ -2132,19 +2291,132 @@ func (*Command_ReportVm) isCommand_Op() {}
 
 func (*Command_ReleaseVms) isCommand_Op() {}
 
+func (*Command_CreateToken) isCommand_Op() {}
+
+func (*Command_RevokeToken) isCommand_Op() {}
+
+// CreateToken adds a token. With bootstrap it is refused when the token
+// table is not empty (the cluster was bootstrapped already).
+type CreateToken struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *Token                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Bootstrap     bool                   `protobuf:"varint,2,opt,name=bootstrap,proto3" json:"bootstrap,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateToken) Reset() {
+	*x = CreateToken{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateToken) ProtoMessage() {}
+
+func (x *CreateToken) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateToken.ProtoReflect.Descriptor instead.
+func (*CreateToken) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CreateToken) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *CreateToken) GetBootstrap() bool {
+	if x != nil {
+		return x.Bootstrap
+	}
+	return false
+}
+
+// RevokeToken marks a token revoked; it is refused on every node from the
+// entry's application on.
+type RevokeToken struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Accessor      string                 `protobuf:"bytes,1,opt,name=accessor,proto3" json:"accessor,omitempty"`
+	NowUnixNano   int64                  `protobuf:"varint,2,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeToken) Reset() {
+	*x = RevokeToken{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeToken) ProtoMessage() {}
+
+func (x *RevokeToken) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeToken.ProtoReflect.Descriptor instead.
+func (*RevokeToken) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RevokeToken) GetAccessor() string {
+	if x != nil {
+		return x.Accessor
+	}
+	return ""
+}
+
+func (x *RevokeToken) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
+
 // CreateVM adds a VM (desired running, state pending). A duplicate name is
 // an error and changes nothing.
 type CreateVM struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          *VMSpec                `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
 	NowUnixNano   int64                  `protobuf:"varint,2,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	Owner         string                 `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"` // accessor of the creating token
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateVM) Reset() {
 	*x = CreateVM{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2156,7 +2428,7 @@ func (x *CreateVM) String() string {
 func (*CreateVM) ProtoMessage() {}
 
 func (x *CreateVM) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[14]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2169,7 +2441,7 @@ func (x *CreateVM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVM.ProtoReflect.Descriptor instead.
 func (*CreateVM) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{14}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CreateVM) GetSpec() *VMSpec {
@@ -2186,6 +2458,13 @@ func (x *CreateVM) GetNowUnixNano() int64 {
 	return 0
 }
 
+func (x *CreateVM) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
 // SetVMDesired changes what the user wants. restart bumps restart_seq.
 // DELETED on a VM with no worker (or a down worker) removes it at once.
 type SetVMDesired struct {
@@ -2200,7 +2479,7 @@ type SetVMDesired struct {
 
 func (x *SetVMDesired) Reset() {
 	*x = SetVMDesired{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2491,7 @@ func (x *SetVMDesired) String() string {
 func (*SetVMDesired) ProtoMessage() {}
 
 func (x *SetVMDesired) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[15]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2225,7 +2504,7 @@ func (x *SetVMDesired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVMDesired.ProtoReflect.Descriptor instead.
 func (*SetVMDesired) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{15}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetVMDesired) GetName() string {
@@ -2273,7 +2552,7 @@ type ReleaseVMs struct {
 
 func (x *ReleaseVMs) Reset() {
 	*x = ReleaseVMs{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2285,7 +2564,7 @@ func (x *ReleaseVMs) String() string {
 func (*ReleaseVMs) ProtoMessage() {}
 
 func (x *ReleaseVMs) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[16]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2298,7 +2577,7 @@ func (x *ReleaseVMs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVMs.ProtoReflect.Descriptor instead.
 func (*ReleaseVMs) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{16}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReleaseVMs) GetWorkerId() uint64 {
@@ -2326,7 +2605,7 @@ type VMPlacement struct {
 
 func (x *VMPlacement) Reset() {
 	*x = VMPlacement{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2338,7 +2617,7 @@ func (x *VMPlacement) String() string {
 func (*VMPlacement) ProtoMessage() {}
 
 func (x *VMPlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[17]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2351,7 +2630,7 @@ func (x *VMPlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMPlacement.ProtoReflect.Descriptor instead.
 func (*VMPlacement) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{17}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *VMPlacement) GetName() string {
@@ -2386,7 +2665,7 @@ type PlaceVMs struct {
 
 func (x *PlaceVMs) Reset() {
 	*x = PlaceVMs{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2398,7 +2677,7 @@ func (x *PlaceVMs) String() string {
 func (*PlaceVMs) ProtoMessage() {}
 
 func (x *PlaceVMs) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[18]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2411,7 +2690,7 @@ func (x *PlaceVMs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceVMs.ProtoReflect.Descriptor instead.
 func (*PlaceVMs) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{18}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PlaceVMs) GetPlacements() []*VMPlacement {
@@ -2454,7 +2733,7 @@ type ReportVM struct {
 
 func (x *ReportVM) Reset() {
 	*x = ReportVM{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2466,7 +2745,7 @@ func (x *ReportVM) String() string {
 func (*ReportVM) ProtoMessage() {}
 
 func (x *ReportVM) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[19]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2479,7 +2758,7 @@ func (x *ReportVM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportVM.ProtoReflect.Descriptor instead.
 func (*ReportVM) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{19}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReportVM) GetName() string {
@@ -2557,7 +2836,7 @@ type PurgeTasks struct {
 
 func (x *PurgeTasks) Reset() {
 	*x = PurgeTasks{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2569,7 +2848,7 @@ func (x *PurgeTasks) String() string {
 func (*PurgeTasks) ProtoMessage() {}
 
 func (x *PurgeTasks) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[20]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2582,7 +2861,7 @@ func (x *PurgeTasks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeTasks.ProtoReflect.Descriptor instead.
 func (*PurgeTasks) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{20}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PurgeTasks) GetFinishedBeforeUnixNano() int64 {
@@ -2597,13 +2876,14 @@ type SubmitTask struct {
 	Spec           *TaskSpec              `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
 	IdempotencyKey string                 `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	NowUnixNano    int64                  `protobuf:"varint,3,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	Owner          string                 `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"` // accessor of the submitting token
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SubmitTask) Reset() {
 	*x = SubmitTask{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2615,7 +2895,7 @@ func (x *SubmitTask) String() string {
 func (*SubmitTask) ProtoMessage() {}
 
 func (x *SubmitTask) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[21]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2628,7 +2908,7 @@ func (x *SubmitTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitTask.ProtoReflect.Descriptor instead.
 func (*SubmitTask) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{21}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SubmitTask) GetSpec() *TaskSpec {
@@ -2652,6 +2932,13 @@ func (x *SubmitTask) GetNowUnixNano() int64 {
 	return 0
 }
 
+func (x *SubmitTask) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
 type Placement struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
@@ -2663,7 +2950,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2675,7 +2962,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[22]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2688,7 +2975,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{22}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Placement) GetTaskId() string {
@@ -2723,7 +3010,7 @@ type PlaceTasks struct {
 
 func (x *PlaceTasks) Reset() {
 	*x = PlaceTasks{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2735,7 +3022,7 @@ func (x *PlaceTasks) String() string {
 func (*PlaceTasks) ProtoMessage() {}
 
 func (x *PlaceTasks) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[23]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2748,7 +3035,7 @@ func (x *PlaceTasks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceTasks.ProtoReflect.Descriptor instead.
 func (*PlaceTasks) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{23}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PlaceTasks) GetPlacements() []*Placement {
@@ -2777,7 +3064,7 @@ type TaskStarted struct {
 
 func (x *TaskStarted) Reset() {
 	*x = TaskStarted{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2789,7 +3076,7 @@ func (x *TaskStarted) String() string {
 func (*TaskStarted) ProtoMessage() {}
 
 func (x *TaskStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[24]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2802,7 +3089,7 @@ func (x *TaskStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStarted.ProtoReflect.Descriptor instead.
 func (*TaskStarted) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{24}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TaskStarted) GetTaskId() string {
@@ -2846,7 +3133,7 @@ type TaskFinished struct {
 
 func (x *TaskFinished) Reset() {
 	*x = TaskFinished{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2858,7 +3145,7 @@ func (x *TaskFinished) String() string {
 func (*TaskFinished) ProtoMessage() {}
 
 func (x *TaskFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[25]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2871,7 +3158,7 @@ func (x *TaskFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskFinished.ProtoReflect.Descriptor instead.
 func (*TaskFinished) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{25}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TaskFinished) GetTaskId() string {
@@ -2919,7 +3206,7 @@ type CancelTask struct {
 
 func (x *CancelTask) Reset() {
 	*x = CancelTask{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2931,7 +3218,7 @@ func (x *CancelTask) String() string {
 func (*CancelTask) ProtoMessage() {}
 
 func (x *CancelTask) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[26]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2944,7 +3231,7 @@ func (x *CancelTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTask.ProtoReflect.Descriptor instead.
 func (*CancelTask) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{26}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CancelTask) GetTaskId() string {
@@ -2973,7 +3260,7 @@ type SetWorkerSchedulable struct {
 
 func (x *SetWorkerSchedulable) Reset() {
 	*x = SetWorkerSchedulable{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2985,7 +3272,7 @@ func (x *SetWorkerSchedulable) String() string {
 func (*SetWorkerSchedulable) ProtoMessage() {}
 
 func (x *SetWorkerSchedulable) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[27]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2998,7 +3285,7 @@ func (x *SetWorkerSchedulable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetWorkerSchedulable.ProtoReflect.Descriptor instead.
 func (*SetWorkerSchedulable) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{27}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetWorkerSchedulable) GetWorkerId() uint64 {
@@ -3043,7 +3330,7 @@ type CordonWorker struct {
 
 func (x *CordonWorker) Reset() {
 	*x = CordonWorker{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3055,7 +3342,7 @@ func (x *CordonWorker) String() string {
 func (*CordonWorker) ProtoMessage() {}
 
 func (x *CordonWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[28]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3068,7 +3355,7 @@ func (x *CordonWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonWorker.ProtoReflect.Descriptor instead.
 func (*CordonWorker) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{28}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CordonWorker) GetWorkerId() uint64 {
@@ -3112,7 +3399,7 @@ type ReconcileWorker struct {
 
 func (x *ReconcileWorker) Reset() {
 	*x = ReconcileWorker{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3124,7 +3411,7 @@ func (x *ReconcileWorker) String() string {
 func (*ReconcileWorker) ProtoMessage() {}
 
 func (x *ReconcileWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[29]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3137,7 +3424,7 @@ func (x *ReconcileWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileWorker.ProtoReflect.Descriptor instead.
 func (*ReconcileWorker) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{29}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReconcileWorker) GetWorkerId() uint64 {
@@ -3171,7 +3458,7 @@ type RegisterWorker struct {
 
 func (x *RegisterWorker) Reset() {
 	*x = RegisterWorker{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3183,7 +3470,7 @@ func (x *RegisterWorker) String() string {
 func (*RegisterWorker) ProtoMessage() {}
 
 func (x *RegisterWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[30]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3196,7 +3483,7 @@ func (x *RegisterWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterWorker.ProtoReflect.Descriptor instead.
 func (*RegisterWorker) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{30}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RegisterWorker) GetWorker() *Worker {
@@ -3224,7 +3511,7 @@ type SetWorkerState struct {
 
 func (x *SetWorkerState) Reset() {
 	*x = SetWorkerState{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3236,7 +3523,7 @@ func (x *SetWorkerState) String() string {
 func (*SetWorkerState) ProtoMessage() {}
 
 func (x *SetWorkerState) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[31]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3249,7 +3536,7 @@ func (x *SetWorkerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetWorkerState.ProtoReflect.Descriptor instead.
 func (*SetWorkerState) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{31}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SetWorkerState) GetWorkerId() uint64 {
@@ -3282,7 +3569,7 @@ type ReportWorkerUsage struct {
 
 func (x *ReportWorkerUsage) Reset() {
 	*x = ReportWorkerUsage{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3294,7 +3581,7 @@ func (x *ReportWorkerUsage) String() string {
 func (*ReportWorkerUsage) ProtoMessage() {}
 
 func (x *ReportWorkerUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[32]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3307,7 +3594,7 @@ func (x *ReportWorkerUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportWorkerUsage.ProtoReflect.Descriptor instead.
 func (*ReportWorkerUsage) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{32}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ReportWorkerUsage) GetStatus() *WorkerStatus {
@@ -3327,7 +3614,7 @@ type Put struct {
 
 func (x *Put) Reset() {
 	*x = Put{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3339,7 +3626,7 @@ func (x *Put) String() string {
 func (*Put) ProtoMessage() {}
 
 func (x *Put) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[33]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3352,7 +3639,7 @@ func (x *Put) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Put.ProtoReflect.Descriptor instead.
 func (*Put) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{33}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Put) GetKey() string {
@@ -3378,7 +3665,7 @@ type Delete struct {
 
 func (x *Delete) Reset() {
 	*x = Delete{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3390,7 +3677,7 @@ func (x *Delete) String() string {
 func (*Delete) ProtoMessage() {}
 
 func (x *Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[34]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3403,7 +3690,7 @@ func (x *Delete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delete.ProtoReflect.Descriptor instead.
 func (*Delete) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{34}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Delete) GetKey() string {
@@ -3426,7 +3713,7 @@ type MemberContext struct {
 
 func (x *MemberContext) Reset() {
 	*x = MemberContext{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3438,7 +3725,7 @@ func (x *MemberContext) String() string {
 func (*MemberContext) ProtoMessage() {}
 
 func (x *MemberContext) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[35]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3451,7 +3738,7 @@ func (x *MemberContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberContext.ProtoReflect.Descriptor instead.
 func (*MemberContext) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{35}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MemberContext) GetMember() *Member {
@@ -3484,7 +3771,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3496,7 +3783,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[36]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3509,7 +3796,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{36}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RaftBatch) GetMessages() [][]byte {
@@ -3527,7 +3814,7 @@ type SendAck struct {
 
 func (x *SendAck) Reset() {
 	*x = SendAck{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3539,7 +3826,7 @@ func (x *SendAck) String() string {
 func (*SendAck) ProtoMessage() {}
 
 func (x *SendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[37]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3552,7 +3839,7 @@ func (x *SendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendAck.ProtoReflect.Descriptor instead.
 func (*SendAck) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{37}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{40}
 }
 
 type SnapshotChunk struct {
@@ -3572,7 +3859,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3584,7 +3871,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[38]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3597,7 +3884,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{38}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SnapshotChunk) GetHeader() []byte {
@@ -3652,7 +3939,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3664,7 +3951,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[39]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3677,7 +3964,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{39}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *StatusRequest) GetLocal() bool {
@@ -3702,7 +3989,7 @@ type MemberStatus struct {
 
 func (x *MemberStatus) Reset() {
 	*x = MemberStatus{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3714,7 +4001,7 @@ func (x *MemberStatus) String() string {
 func (*MemberStatus) ProtoMessage() {}
 
 func (x *MemberStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[40]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3727,7 +4014,7 @@ func (x *MemberStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberStatus.ProtoReflect.Descriptor instead.
 func (*MemberStatus) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{40}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *MemberStatus) GetId() uint64 {
@@ -3781,7 +4068,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3793,7 +4080,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[41]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3806,7 +4093,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{41}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *StatusResponse) GetNodeId() uint64 {
@@ -3868,7 +4155,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3880,7 +4167,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[42]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3893,7 +4180,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{42}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *JoinRequest) GetId() uint64 {
@@ -3911,15 +4198,19 @@ func (x *JoinRequest) GetAddr() string {
 }
 
 type JoinResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Members       []*Member              `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Members []*Member              `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	// leader_addr is set (and members empty) when the answering node is not
+	// the leader: the joining node asks again there. Joins are not forwarded,
+	// so the leader sees the joining node's own certificate.
+	LeaderAddr    string `protobuf:"bytes,2,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3931,7 +4222,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[43]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3944,7 +4235,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{43}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -3952,6 +4243,13 @@ func (x *JoinResponse) GetMembers() []*Member {
 		return x.Members
 	}
 	return nil
+}
+
+func (x *JoinResponse) GetLeaderAddr() string {
+	if x != nil {
+		return x.LeaderAddr
+	}
+	return ""
 }
 
 type RemoveMemberRequest struct {
@@ -3963,7 +4261,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3975,7 +4273,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[44]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3988,7 +4286,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{44}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RemoveMemberRequest) GetId() uint64 {
@@ -4006,7 +4304,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4018,7 +4316,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[45]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4031,7 +4329,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{45}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{48}
 }
 
 type TransferLeaderRequest struct {
@@ -4043,7 +4341,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4055,7 +4353,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[46]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4068,7 +4366,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{46}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *TransferLeaderRequest) GetId() uint64 {
@@ -4087,7 +4385,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4099,7 +4397,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[47]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4112,7 +4410,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{47}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *TransferLeaderResponse) GetLeader() uint64 {
@@ -4130,7 +4428,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4142,7 +4440,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[48]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4155,7 +4453,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{48}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{51}
 }
 
 type WorkerInfo struct {
@@ -4170,7 +4468,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4182,7 +4480,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[49]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4195,7 +4493,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{49}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *WorkerInfo) GetWorker() *Worker {
@@ -4228,7 +4526,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4240,7 +4538,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[50]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4253,7 +4551,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{50}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
@@ -4274,7 +4572,7 @@ type CordonWorkerRequest struct {
 
 func (x *CordonWorkerRequest) Reset() {
 	*x = CordonWorkerRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4286,7 +4584,7 @@ func (x *CordonWorkerRequest) String() string {
 func (*CordonWorkerRequest) ProtoMessage() {}
 
 func (x *CordonWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[51]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4299,7 +4597,7 @@ func (x *CordonWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonWorkerRequest.ProtoReflect.Descriptor instead.
 func (*CordonWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{51}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *CordonWorkerRequest) GetWorkerId() uint64 {
@@ -4332,7 +4630,7 @@ type CordonWorkerResponse struct {
 
 func (x *CordonWorkerResponse) Reset() {
 	*x = CordonWorkerResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4344,7 +4642,7 @@ func (x *CordonWorkerResponse) String() string {
 func (*CordonWorkerResponse) ProtoMessage() {}
 
 func (x *CordonWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[52]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4357,7 +4655,7 @@ func (x *CordonWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonWorkerResponse.ProtoReflect.Descriptor instead.
 func (*CordonWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{52}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CordonWorkerResponse) GetWorker() *Worker {
@@ -4376,7 +4674,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4388,7 +4686,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[53]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4401,7 +4699,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{53}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *HeartbeatRequest) GetWorkerId() uint64 {
@@ -4428,7 +4726,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4440,7 +4738,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[54]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4453,7 +4751,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{54}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *HeartbeatResponse) GetLeader() uint64 {
@@ -4494,7 +4792,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4506,7 +4804,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[55]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4519,7 +4817,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{55}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *PutRequest) GetKey() string {
@@ -4545,7 +4843,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[56]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4557,7 +4855,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[56]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4570,7 +4868,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{56}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *PutResponse) GetIndex() uint64 {
@@ -4591,7 +4889,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[57]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4603,7 +4901,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[57]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4616,7 +4914,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{57}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *GetRequest) GetKey() string {
@@ -4644,7 +4942,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[58]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4656,7 +4954,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[58]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4669,7 +4967,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{58}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *GetResponse) GetFound() bool {
@@ -4705,7 +5003,7 @@ type SubmitTaskRequest struct {
 
 func (x *SubmitTaskRequest) Reset() {
 	*x = SubmitTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[59]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4717,7 +5015,7 @@ func (x *SubmitTaskRequest) String() string {
 func (*SubmitTaskRequest) ProtoMessage() {}
 
 func (x *SubmitTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[59]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4730,7 +5028,7 @@ func (x *SubmitTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitTaskRequest.ProtoReflect.Descriptor instead.
 func (*SubmitTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{59}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *SubmitTaskRequest) GetSpec() *TaskSpec {
@@ -4756,7 +5054,7 @@ type TaskResponse struct {
 
 func (x *TaskResponse) Reset() {
 	*x = TaskResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[60]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4768,7 +5066,7 @@ func (x *TaskResponse) String() string {
 func (*TaskResponse) ProtoMessage() {}
 
 func (x *TaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[60]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4781,7 +5079,7 @@ func (x *TaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskResponse.ProtoReflect.Descriptor instead.
 func (*TaskResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{60}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *TaskResponse) GetTask() *Task {
@@ -4800,7 +5098,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[61]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4812,7 +5110,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[61]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4825,7 +5123,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{61}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *GetTaskRequest) GetId() string {
@@ -4844,7 +5142,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[62]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4856,7 +5154,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[62]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4869,7 +5167,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{62}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ListTasksRequest) GetState() TaskState {
@@ -4888,7 +5186,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[63]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4900,7 +5198,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[63]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4913,7 +5211,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{63}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -4932,7 +5230,7 @@ type CancelTaskRequest struct {
 
 func (x *CancelTaskRequest) Reset() {
 	*x = CancelTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[64]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4944,7 +5242,7 @@ func (x *CancelTaskRequest) String() string {
 func (*CancelTaskRequest) ProtoMessage() {}
 
 func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[64]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4957,7 +5255,7 @@ func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskRequest.ProtoReflect.Descriptor instead.
 func (*CancelTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{64}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *CancelTaskRequest) GetId() string {
@@ -4976,7 +5274,7 @@ type WaitTaskRequest struct {
 
 func (x *WaitTaskRequest) Reset() {
 	*x = WaitTaskRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[65]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4988,7 +5286,7 @@ func (x *WaitTaskRequest) String() string {
 func (*WaitTaskRequest) ProtoMessage() {}
 
 func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[65]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5001,7 +5299,7 @@ func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitTaskRequest.ProtoReflect.Descriptor instead.
 func (*WaitTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{65}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *WaitTaskRequest) GetId() string {
@@ -5024,7 +5322,7 @@ type TaskLogsRequest struct {
 
 func (x *TaskLogsRequest) Reset() {
 	*x = TaskLogsRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[66]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5036,7 +5334,7 @@ func (x *TaskLogsRequest) String() string {
 func (*TaskLogsRequest) ProtoMessage() {}
 
 func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[66]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5049,7 +5347,7 @@ func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskLogsRequest.ProtoReflect.Descriptor instead.
 func (*TaskLogsRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{66}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *TaskLogsRequest) GetId() string {
@@ -5096,7 +5394,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[67]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5108,7 +5406,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[67]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5121,7 +5419,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{67}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *LogChunk) GetData() []byte {
@@ -5140,7 +5438,7 @@ type CreateVMRequest struct {
 
 func (x *CreateVMRequest) Reset() {
 	*x = CreateVMRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[68]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5152,7 +5450,7 @@ func (x *CreateVMRequest) String() string {
 func (*CreateVMRequest) ProtoMessage() {}
 
 func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[68]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5165,7 +5463,7 @@ func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVMRequest.ProtoReflect.Descriptor instead.
 func (*CreateVMRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{68}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *CreateVMRequest) GetSpec() *VMSpec {
@@ -5186,7 +5484,7 @@ type VMResponse struct {
 
 func (x *VMResponse) Reset() {
 	*x = VMResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[69]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5198,7 +5496,7 @@ func (x *VMResponse) String() string {
 func (*VMResponse) ProtoMessage() {}
 
 func (x *VMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[69]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5211,7 +5509,7 @@ func (x *VMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMResponse.ProtoReflect.Descriptor instead.
 func (*VMResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{69}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *VMResponse) GetVm() *VM {
@@ -5237,7 +5535,7 @@ type GetVMRequest struct {
 
 func (x *GetVMRequest) Reset() {
 	*x = GetVMRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[70]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5249,7 +5547,7 @@ func (x *GetVMRequest) String() string {
 func (*GetVMRequest) ProtoMessage() {}
 
 func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[70]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5262,7 +5560,7 @@ func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVMRequest.ProtoReflect.Descriptor instead.
 func (*GetVMRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{70}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *GetVMRequest) GetName() string {
@@ -5280,7 +5578,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[71]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5292,7 +5590,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[71]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5305,7 +5603,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{71}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{74}
 }
 
 type ListVMsResponse struct {
@@ -5317,7 +5615,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[72]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5329,7 +5627,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[72]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5342,7 +5640,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{72}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -5363,7 +5661,7 @@ type SetVMDesiredRequest struct {
 
 func (x *SetVMDesiredRequest) Reset() {
 	*x = SetVMDesiredRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[73]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5375,7 +5673,7 @@ func (x *SetVMDesiredRequest) String() string {
 func (*SetVMDesiredRequest) ProtoMessage() {}
 
 func (x *SetVMDesiredRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[73]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5388,7 +5686,7 @@ func (x *SetVMDesiredRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVMDesiredRequest.ProtoReflect.Descriptor instead.
 func (*SetVMDesiredRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{73}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *SetVMDesiredRequest) GetName() string {
@@ -5421,7 +5719,7 @@ type WaitVMRequest struct {
 
 func (x *WaitVMRequest) Reset() {
 	*x = WaitVMRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[74]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5433,7 +5731,7 @@ func (x *WaitVMRequest) String() string {
 func (*WaitVMRequest) ProtoMessage() {}
 
 func (x *WaitVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[74]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5446,7 +5744,7 @@ func (x *WaitVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitVMRequest.ProtoReflect.Descriptor instead.
 func (*WaitVMRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{74}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *WaitVMRequest) GetName() string {
@@ -5473,7 +5771,7 @@ type VMLogsRequest struct {
 
 func (x *VMLogsRequest) Reset() {
 	*x = VMLogsRequest{}
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[75]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5485,7 +5783,7 @@ func (x *VMLogsRequest) String() string {
 func (*VMLogsRequest) ProtoMessage() {}
 
 func (x *VMLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_blixardpb_blixard_proto_msgTypes[75]
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5498,7 +5796,7 @@ func (x *VMLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMLogsRequest.ProtoReflect.Descriptor instead.
 func (*VMLogsRequest) Descriptor() ([]byte, []int) {
-	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{75}
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *VMLogsRequest) GetName() string {
@@ -5534,6 +5832,280 @@ func (x *VMLogsRequest) GetPrevious() bool {
 		return x.Previous
 	}
 	return false
+}
+
+type BootstrapTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BootstrapTokenRequest) Reset() {
+	*x = BootstrapTokenRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BootstrapTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BootstrapTokenRequest) ProtoMessage() {}
+
+func (x *BootstrapTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BootstrapTokenRequest.ProtoReflect.Descriptor instead.
+func (*BootstrapTokenRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{79}
+}
+
+type CreateTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	TtlMs         int64                  `protobuf:"varint,3,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"` // 0: never expires
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenRequest) Reset() {
+	*x = CreateTokenRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenRequest) ProtoMessage() {}
+
+func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *CreateTokenRequest) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+// TokenResponse carries the token's record (without its hash) and, only
+// when it was just created, its secret.
+type TokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *Token                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Secret        string                 `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenResponse) Reset() {
+	*x = TokenResponse{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenResponse) ProtoMessage() {}
+
+func (x *TokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenResponse.ProtoReflect.Descriptor instead.
+func (*TokenResponse) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{81}
+}
+
+func (x *TokenResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *TokenResponse) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+type ListTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensRequest) Reset() {
+	*x = ListTokensRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[82]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensRequest) ProtoMessage() {}
+
+func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[82]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListTokensRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{82}
+}
+
+type ListTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*Token               `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensResponse) Reset() {
+	*x = ListTokensResponse{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensResponse) ProtoMessage() {}
+
+func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListTokensResponse) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{83}
+}
+
+func (x *ListTokensResponse) GetTokens() []*Token {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+type RevokeTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Accessor      string                 `protobuf:"bytes,1,opt,name=accessor,proto3" json:"accessor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenRequest) Reset() {
+	*x = RevokeTokenRequest{}
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenRequest) ProtoMessage() {}
+
+func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_blixardpb_blixard_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
+	return file_api_blixardpb_blixard_proto_rawDescGZIP(), []int{84}
+}
+
+func (x *RevokeTokenRequest) GetAccessor() string {
+	if x != nil {
+		return x.Accessor
+	}
+	return ""
 }
 
 var File_api_blixardpb_blixard_proto protoreflect.FileDescriptor
@@ -5630,7 +6202,7 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x15assigned_at_unix_nano\x18\x04 \x01(\x03R\x12assignedAtUnixNano\x12/\n" +
 	"\x14started_at_unix_nano\x18\x05 \x01(\x03R\x11startedAtUnixNano\x121\n" +
 	"\x15finished_at_unix_nano\x18\x06 \x01(\x03R\x12finishedAtUnixNano\x12.\n" +
-	"\x06result\x18\a \x01(\v2\x16.blixard.v1.TaskResultR\x06result\"\xfb\x03\n" +
+	"\x06result\x18\a \x01(\v2\x16.blixard.v1.TaskResultR\x06result\"\x91\x04\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12(\n" +
 	"\x04spec\x18\x02 \x01(\v2\x14.blixard.v1.TaskSpecR\x04spec\x12+\n" +
@@ -5645,7 +6217,8 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	" \x01(\bR\x0fcancelRequested\x12\x10\n" +
 	"\x03seq\x18\v \x01(\x04R\x03seq\x121\n" +
 	"\x15finished_at_unix_nano\x18\f \x01(\x03R\x12finishedAtUnixNano\x12%\n" +
-	"\x0epending_reason\x18\r \x01(\tR\rpendingReason\"e\n" +
+	"\x0epending_reason\x18\r \x01(\tR\rpendingReason\x12\x14\n" +
+	"\x05owner\x18\x0e \x01(\tR\x05owner\"e\n" +
 	"\vPortForward\x12\x1b\n" +
 	"\thost_port\x18\x01 \x01(\rR\bhostPort\x12\x1d\n" +
 	"\n" +
@@ -5669,7 +6242,7 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x04node\x18\r \x01(\x04R\x04node\x1a>\n" +
 	"\x10ConstraintsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf0\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x86\x04\n" +
 	"\x02VM\x12&\n" +
 	"\x04spec\x18\x01 \x01(\v2\x12.blixard.v1.VMSpecR\x04spec\x12/\n" +
 	"\adesired\x18\x02 \x01(\x0e2\x15.blixard.v1.VMDesiredR\adesired\x12)\n" +
@@ -5687,7 +6260,18 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x03seq\x18\v \x01(\x04R\x03seq\x12\x1f\n" +
 	"\vrestart_seq\x18\f \x01(\rR\n" +
 	"restartSeq\x12/\n" +
-	"\x13generation_restarts\x18\r \x01(\rR\x12generationRestarts\"\xc3\x02\n" +
+	"\x13generation_restarts\x18\r \x01(\rR\x12generationRestarts\x12\x14\n" +
+	"\x05owner\x18\x0e \x01(\tR\x05owner\"\xa6\x02\n" +
+	"\x05Token\x12\x1a\n" +
+	"\baccessor\x18\x01 \x01(\tR\baccessor\x12#\n" +
+	"\rsecret_sha256\x18\x02 \x01(\fR\fsecretSha256\x12\x16\n" +
+	"\x06policy\x18\x03 \x01(\tR\x06policy\x12\x12\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\x12/\n" +
+	"\x14created_at_unix_nano\x18\x05 \x01(\x03R\x11createdAtUnixNano\x12/\n" +
+	"\x14expires_at_unix_nano\x18\x06 \x01(\x03R\x11expiresAtUnixNano\x12/\n" +
+	"\x14revoked_at_unix_nano\x18\a \x01(\x03R\x11revokedAtUnixNano\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\b \x01(\tR\tcreatedBy\"\xee\x02\n" +
 	"\rStateSnapshot\x12,\n" +
 	"\amembers\x18\x01 \x03(\v2\x12.blixard.v1.MemberR\amembers\x12'\n" +
 	"\x0fremoved_members\x18\x02 \x03(\x04R\x0eremovedMembers\x12,\n" +
@@ -5695,7 +6279,9 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x0fworker_statuses\x18\x04 \x03(\v2\x18.blixard.v1.WorkerStatusR\x0eworkerStatuses\x12 \n" +
 	"\x03kvs\x18\x05 \x03(\v2\x0e.blixard.v1.KVR\x03kvs\x12&\n" +
 	"\x05tasks\x18\x06 \x03(\v2\x10.blixard.v1.TaskR\x05tasks\x12 \n" +
-	"\x03vms\x18\a \x03(\v2\x0e.blixard.v1.VMR\x03vms\"\xb4\t\n" +
+	"\x03vms\x18\a \x03(\v2\x0e.blixard.v1.VMR\x03vms\x12)\n" +
+	"\x06tokens\x18\b \x03(\v2\x11.blixard.v1.TokenR\x06tokens\"\xb0\n" +
+	"\n" +
 	"\aCommand\x12E\n" +
 	"\x0fregister_worker\x18\n" +
 	" \x01(\v2\x1a.blixard.v1.RegisterWorkerH\x00R\x0eregisterWorker\x12F\n" +
@@ -5721,11 +6307,20 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\tplace_vms\x18  \x01(\v2\x14.blixard.v1.PlaceVMsH\x00R\bplaceVms\x123\n" +
 	"\treport_vm\x18! \x01(\v2\x14.blixard.v1.ReportVMH\x00R\breportVm\x129\n" +
 	"\vrelease_vms\x18\" \x01(\v2\x16.blixard.v1.ReleaseVMsH\x00R\n" +
-	"releaseVmsB\x04\n" +
-	"\x02opJ\x04\b\x01\x10\x02\"V\n" +
+	"releaseVms\x12<\n" +
+	"\fcreate_token\x18( \x01(\v2\x17.blixard.v1.CreateTokenH\x00R\vcreateToken\x12<\n" +
+	"\frevoke_token\x18) \x01(\v2\x17.blixard.v1.RevokeTokenH\x00R\vrevokeTokenB\x04\n" +
+	"\x02opJ\x04\b\x01\x10\x02\"T\n" +
+	"\vCreateToken\x12'\n" +
+	"\x05token\x18\x01 \x01(\v2\x11.blixard.v1.TokenR\x05token\x12\x1c\n" +
+	"\tbootstrap\x18\x02 \x01(\bR\tbootstrap\"M\n" +
+	"\vRevokeToken\x12\x1a\n" +
+	"\baccessor\x18\x01 \x01(\tR\baccessor\x12\"\n" +
+	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"l\n" +
 	"\bCreateVM\x12&\n" +
 	"\x04spec\x18\x01 \x01(\v2\x12.blixard.v1.VMSpecR\x04spec\x12\"\n" +
-	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"\x91\x01\n" +
+	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\"\x91\x01\n" +
 	"\fSetVMDesired\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
 	"\adesired\x18\x02 \x01(\x0e2\x15.blixard.v1.VMDesiredR\adesired\x12\x18\n" +
@@ -5760,12 +6355,13 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x13generation_restarts\x18\t \x01(\rR\x12generationRestarts\"G\n" +
 	"\n" +
 	"PurgeTasks\x129\n" +
-	"\x19finished_before_unix_nano\x18\x01 \x01(\x03R\x16finishedBeforeUnixNano\"\x83\x01\n" +
+	"\x19finished_before_unix_nano\x18\x01 \x01(\x03R\x16finishedBeforeUnixNano\"\x99\x01\n" +
 	"\n" +
 	"SubmitTask\x12(\n" +
 	"\x04spec\x18\x01 \x01(\v2\x14.blixard.v1.TaskSpecR\x04spec\x12'\n" +
 	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\x12\"\n" +
-	"\rnow_unix_nano\x18\x03 \x01(\x03R\vnowUnixNano\"[\n" +
+	"\rnow_unix_nano\x18\x03 \x01(\x03R\vnowUnixNano\x12\x14\n" +
+	"\x05owner\x18\x04 \x01(\tR\x05owner\"[\n" +
 	"\tPlacement\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x1b\n" +
@@ -5853,9 +6449,11 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\aremoved\x18\a \x03(\x04R\aremoved\"1\n" +
 	"\vJoinRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
-	"\x04addr\x18\x02 \x01(\tR\x04addr\"<\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\"]\n" +
 	"\fJoinResponse\x12,\n" +
-	"\amembers\x18\x01 \x03(\v2\x12.blixard.v1.MemberR\amembers\"%\n" +
+	"\amembers\x18\x01 \x03(\v2\x12.blixard.v1.MemberR\amembers\x12\x1f\n" +
+	"\vleader_addr\x18\x02 \x01(\tR\n" +
+	"leaderAddr\"%\n" +
 	"\x13RemoveMemberRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\"\x16\n" +
 	"\x14RemoveMemberResponse\"'\n" +
@@ -5946,7 +6544,20 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x16\n" +
 	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x1b\n" +
 	"\tworker_id\x18\x04 \x01(\x04R\bworkerId\x12\x1a\n" +
-	"\bprevious\x18\x05 \x01(\bR\bprevious*Y\n" +
+	"\bprevious\x18\x05 \x01(\bR\bprevious\"\x17\n" +
+	"\x15BootstrapTokenRequest\"W\n" +
+	"\x12CreateTokenRequest\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x15\n" +
+	"\x06ttl_ms\x18\x03 \x01(\x03R\x05ttlMs\"P\n" +
+	"\rTokenResponse\x12'\n" +
+	"\x05token\x18\x01 \x01(\v2\x11.blixard.v1.TokenR\x05token\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\"\x13\n" +
+	"\x11ListTokensRequest\"?\n" +
+	"\x12ListTokensResponse\x12)\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x11.blixard.v1.TokenR\x06tokens\"0\n" +
+	"\x12RevokeTokenRequest\x12\x1a\n" +
+	"\baccessor\x18\x01 \x01(\tR\baccessor*Y\n" +
 	"\n" +
 	"MemberRole\x12\x1b\n" +
 	"\x17MEMBER_ROLE_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -6003,7 +6614,7 @@ func file_api_blixardpb_blixard_proto_rawDescGZIP() []byte {
 }
 
 var file_api_blixardpb_blixard_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_api_blixardpb_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
+var file_api_blixardpb_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 89)
 var file_api_blixardpb_blixard_proto_goTypes = []any{
 	(MemberRole)(0),                // 0: blixard.v1.MemberRole
 	(WorkerState)(0),               // 1: blixard.v1.WorkerState
@@ -6024,83 +6635,92 @@ var file_api_blixardpb_blixard_proto_goTypes = []any{
 	(*PortForward)(nil),            // 16: blixard.v1.PortForward
 	(*VMSpec)(nil),                 // 17: blixard.v1.VMSpec
 	(*VM)(nil),                     // 18: blixard.v1.VM
-	(*StateSnapshot)(nil),          // 19: blixard.v1.StateSnapshot
-	(*Command)(nil),                // 20: blixard.v1.Command
-	(*CreateVM)(nil),               // 21: blixard.v1.CreateVM
-	(*SetVMDesired)(nil),           // 22: blixard.v1.SetVMDesired
-	(*ReleaseVMs)(nil),             // 23: blixard.v1.ReleaseVMs
-	(*VMPlacement)(nil),            // 24: blixard.v1.VMPlacement
-	(*PlaceVMs)(nil),               // 25: blixard.v1.PlaceVMs
-	(*ReportVM)(nil),               // 26: blixard.v1.ReportVM
-	(*PurgeTasks)(nil),             // 27: blixard.v1.PurgeTasks
-	(*SubmitTask)(nil),             // 28: blixard.v1.SubmitTask
-	(*Placement)(nil),              // 29: blixard.v1.Placement
-	(*PlaceTasks)(nil),             // 30: blixard.v1.PlaceTasks
-	(*TaskStarted)(nil),            // 31: blixard.v1.TaskStarted
-	(*TaskFinished)(nil),           // 32: blixard.v1.TaskFinished
-	(*CancelTask)(nil),             // 33: blixard.v1.CancelTask
-	(*SetWorkerSchedulable)(nil),   // 34: blixard.v1.SetWorkerSchedulable
-	(*CordonWorker)(nil),           // 35: blixard.v1.CordonWorker
-	(*ReconcileWorker)(nil),        // 36: blixard.v1.ReconcileWorker
-	(*RegisterWorker)(nil),         // 37: blixard.v1.RegisterWorker
-	(*SetWorkerState)(nil),         // 38: blixard.v1.SetWorkerState
-	(*ReportWorkerUsage)(nil),      // 39: blixard.v1.ReportWorkerUsage
-	(*Put)(nil),                    // 40: blixard.v1.Put
-	(*Delete)(nil),                 // 41: blixard.v1.Delete
-	(*MemberContext)(nil),          // 42: blixard.v1.MemberContext
-	(*RaftBatch)(nil),              // 43: blixard.v1.RaftBatch
-	(*SendAck)(nil),                // 44: blixard.v1.SendAck
-	(*SnapshotChunk)(nil),          // 45: blixard.v1.SnapshotChunk
-	(*StatusRequest)(nil),          // 46: blixard.v1.StatusRequest
-	(*MemberStatus)(nil),           // 47: blixard.v1.MemberStatus
-	(*StatusResponse)(nil),         // 48: blixard.v1.StatusResponse
-	(*JoinRequest)(nil),            // 49: blixard.v1.JoinRequest
-	(*JoinResponse)(nil),           // 50: blixard.v1.JoinResponse
-	(*RemoveMemberRequest)(nil),    // 51: blixard.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),   // 52: blixard.v1.RemoveMemberResponse
-	(*TransferLeaderRequest)(nil),  // 53: blixard.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 54: blixard.v1.TransferLeaderResponse
-	(*ListWorkersRequest)(nil),     // 55: blixard.v1.ListWorkersRequest
-	(*WorkerInfo)(nil),             // 56: blixard.v1.WorkerInfo
-	(*ListWorkersResponse)(nil),    // 57: blixard.v1.ListWorkersResponse
-	(*CordonWorkerRequest)(nil),    // 58: blixard.v1.CordonWorkerRequest
-	(*CordonWorkerResponse)(nil),   // 59: blixard.v1.CordonWorkerResponse
-	(*HeartbeatRequest)(nil),       // 60: blixard.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 61: blixard.v1.HeartbeatResponse
-	(*PutRequest)(nil),             // 62: blixard.v1.PutRequest
-	(*PutResponse)(nil),            // 63: blixard.v1.PutResponse
-	(*GetRequest)(nil),             // 64: blixard.v1.GetRequest
-	(*GetResponse)(nil),            // 65: blixard.v1.GetResponse
-	(*SubmitTaskRequest)(nil),      // 66: blixard.v1.SubmitTaskRequest
-	(*TaskResponse)(nil),           // 67: blixard.v1.TaskResponse
-	(*GetTaskRequest)(nil),         // 68: blixard.v1.GetTaskRequest
-	(*ListTasksRequest)(nil),       // 69: blixard.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),      // 70: blixard.v1.ListTasksResponse
-	(*CancelTaskRequest)(nil),      // 71: blixard.v1.CancelTaskRequest
-	(*WaitTaskRequest)(nil),        // 72: blixard.v1.WaitTaskRequest
-	(*TaskLogsRequest)(nil),        // 73: blixard.v1.TaskLogsRequest
-	(*LogChunk)(nil),               // 74: blixard.v1.LogChunk
-	(*CreateVMRequest)(nil),        // 75: blixard.v1.CreateVMRequest
-	(*VMResponse)(nil),             // 76: blixard.v1.VMResponse
-	(*GetVMRequest)(nil),           // 77: blixard.v1.GetVMRequest
-	(*ListVMsRequest)(nil),         // 78: blixard.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),        // 79: blixard.v1.ListVMsResponse
-	(*SetVMDesiredRequest)(nil),    // 80: blixard.v1.SetVMDesiredRequest
-	(*WaitVMRequest)(nil),          // 81: blixard.v1.WaitVMRequest
-	(*VMLogsRequest)(nil),          // 82: blixard.v1.VMLogsRequest
-	nil,                            // 83: blixard.v1.Worker.LabelsEntry
-	nil,                            // 84: blixard.v1.TaskSpec.EnvEntry
-	nil,                            // 85: blixard.v1.TaskSpec.ConstraintsEntry
-	nil,                            // 86: blixard.v1.VMSpec.ConstraintsEntry
+	(*Token)(nil),                  // 19: blixard.v1.Token
+	(*StateSnapshot)(nil),          // 20: blixard.v1.StateSnapshot
+	(*Command)(nil),                // 21: blixard.v1.Command
+	(*CreateToken)(nil),            // 22: blixard.v1.CreateToken
+	(*RevokeToken)(nil),            // 23: blixard.v1.RevokeToken
+	(*CreateVM)(nil),               // 24: blixard.v1.CreateVM
+	(*SetVMDesired)(nil),           // 25: blixard.v1.SetVMDesired
+	(*ReleaseVMs)(nil),             // 26: blixard.v1.ReleaseVMs
+	(*VMPlacement)(nil),            // 27: blixard.v1.VMPlacement
+	(*PlaceVMs)(nil),               // 28: blixard.v1.PlaceVMs
+	(*ReportVM)(nil),               // 29: blixard.v1.ReportVM
+	(*PurgeTasks)(nil),             // 30: blixard.v1.PurgeTasks
+	(*SubmitTask)(nil),             // 31: blixard.v1.SubmitTask
+	(*Placement)(nil),              // 32: blixard.v1.Placement
+	(*PlaceTasks)(nil),             // 33: blixard.v1.PlaceTasks
+	(*TaskStarted)(nil),            // 34: blixard.v1.TaskStarted
+	(*TaskFinished)(nil),           // 35: blixard.v1.TaskFinished
+	(*CancelTask)(nil),             // 36: blixard.v1.CancelTask
+	(*SetWorkerSchedulable)(nil),   // 37: blixard.v1.SetWorkerSchedulable
+	(*CordonWorker)(nil),           // 38: blixard.v1.CordonWorker
+	(*ReconcileWorker)(nil),        // 39: blixard.v1.ReconcileWorker
+	(*RegisterWorker)(nil),         // 40: blixard.v1.RegisterWorker
+	(*SetWorkerState)(nil),         // 41: blixard.v1.SetWorkerState
+	(*ReportWorkerUsage)(nil),      // 42: blixard.v1.ReportWorkerUsage
+	(*Put)(nil),                    // 43: blixard.v1.Put
+	(*Delete)(nil),                 // 44: blixard.v1.Delete
+	(*MemberContext)(nil),          // 45: blixard.v1.MemberContext
+	(*RaftBatch)(nil),              // 46: blixard.v1.RaftBatch
+	(*SendAck)(nil),                // 47: blixard.v1.SendAck
+	(*SnapshotChunk)(nil),          // 48: blixard.v1.SnapshotChunk
+	(*StatusRequest)(nil),          // 49: blixard.v1.StatusRequest
+	(*MemberStatus)(nil),           // 50: blixard.v1.MemberStatus
+	(*StatusResponse)(nil),         // 51: blixard.v1.StatusResponse
+	(*JoinRequest)(nil),            // 52: blixard.v1.JoinRequest
+	(*JoinResponse)(nil),           // 53: blixard.v1.JoinResponse
+	(*RemoveMemberRequest)(nil),    // 54: blixard.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),   // 55: blixard.v1.RemoveMemberResponse
+	(*TransferLeaderRequest)(nil),  // 56: blixard.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 57: blixard.v1.TransferLeaderResponse
+	(*ListWorkersRequest)(nil),     // 58: blixard.v1.ListWorkersRequest
+	(*WorkerInfo)(nil),             // 59: blixard.v1.WorkerInfo
+	(*ListWorkersResponse)(nil),    // 60: blixard.v1.ListWorkersResponse
+	(*CordonWorkerRequest)(nil),    // 61: blixard.v1.CordonWorkerRequest
+	(*CordonWorkerResponse)(nil),   // 62: blixard.v1.CordonWorkerResponse
+	(*HeartbeatRequest)(nil),       // 63: blixard.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 64: blixard.v1.HeartbeatResponse
+	(*PutRequest)(nil),             // 65: blixard.v1.PutRequest
+	(*PutResponse)(nil),            // 66: blixard.v1.PutResponse
+	(*GetRequest)(nil),             // 67: blixard.v1.GetRequest
+	(*GetResponse)(nil),            // 68: blixard.v1.GetResponse
+	(*SubmitTaskRequest)(nil),      // 69: blixard.v1.SubmitTaskRequest
+	(*TaskResponse)(nil),           // 70: blixard.v1.TaskResponse
+	(*GetTaskRequest)(nil),         // 71: blixard.v1.GetTaskRequest
+	(*ListTasksRequest)(nil),       // 72: blixard.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),      // 73: blixard.v1.ListTasksResponse
+	(*CancelTaskRequest)(nil),      // 74: blixard.v1.CancelTaskRequest
+	(*WaitTaskRequest)(nil),        // 75: blixard.v1.WaitTaskRequest
+	(*TaskLogsRequest)(nil),        // 76: blixard.v1.TaskLogsRequest
+	(*LogChunk)(nil),               // 77: blixard.v1.LogChunk
+	(*CreateVMRequest)(nil),        // 78: blixard.v1.CreateVMRequest
+	(*VMResponse)(nil),             // 79: blixard.v1.VMResponse
+	(*GetVMRequest)(nil),           // 80: blixard.v1.GetVMRequest
+	(*ListVMsRequest)(nil),         // 81: blixard.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),        // 82: blixard.v1.ListVMsResponse
+	(*SetVMDesiredRequest)(nil),    // 83: blixard.v1.SetVMDesiredRequest
+	(*WaitVMRequest)(nil),          // 84: blixard.v1.WaitVMRequest
+	(*VMLogsRequest)(nil),          // 85: blixard.v1.VMLogsRequest
+	(*BootstrapTokenRequest)(nil),  // 86: blixard.v1.BootstrapTokenRequest
+	(*CreateTokenRequest)(nil),     // 87: blixard.v1.CreateTokenRequest
+	(*TokenResponse)(nil),          // 88: blixard.v1.TokenResponse
+	(*ListTokensRequest)(nil),      // 89: blixard.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),     // 90: blixard.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),     // 91: blixard.v1.RevokeTokenRequest
+	nil,                            // 92: blixard.v1.Worker.LabelsEntry
+	nil,                            // 93: blixard.v1.TaskSpec.EnvEntry
+	nil,                            // 94: blixard.v1.TaskSpec.ConstraintsEntry
+	nil,                            // 95: blixard.v1.VMSpec.ConstraintsEntry
 }
 var file_api_blixardpb_blixard_proto_depIdxs = []int32{
 	0,  // 0: blixard.v1.Member.role:type_name -> blixard.v1.MemberRole
 	8,  // 1: blixard.v1.Worker.capacity:type_name -> blixard.v1.Resources
-	83, // 2: blixard.v1.Worker.labels:type_name -> blixard.v1.Worker.LabelsEntry
+	92, // 2: blixard.v1.Worker.labels:type_name -> blixard.v1.Worker.LabelsEntry
 	1,  // 3: blixard.v1.Worker.state:type_name -> blixard.v1.WorkerState
-	84, // 4: blixard.v1.TaskSpec.env:type_name -> blixard.v1.TaskSpec.EnvEntry
+	93, // 4: blixard.v1.TaskSpec.env:type_name -> blixard.v1.TaskSpec.EnvEntry
 	8,  // 5: blixard.v1.TaskSpec.resources:type_name -> blixard.v1.Resources
-	85, // 6: blixard.v1.TaskSpec.constraints:type_name -> blixard.v1.TaskSpec.ConstraintsEntry
+	94, // 6: blixard.v1.TaskSpec.constraints:type_name -> blixard.v1.TaskSpec.ConstraintsEntry
 	3,  // 7: blixard.v1.TaskSpec.policy:type_name -> blixard.v1.PlacementPolicy
 	2,  // 8: blixard.v1.Attempt.state:type_name -> blixard.v1.TaskState
 	13, // 9: blixard.v1.Attempt.result:type_name -> blixard.v1.TaskResult
@@ -6109,7 +6729,7 @@ var file_api_blixardpb_blixard_proto_depIdxs = []int32{
 	14, // 12: blixard.v1.Task.attempts:type_name -> blixard.v1.Attempt
 	16, // 13: blixard.v1.VMSpec.ports:type_name -> blixard.v1.PortForward
 	6,  // 14: blixard.v1.VMSpec.restart:type_name -> blixard.v1.RestartPolicy
-	86, // 15: blixard.v1.VMSpec.constraints:type_name -> blixard.v1.VMSpec.ConstraintsEntry
+	95, // 15: blixard.v1.VMSpec.constraints:type_name -> blixard.v1.VMSpec.ConstraintsEntry
 	17, // 16: blixard.v1.VM.spec:type_name -> blixard.v1.VMSpec
 	5,  // 17: blixard.v1.VM.desired:type_name -> blixard.v1.VMDesired
 	4,  // 18: blixard.v1.VM.state:type_name -> blixard.v1.VMState
@@ -6119,56 +6739,62 @@ var file_api_blixardpb_blixard_proto_depIdxs = []int32{
 	11, // 22: blixard.v1.StateSnapshot.kvs:type_name -> blixard.v1.KV
 	15, // 23: blixard.v1.StateSnapshot.tasks:type_name -> blixard.v1.Task
 	18, // 24: blixard.v1.StateSnapshot.vms:type_name -> blixard.v1.VM
-	37, // 25: blixard.v1.Command.register_worker:type_name -> blixard.v1.RegisterWorker
-	38, // 26: blixard.v1.Command.set_worker_state:type_name -> blixard.v1.SetWorkerState
-	39, // 27: blixard.v1.Command.report_worker_usage:type_name -> blixard.v1.ReportWorkerUsage
-	40, // 28: blixard.v1.Command.put:type_name -> blixard.v1.Put
-	41, // 29: blixard.v1.Command.delete:type_name -> blixard.v1.Delete
-	28, // 30: blixard.v1.Command.submit_task:type_name -> blixard.v1.SubmitTask
-	30, // 31: blixard.v1.Command.place_tasks:type_name -> blixard.v1.PlaceTasks
-	31, // 32: blixard.v1.Command.task_started:type_name -> blixard.v1.TaskStarted
-	32, // 33: blixard.v1.Command.task_finished:type_name -> blixard.v1.TaskFinished
-	33, // 34: blixard.v1.Command.cancel_task:type_name -> blixard.v1.CancelTask
-	34, // 35: blixard.v1.Command.set_worker_schedulable:type_name -> blixard.v1.SetWorkerSchedulable
-	36, // 36: blixard.v1.Command.reconcile_worker:type_name -> blixard.v1.ReconcileWorker
-	27, // 37: blixard.v1.Command.purge_tasks:type_name -> blixard.v1.PurgeTasks
-	35, // 38: blixard.v1.Command.cordon_worker:type_name -> blixard.v1.CordonWorker
-	21, // 39: blixard.v1.Command.create_vm:type_name -> blixard.v1.CreateVM
-	22, // 40: blixard.v1.Command.set_vm_desired:type_name -> blixard.v1.SetVMDesired
-	25, // 41: blixard.v1.Command.place_vms:type_name -> blixard.v1.PlaceVMs
-	26, // 42: blixard.v1.Command.report_vm:type_name -> blixard.v1.ReportVM
-	23, // 43: blixard.v1.Command.release_vms:type_name -> blixard.v1.ReleaseVMs
-	17, // 44: blixard.v1.CreateVM.spec:type_name -> blixard.v1.VMSpec
-	5,  // 45: blixard.v1.SetVMDesired.desired:type_name -> blixard.v1.VMDesired
-	24, // 46: blixard.v1.PlaceVMs.placements:type_name -> blixard.v1.VMPlacement
-	4,  // 47: blixard.v1.ReportVM.state:type_name -> blixard.v1.VMState
-	12, // 48: blixard.v1.SubmitTask.spec:type_name -> blixard.v1.TaskSpec
-	29, // 49: blixard.v1.PlaceTasks.placements:type_name -> blixard.v1.Placement
-	13, // 50: blixard.v1.TaskFinished.result:type_name -> blixard.v1.TaskResult
-	9,  // 51: blixard.v1.RegisterWorker.worker:type_name -> blixard.v1.Worker
-	1,  // 52: blixard.v1.SetWorkerState.state:type_name -> blixard.v1.WorkerState
-	10, // 53: blixard.v1.ReportWorkerUsage.status:type_name -> blixard.v1.WorkerStatus
-	7,  // 54: blixard.v1.MemberContext.member:type_name -> blixard.v1.Member
-	0,  // 55: blixard.v1.MemberStatus.role:type_name -> blixard.v1.MemberRole
-	47, // 56: blixard.v1.StatusResponse.members:type_name -> blixard.v1.MemberStatus
-	7,  // 57: blixard.v1.JoinResponse.members:type_name -> blixard.v1.Member
-	9,  // 58: blixard.v1.WorkerInfo.worker:type_name -> blixard.v1.Worker
-	10, // 59: blixard.v1.WorkerInfo.status:type_name -> blixard.v1.WorkerStatus
-	56, // 60: blixard.v1.ListWorkersResponse.workers:type_name -> blixard.v1.WorkerInfo
-	9,  // 61: blixard.v1.CordonWorkerResponse.worker:type_name -> blixard.v1.Worker
-	12, // 62: blixard.v1.SubmitTaskRequest.spec:type_name -> blixard.v1.TaskSpec
-	15, // 63: blixard.v1.TaskResponse.task:type_name -> blixard.v1.Task
-	2,  // 64: blixard.v1.ListTasksRequest.state:type_name -> blixard.v1.TaskState
-	15, // 65: blixard.v1.ListTasksResponse.tasks:type_name -> blixard.v1.Task
-	17, // 66: blixard.v1.CreateVMRequest.spec:type_name -> blixard.v1.VMSpec
-	18, // 67: blixard.v1.VMResponse.vm:type_name -> blixard.v1.VM
-	18, // 68: blixard.v1.ListVMsResponse.vms:type_name -> blixard.v1.VM
-	5,  // 69: blixard.v1.SetVMDesiredRequest.desired:type_name -> blixard.v1.VMDesired
-	70, // [70:70] is the sub-list for method output_type
-	70, // [70:70] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	19, // 25: blixard.v1.StateSnapshot.tokens:type_name -> blixard.v1.Token
+	40, // 26: blixard.v1.Command.register_worker:type_name -> blixard.v1.RegisterWorker
+	41, // 27: blixard.v1.Command.set_worker_state:type_name -> blixard.v1.SetWorkerState
+	42, // 28: blixard.v1.Command.report_worker_usage:type_name -> blixard.v1.ReportWorkerUsage
+	43, // 29: blixard.v1.Command.put:type_name -> blixard.v1.Put
+	44, // 30: blixard.v1.Command.delete:type_name -> blixard.v1.Delete
+	31, // 31: blixard.v1.Command.submit_task:type_name -> blixard.v1.SubmitTask
+	33, // 32: blixard.v1.Command.place_tasks:type_name -> blixard.v1.PlaceTasks
+	34, // 33: blixard.v1.Command.task_started:type_name -> blixard.v1.TaskStarted
+	35, // 34: blixard.v1.Command.task_finished:type_name -> blixard.v1.TaskFinished
+	36, // 35: blixard.v1.Command.cancel_task:type_name -> blixard.v1.CancelTask
+	37, // 36: blixard.v1.Command.set_worker_schedulable:type_name -> blixard.v1.SetWorkerSchedulable
+	39, // 37: blixard.v1.Command.reconcile_worker:type_name -> blixard.v1.ReconcileWorker
+	30, // 38: blixard.v1.Command.purge_tasks:type_name -> blixard.v1.PurgeTasks
+	38, // 39: blixard.v1.Command.cordon_worker:type_name -> blixard.v1.CordonWorker
+	24, // 40: blixard.v1.Command.create_vm:type_name -> blixard.v1.CreateVM
+	25, // 41: blixard.v1.Command.set_vm_desired:type_name -> blixard.v1.SetVMDesired
+	28, // 42: blixard.v1.Command.place_vms:type_name -> blixard.v1.PlaceVMs
+	29, // 43: blixard.v1.Command.report_vm:type_name -> blixard.v1.ReportVM
+	26, // 44: blixard.v1.Command.release_vms:type_name -> blixard.v1.ReleaseVMs
+	22, // 45: blixard.v1.Command.create_token:type_name -> blixard.v1.CreateToken
+	23, // 46: blixard.v1.Command.revoke_token:type_name -> blixard.v1.RevokeToken
+	19, // 47: blixard.v1.CreateToken.token:type_name -> blixard.v1.Token
+	17, // 48: blixard.v1.CreateVM.spec:type_name -> blixard.v1.VMSpec
+	5,  // 49: blixard.v1.SetVMDesired.desired:type_name -> blixard.v1.VMDesired
+	27, // 50: blixard.v1.PlaceVMs.placements:type_name -> blixard.v1.VMPlacement
+	4,  // 51: blixard.v1.ReportVM.state:type_name -> blixard.v1.VMState
+	12, // 52: blixard.v1.SubmitTask.spec:type_name -> blixard.v1.TaskSpec
+	32, // 53: blixard.v1.PlaceTasks.placements:type_name -> blixard.v1.Placement
+	13, // 54: blixard.v1.TaskFinished.result:type_name -> blixard.v1.TaskResult
+	9,  // 55: blixard.v1.RegisterWorker.worker:type_name -> blixard.v1.Worker
+	1,  // 56: blixard.v1.SetWorkerState.state:type_name -> blixard.v1.WorkerState
+	10, // 57: blixard.v1.ReportWorkerUsage.status:type_name -> blixard.v1.WorkerStatus
+	7,  // 58: blixard.v1.MemberContext.member:type_name -> blixard.v1.Member
+	0,  // 59: blixard.v1.MemberStatus.role:type_name -> blixard.v1.MemberRole
+	50, // 60: blixard.v1.StatusResponse.members:type_name -> blixard.v1.MemberStatus
+	7,  // 61: blixard.v1.JoinResponse.members:type_name -> blixard.v1.Member
+	9,  // 62: blixard.v1.WorkerInfo.worker:type_name -> blixard.v1.Worker
+	10, // 63: blixard.v1.WorkerInfo.status:type_name -> blixard.v1.WorkerStatus
+	59, // 64: blixard.v1.ListWorkersResponse.workers:type_name -> blixard.v1.WorkerInfo
+	9,  // 65: blixard.v1.CordonWorkerResponse.worker:type_name -> blixard.v1.Worker
+	12, // 66: blixard.v1.SubmitTaskRequest.spec:type_name -> blixard.v1.TaskSpec
+	15, // 67: blixard.v1.TaskResponse.task:type_name -> blixard.v1.Task
+	2,  // 68: blixard.v1.ListTasksRequest.state:type_name -> blixard.v1.TaskState
+	15, // 69: blixard.v1.ListTasksResponse.tasks:type_name -> blixard.v1.Task
+	17, // 70: blixard.v1.CreateVMRequest.spec:type_name -> blixard.v1.VMSpec
+	18, // 71: blixard.v1.VMResponse.vm:type_name -> blixard.v1.VM
+	18, // 72: blixard.v1.ListVMsResponse.vms:type_name -> blixard.v1.VM
+	5,  // 73: blixard.v1.SetVMDesiredRequest.desired:type_name -> blixard.v1.VMDesired
+	19, // 74: blixard.v1.TokenResponse.token:type_name -> blixard.v1.Token
+	19, // 75: blixard.v1.ListTokensResponse.tokens:type_name -> blixard.v1.Token
+	76, // [76:76] is the sub-list for method output_type
+	76, // [76:76] is the sub-list for method input_type
+	76, // [76:76] is the sub-list for extension type_name
+	76, // [76:76] is the sub-list for extension extendee
+	0,  // [0:76] is the sub-list for field type_name
 }
 
 func init() { file_api_blixardpb_blixard_proto_init() }
@@ -6176,7 +6802,7 @@ func file_api_blixardpb_blixard_proto_init() {
 	if File_api_blixardpb_blixard_proto != nil {
 		return
 	}
-	file_api_blixardpb_blixard_proto_msgTypes[13].OneofWrappers = []any{
+	file_api_blixardpb_blixard_proto_msgTypes[14].OneofWrappers = []any{
 		(*Command_RegisterWorker)(nil),
 		(*Command_SetWorkerState)(nil),
 		(*Command_ReportWorkerUsage)(nil),
@@ -6196,6 +6822,8 @@ func file_api_blixardpb_blixard_proto_init() {
 		(*Command_PlaceVms)(nil),
 		(*Command_ReportVm)(nil),
 		(*Command_ReleaseVms)(nil),
+		(*Command_CreateToken)(nil),
+		(*Command_RevokeToken)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -6203,7 +6831,7 @@ func file_api_blixardpb_blixard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_blixardpb_blixard_proto_rawDesc), len(file_api_blixardpb_blixard_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   80,
+			NumMessages:   89,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

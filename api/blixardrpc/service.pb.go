@@ -30,7 +30,7 @@ const file_api_blixardrpc_service_proto_rawDesc = "" +
 	"\x1capi/blixardrpc/service.proto\x12\x0eblixard.rpc.v1\x1a\x1bapi/blixardpb/blixard.proto2~\n" +
 	"\x04Raft\x124\n" +
 	"\x04Send\x12\x15.blixard.v1.RaftBatch\x1a\x13.blixard.v1.SendAck(\x01\x12@\n" +
-	"\fSendSnapshot\x12\x19.blixard.v1.SnapshotChunk\x1a\x13.blixard.v1.SendAck(\x012\xb0\v\n" +
+	"\fSendSnapshot\x12\x19.blixard.v1.SnapshotChunk\x1a\x13.blixard.v1.SendAck(\x012\xe1\r\n" +
 	"\aCluster\x12?\n" +
 	"\x06Status\x12\x19.blixard.v1.StatusRequest\x1a\x1a.blixard.v1.StatusResponse\x129\n" +
 	"\x04Join\x12\x17.blixard.v1.JoinRequest\x1a\x18.blixard.v1.JoinResponse\x12Q\n" +
@@ -54,7 +54,12 @@ const file_api_blixardrpc_service_proto_rawDesc = "" +
 	"\aListVMs\x12\x1a.blixard.v1.ListVMsRequest\x1a\x1b.blixard.v1.ListVMsResponse\x12G\n" +
 	"\fSetVMDesired\x12\x1f.blixard.v1.SetVMDesiredRequest\x1a\x16.blixard.v1.VMResponse\x12=\n" +
 	"\x06WaitVM\x12\x19.blixard.v1.WaitVMRequest\x1a\x16.blixard.v1.VMResponse0\x01\x12;\n" +
-	"\x06VMLogs\x12\x19.blixard.v1.VMLogsRequest\x1a\x14.blixard.v1.LogChunk0\x01B+Z)github.com/blixard/blixard/api/blixardrpcb\x06proto3"
+	"\x06VMLogs\x12\x19.blixard.v1.VMLogsRequest\x1a\x14.blixard.v1.LogChunk0\x01\x12N\n" +
+	"\x0eBootstrapToken\x12!.blixard.v1.BootstrapTokenRequest\x1a\x19.blixard.v1.TokenResponse\x12H\n" +
+	"\vCreateToken\x12\x1e.blixard.v1.CreateTokenRequest\x1a\x19.blixard.v1.TokenResponse\x12K\n" +
+	"\n" +
+	"ListTokens\x12\x1d.blixard.v1.ListTokensRequest\x1a\x1e.blixard.v1.ListTokensResponse\x12H\n" +
+	"\vRevokeToken\x12\x1e.blixard.v1.RevokeTokenRequest\x1a\x19.blixard.v1.TokenResponseB+Z)github.com/blixard/blixard/api/blixardrpcb\x06proto3"
 
 var file_api_blixardrpc_service_proto_goTypes = []any{
 	(*blixardpb.RaftBatch)(nil),              // 0: blixard.v1.RaftBatch
@@ -80,21 +85,27 @@ var file_api_blixardrpc_service_proto_goTypes = []any{
 	(*blixardpb.SetVMDesiredRequest)(nil),    // 20: blixard.v1.SetVMDesiredRequest
 	(*blixardpb.WaitVMRequest)(nil),          // 21: blixard.v1.WaitVMRequest
 	(*blixardpb.VMLogsRequest)(nil),          // 22: blixard.v1.VMLogsRequest
-	(*blixardpb.SendAck)(nil),                // 23: blixard.v1.SendAck
-	(*blixardpb.StatusResponse)(nil),         // 24: blixard.v1.StatusResponse
-	(*blixardpb.JoinResponse)(nil),           // 25: blixard.v1.JoinResponse
-	(*blixardpb.RemoveMemberResponse)(nil),   // 26: blixard.v1.RemoveMemberResponse
-	(*blixardpb.TransferLeaderResponse)(nil), // 27: blixard.v1.TransferLeaderResponse
-	(*blixardpb.ListWorkersResponse)(nil),    // 28: blixard.v1.ListWorkersResponse
-	(*blixardpb.CordonWorkerResponse)(nil),   // 29: blixard.v1.CordonWorkerResponse
-	(*blixardpb.HeartbeatResponse)(nil),      // 30: blixard.v1.HeartbeatResponse
-	(*blixardpb.PutResponse)(nil),            // 31: blixard.v1.PutResponse
-	(*blixardpb.GetResponse)(nil),            // 32: blixard.v1.GetResponse
-	(*blixardpb.TaskResponse)(nil),           // 33: blixard.v1.TaskResponse
-	(*blixardpb.ListTasksResponse)(nil),      // 34: blixard.v1.ListTasksResponse
-	(*blixardpb.LogChunk)(nil),               // 35: blixard.v1.LogChunk
-	(*blixardpb.VMResponse)(nil),             // 36: blixard.v1.VMResponse
-	(*blixardpb.ListVMsResponse)(nil),        // 37: blixard.v1.ListVMsResponse
+	(*blixardpb.BootstrapTokenRequest)(nil),  // 23: blixard.v1.BootstrapTokenRequest
+	(*blixardpb.CreateTokenRequest)(nil),     // 24: blixard.v1.CreateTokenRequest
+	(*blixardpb.ListTokensRequest)(nil),      // 25: blixard.v1.ListTokensRequest
+	(*blixardpb.RevokeTokenRequest)(nil),     // 26: blixard.v1.RevokeTokenRequest
+	(*blixardpb.SendAck)(nil),                // 27: blixard.v1.SendAck
+	(*blixardpb.StatusResponse)(nil),         // 28: blixard.v1.StatusResponse
+	(*blixardpb.JoinResponse)(nil),           // 29: blixard.v1.JoinResponse
+	(*blixardpb.RemoveMemberResponse)(nil),   // 30: blixard.v1.RemoveMemberResponse
+	(*blixardpb.TransferLeaderResponse)(nil), // 31: blixard.v1.TransferLeaderResponse
+	(*blixardpb.ListWorkersResponse)(nil),    // 32: blixard.v1.ListWorkersResponse
+	(*blixardpb.CordonWorkerResponse)(nil),   // 33: blixard.v1.CordonWorkerResponse
+	(*blixardpb.HeartbeatResponse)(nil),      // 34: blixard.v1.HeartbeatResponse
+	(*blixardpb.PutResponse)(nil),            // 35: blixard.v1.PutResponse
+	(*blixardpb.GetResponse)(nil),            // 36: blixard.v1.GetResponse
+	(*blixardpb.TaskResponse)(nil),           // 37: blixard.v1.TaskResponse
+	(*blixardpb.ListTasksResponse)(nil),      // 38: blixard.v1.ListTasksResponse
+	(*blixardpb.LogChunk)(nil),               // 39: blixard.v1.LogChunk
+	(*blixardpb.VMResponse)(nil),             // 40: blixard.v1.VMResponse
+	(*blixardpb.ListVMsResponse)(nil),        // 41: blixard.v1.ListVMsResponse
+	(*blixardpb.TokenResponse)(nil),          // 42: blixard.v1.TokenResponse
+	(*blixardpb.ListTokensResponse)(nil),     // 43: blixard.v1.ListTokensResponse
 }
 var file_api_blixardrpc_service_proto_depIdxs = []int32{
 	0,  // 0: blixard.rpc.v1.Raft.Send:input_type -> blixard.v1.RaftBatch
@@ -120,31 +131,39 @@ var file_api_blixardrpc_service_proto_depIdxs = []int32{
 	20, // 20: blixard.rpc.v1.Cluster.SetVMDesired:input_type -> blixard.v1.SetVMDesiredRequest
 	21, // 21: blixard.rpc.v1.Cluster.WaitVM:input_type -> blixard.v1.WaitVMRequest
 	22, // 22: blixard.rpc.v1.Cluster.VMLogs:input_type -> blixard.v1.VMLogsRequest
-	23, // 23: blixard.rpc.v1.Raft.Send:output_type -> blixard.v1.SendAck
-	23, // 24: blixard.rpc.v1.Raft.SendSnapshot:output_type -> blixard.v1.SendAck
-	24, // 25: blixard.rpc.v1.Cluster.Status:output_type -> blixard.v1.StatusResponse
-	25, // 26: blixard.rpc.v1.Cluster.Join:output_type -> blixard.v1.JoinResponse
-	26, // 27: blixard.rpc.v1.Cluster.RemoveMember:output_type -> blixard.v1.RemoveMemberResponse
-	27, // 28: blixard.rpc.v1.Cluster.TransferLeader:output_type -> blixard.v1.TransferLeaderResponse
-	28, // 29: blixard.rpc.v1.Cluster.ListWorkers:output_type -> blixard.v1.ListWorkersResponse
-	29, // 30: blixard.rpc.v1.Cluster.CordonWorker:output_type -> blixard.v1.CordonWorkerResponse
-	30, // 31: blixard.rpc.v1.Cluster.Heartbeat:output_type -> blixard.v1.HeartbeatResponse
-	31, // 32: blixard.rpc.v1.Cluster.Put:output_type -> blixard.v1.PutResponse
-	32, // 33: blixard.rpc.v1.Cluster.Get:output_type -> blixard.v1.GetResponse
-	33, // 34: blixard.rpc.v1.Cluster.SubmitTask:output_type -> blixard.v1.TaskResponse
-	33, // 35: blixard.rpc.v1.Cluster.GetTask:output_type -> blixard.v1.TaskResponse
-	34, // 36: blixard.rpc.v1.Cluster.ListTasks:output_type -> blixard.v1.ListTasksResponse
-	33, // 37: blixard.rpc.v1.Cluster.CancelTask:output_type -> blixard.v1.TaskResponse
-	33, // 38: blixard.rpc.v1.Cluster.WaitTask:output_type -> blixard.v1.TaskResponse
-	35, // 39: blixard.rpc.v1.Cluster.TaskLogs:output_type -> blixard.v1.LogChunk
-	36, // 40: blixard.rpc.v1.Cluster.CreateVM:output_type -> blixard.v1.VMResponse
-	36, // 41: blixard.rpc.v1.Cluster.GetVM:output_type -> blixard.v1.VMResponse
-	37, // 42: blixard.rpc.v1.Cluster.ListVMs:output_type -> blixard.v1.ListVMsResponse
-	36, // 43: blixard.rpc.v1.Cluster.SetVMDesired:output_type -> blixard.v1.VMResponse
-	36, // 44: blixard.rpc.v1.Cluster.WaitVM:output_type -> blixard.v1.VMResponse
-	35, // 45: blixard.rpc.v1.Cluster.VMLogs:output_type -> blixard.v1.LogChunk
-	23, // [23:46] is the sub-list for method output_type
-	0,  // [0:23] is the sub-list for method input_type
+	23, // 23: blixard.rpc.v1.Cluster.BootstrapToken:input_type -> blixard.v1.BootstrapTokenRequest
+	24, // 24: blixard.rpc.v1.Cluster.CreateToken:input_type -> blixard.v1.CreateTokenRequest
+	25, // 25: blixard.rpc.v1.Cluster.ListTokens:input_type -> blixard.v1.ListTokensRequest
+	26, // 26: blixard.rpc.v1.Cluster.RevokeToken:input_type -> blixard.v1.RevokeTokenRequest
+	27, // 27: blixard.rpc.v1.Raft.Send:output_type -> blixard.v1.SendAck
+	27, // 28: blixard.rpc.v1.Raft.SendSnapshot:output_type -> blixard.v1.SendAck
+	28, // 29: blixard.rpc.v1.Cluster.Status:output_type -> blixard.v1.StatusResponse
+	29, // 30: blixard.rpc.v1.Cluster.Join:output_type -> blixard.v1.JoinResponse
+	30, // 31: blixard.rpc.v1.Cluster.RemoveMember:output_type -> blixard.v1.RemoveMemberResponse
+	31, // 32: blixard.rpc.v1.Cluster.TransferLeader:output_type -> blixard.v1.TransferLeaderResponse
+	32, // 33: blixard.rpc.v1.Cluster.ListWorkers:output_type -> blixard.v1.ListWorkersResponse
+	33, // 34: blixard.rpc.v1.Cluster.CordonWorker:output_type -> blixard.v1.CordonWorkerResponse
+	34, // 35: blixard.rpc.v1.Cluster.Heartbeat:output_type -> blixard.v1.HeartbeatResponse
+	35, // 36: blixard.rpc.v1.Cluster.Put:output_type -> blixard.v1.PutResponse
+	36, // 37: blixard.rpc.v1.Cluster.Get:output_type -> blixard.v1.GetResponse
+	37, // 38: blixard.rpc.v1.Cluster.SubmitTask:output_type -> blixard.v1.TaskResponse
+	37, // 39: blixard.rpc.v1.Cluster.GetTask:output_type -> blixard.v1.TaskResponse
+	38, // 40: blixard.rpc.v1.Cluster.ListTasks:output_type -> blixard.v1.ListTasksResponse
+	37, // 41: blixard.rpc.v1.Cluster.CancelTask:output_type -> blixard.v1.TaskResponse
+	37, // 42: blixard.rpc.v1.Cluster.WaitTask:output_type -> blixard.v1.TaskResponse
+	39, // 43: blixard.rpc.v1.Cluster.TaskLogs:output_type -> blixard.v1.LogChunk
+	40, // 44: blixard.rpc.v1.Cluster.CreateVM:output_type -> blixard.v1.VMResponse
+	40, // 45: blixard.rpc.v1.Cluster.GetVM:output_type -> blixard.v1.VMResponse
+	41, // 46: blixard.rpc.v1.Cluster.ListVMs:output_type -> blixard.v1.ListVMsResponse
+	40, // 47: blixard.rpc.v1.Cluster.SetVMDesired:output_type -> blixard.v1.VMResponse
+	40, // 48: blixard.rpc.v1.Cluster.WaitVM:output_type -> blixard.v1.VMResponse
+	39, // 49: blixard.rpc.v1.Cluster.VMLogs:output_type -> blixard.v1.LogChunk
+	42, // 50: blixard.rpc.v1.Cluster.BootstrapToken:output_type -> blixard.v1.TokenResponse
+	42, // 51: blixard.rpc.v1.Cluster.CreateToken:output_type -> blixard.v1.TokenResponse
+	43, // 52: blixard.rpc.v1.Cluster.ListTokens:output_type -> blixard.v1.ListTokensResponse
+	42, // 53: blixard.rpc.v1.Cluster.RevokeToken:output_type -> blixard.v1.TokenResponse
+	27, // [27:54] is the sub-list for method output_type
+	0,  // [0:27] is the sub-list for method input_type
 	0,  // [0:0] is the sub-list for extension type_name
 	0,  // [0:0] is the sub-list for extension extendee
 	0,  // [0:0] is the sub-list for field type_name

@@ -173,6 +173,10 @@ const (
 	Cluster_SetVMDesired_FullMethodName   = "/blixard.rpc.v1.Cluster/SetVMDesired"
 	Cluster_WaitVM_FullMethodName         = "/blixard.rpc.v1.Cluster/WaitVM"
 	Cluster_VMLogs_FullMethodName         = "/blixard.rpc.v1.Cluster/VMLogs"
+	Cluster_BootstrapToken_FullMethodName = "/blixard.rpc.v1.Cluster/BootstrapToken"
+	Cluster_CreateToken_FullMethodName    = "/blixard.rpc.v1.Cluster/CreateToken"
+	Cluster_ListTokens_FullMethodName     = "/blixard.rpc.v1.Cluster/ListTokens"
+	Cluster_RevokeToken_FullMethodName    = "/blixard.rpc.v1.Cluster/RevokeToken"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -209,6 +213,12 @@ type ClusterClient interface {
 	// VMLogs streams the VM's serial console from the worker that runs it,
 	// through any node.
 	VMLogs(ctx context.Context, in *blixardpb.VMLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[blixardpb.LogChunk], error)
+	// BootstrapToken makes the first management token, once per cluster;
+	// it needs no token (but a client certificate when TLS is on).
+	BootstrapToken(ctx context.Context, in *blixardpb.BootstrapTokenRequest, opts ...grpc.CallOption) (*blixardpb.TokenResponse, error)
+	CreateToken(ctx context.Context, in *blixardpb.CreateTokenRequest, opts ...grpc.CallOption) (*blixardpb.TokenResponse, error)
+	ListTokens(ctx context.Context, in *blixardpb.ListTokensRequest, opts ...grpc.CallOption) (*blixardpb.ListTokensResponse, error)
+	RevokeToken(ctx context.Context, in *blixardpb.RevokeTokenRequest, opts ...grpc.CallOption) (*blixardpb.TokenResponse, error)
 }
 
 type clusterClient struct {
@@ -456,6 +466,46 @@ func (c *clusterClient) VMLogs(ctx context.Context, in *blixardpb.VMLogsRequest,
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Cluster_VMLogsClient = grpc.ServerStreamingClient[blixardpb.LogChunk]
 
+func (c *clusterClient) BootstrapToken(ctx context.Context, in *blixardpb.BootstrapTokenRequest, opts ...grpc.CallOption) (*blixardpb.TokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(blixardpb.TokenResponse)
+	err := c.cc.Invoke(ctx, Cluster_BootstrapToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) CreateToken(ctx context.Context, in *blixardpb.CreateTokenRequest, opts ...grpc.CallOption) (*blixardpb.TokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(blixardpb.TokenResponse)
+	err := c.cc.Invoke(ctx, Cluster_CreateToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) ListTokens(ctx context.Context, in *blixardpb.ListTokensRequest, opts ...grpc.CallOption) (*blixardpb.ListTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(blixardpb.ListTokensResponse)
+	err := c.cc.Invoke(ctx, Cluster_ListTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) RevokeToken(ctx context.Context, in *blixardpb.RevokeTokenRequest, opts ...grpc.CallOption) (*blixardpb.TokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(blixardpb.TokenResponse)
+	err := c.cc.Invoke(ctx, Cluster_RevokeToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -490,6 +540,12 @@ type ClusterServer interface {
 	// VMLogs streams the VM's serial console from the worker that runs it,
 	// through any node.
 	VMLogs(*blixardpb.VMLogsRequest, grpc.ServerStreamingServer[blixardpb.LogChunk]) error
+	// BootstrapToken makes the first management token, once per cluster;
+	// it needs no token (but a client certificate when TLS is on).
+	BootstrapToken(context.Context, *blixardpb.BootstrapTokenRequest) (*blixardpb.TokenResponse, error)
+	CreateToken(context.Context, *blixardpb.CreateTokenRequest) (*blixardpb.TokenResponse, error)
+	ListTokens(context.Context, *blixardpb.ListTokensRequest) (*blixardpb.ListTokensResponse, error)
+	RevokeToken(context.Context, *blixardpb.RevokeTokenRequest) (*blixardpb.TokenResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -562,6 +618,18 @@ func (UnimplementedClusterServer) WaitVM(*blixardpb.WaitVMRequest, grpc.ServerSt
 }
 func (UnimplementedClusterServer) VMLogs(*blixardpb.VMLogsRequest, grpc.ServerStreamingServer[blixardpb.LogChunk]) error {
 	return status.Error(codes.Unimplemented, "method VMLogs not implemented")
+}
+func (UnimplementedClusterServer) BootstrapToken(context.Context, *blixardpb.BootstrapTokenRequest) (*blixardpb.TokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BootstrapToken not implemented")
+}
+func (UnimplementedClusterServer) CreateToken(context.Context, *blixardpb.CreateTokenRequest) (*blixardpb.TokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateToken not implemented")
+}
+func (UnimplementedClusterServer) ListTokens(context.Context, *blixardpb.ListTokensRequest) (*blixardpb.ListTokensResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListTokens not implemented")
+}
+func (UnimplementedClusterServer) RevokeToken(context.Context, *blixardpb.RevokeTokenRequest) (*blixardpb.TokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeToken not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -941,6 +1009,78 @@ func _Cluster_VMLogs_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Cluster_VMLogsServer = grpc.ServerStreamingServer[blixardpb.LogChunk]
 
+func _Cluster_BootstrapToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(blixardpb.BootstrapTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).BootstrapToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_BootstrapToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).BootstrapToken(ctx, req.(*blixardpb.BootstrapTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_CreateToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(blixardpb.CreateTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).CreateToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_CreateToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).CreateToken(ctx, req.(*blixardpb.CreateTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_ListTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(blixardpb.ListTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).ListTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_ListTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).ListTokens(ctx, req.(*blixardpb.ListTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_RevokeToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(blixardpb.RevokeTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).RevokeToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_RevokeToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).RevokeToken(ctx, req.(*blixardpb.RevokeTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1019,6 +1159,22 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetVMDesired",
 			Handler:    _Cluster_SetVMDesired_Handler,
+		},
+		{
+			MethodName: "BootstrapToken",
+			Handler:    _Cluster_BootstrapToken_Handler,
+		},
+		{
+			MethodName: "CreateToken",
+			Handler:    _Cluster_CreateToken_Handler,
+		},
+		{
+			MethodName: "ListTokens",
+			Handler:    _Cluster_ListTokens_Handler,
+		},
+		{
+			MethodName: "RevokeToken",
+			Handler:    _Cluster_RevokeToken_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -28,6 +28,7 @@ var forbidden = []string{
 var pure = []string{
 	"github.com/blixard/blixard/internal/state",
 	"github.com/blixard/blixard/internal/scheduler",
+	"github.com/blixard/blixard/internal/acl",
 }
 
 func TestPurePackagesImportNoNetworkExecOrHypervisor(t *testing.T) {

@@ -168,11 +168,16 @@ func (a *api) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, 
 	if req.GetAddr() == "" {
 		return nil, status.Error(codes.InvalidArgument, "addr: the joining node must give its address")
 	}
-	if c, fwd, err := a.forward(); fwd {
-		if err != nil {
-			return nil, err
+	if err := sameNode(ctx, "id", req.Id); err != nil {
+		return nil, err
+	}
+	if !a.s.node.IsLeader() {
+		// Not forwarded: the leader must see the joiner's own certificate.
+		lead := a.s.node.Leader()
+		if m, ok := a.s.sm.Member(lead); ok && lead != 0 && m.Addr != "" {
+			return &pb.JoinResponse{LeaderAddr: m.Addr}, nil
 		}
-		return c.Join(ctx, req)
+		return nil, toStatus(raftnode.ErrNoLeader)
 	}
 	if err := a.s.node.ProposeConfChange(ctx, raftpb.ConfChangeAddLearnerNode, req.Id, req.Addr); err != nil {
 		return nil, toStatus(err)
@@ -309,12 +314,11 @@ func (a *api) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.Hear
 	if req.GetWorkerId() == 0 {
 		return nil, status.Error(codes.InvalidArgument, "worker_id: must be a positive integer")
 	}
-	if c, fwd, err := a.forward(); fwd {
-		if err != nil {
-			return nil, err
-		}
-		return c.Heartbeat(ctx, req)
+	if err := sameNode(ctx, "worker_id", req.WorkerId); err != nil {
+		return nil, err
 	}
+	// Not forwarded (the leader must see the worker's own certificate): a
+	// worker that reached a former leader asks the new one next time.
 	return a.s.heartbeat(ctx, req.WorkerId)
 }
 

@@ -63,7 +63,8 @@ func startCluster(t tb, n int, tweak func(*Config)) []*Server {
 	var first string
 	for i := 1; i <= n; i++ {
 		cfg := Config{
-			ID: uint64(i), DataDir: filepath.Join(t.TempDir(), fmt.Sprint(i)), Listen: freePort(t),
+			Insecure: true,
+			ID:       uint64(i), DataDir: filepath.Join(t.TempDir(), fmt.Sprint(i)), Listen: freePort(t),
 			Worker: true, CPUMillis: 1000, MemoryMiB: 1024,
 			// VMs are placed only on workers with this capability; these
 			// nodes run no VM worker (the tests report for it).

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"log/slog"
 	"time"
 
@@ -52,5 +53,35 @@ type Config struct {
 	// the OTEL_* environment is ignored.
 	TraceExporter sdktrace.SpanExporter
 
+	// Security (docs/SECURITY.md).
+	//
+	// Insecure serves without TLS and checks no token: every caller may do
+	// everything. Only for `blixard dev` (loopback) and trusted networks.
+	Insecure bool
+	// TLS is the cluster's certificates (internal/pki.Source): mutual TLS
+	// on every gRPC connection, HTTPS on the HTTP endpoint. Required unless
+	// Insecure.
+	TLS TLSConfigs
+	// Identify reads who a verified peer certificate speaks for
+	// (internal/pki.PeerIdentity). Required with TLS.
+	Identify Identify
+	// TaskUser is the user tasks that name none run as ("": the node's
+	// own user). The CLI defaults it to "nobody" when the node runs as root.
+	TaskUser string
+	// VMImageDirs are the directories a VM's kernel, initrd and disk must
+	// be in; empty: the guest image directory only (see vmImageDir).
+	VMImageDirs []string
+	// AuditLog receives every mutating call as a JSON line: a path, "-"
+	// for standard error; "" is <DataDir>/audit.log.
+	AuditLog string
+
 	Logger *slog.Logger
+}
+
+// TLSConfigs makes the TLS configurations of a node; they may change
+// between handshakes (certificates are reloaded without a restart).
+type TLSConfigs interface {
+	ServerConfig() *tls.Config     // gRPC: client certificates required
+	HTTPServerConfig() *tls.Config // HTTP: client certificates optional (tokens)
+	ClientConfig() *tls.Config     // calls to peers
 }

@@ -58,8 +58,9 @@ func (s *Server) startObserve(ctx context.Context) error {
 // the OpenTelemetry stats handler.
 func (s *Server) grpcServerOptions() []grpc.ServerOption {
 	opts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(s.obs.metrics.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(s.obs.metrics.StreamServerInterceptor()),
+		// Metrics first, so refused calls are counted too.
+		grpc.ChainUnaryInterceptor(s.obs.metrics.UnaryServerInterceptor(), s.authz.unary()),
+		grpc.ChainStreamInterceptor(s.obs.metrics.StreamServerInterceptor(), s.authz.stream()),
 	}
 	return append(opts, s.obs.tracing.ServerOptions()...)
 }

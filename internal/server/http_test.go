@@ -224,7 +224,7 @@ func TestHTTPAddrInUseFailsStartup(t *testing.T) {
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
-		errc <- Run(ctx, Config{ID: 1, DataDir: filepath.Join(t.TempDir(), "n"), Listen: listen, Bootstrap: true, HTTPAddr: taken.Addr().String(), Logger: logger()})
+		errc <- Run(ctx, Config{Insecure: true, ID: 1, DataDir: filepath.Join(t.TempDir(), "n"), Listen: listen, Bootstrap: true, HTTPAddr: taken.Addr().String(), Logger: logger()})
 	}()
 	timer := time.NewTimer(20 * time.Second)
 	defer timer.Stop()

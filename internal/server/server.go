@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -19,7 +20,6 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -71,6 +71,10 @@ func (c *Config) Validate() error {
 		return errors.New("listen: is required (host:port)")
 	case c.Bootstrap && c.Join != "":
 		return errors.New("bootstrap and join: give one, not both")
+	case !c.Insecure && c.TLS == nil:
+		return errors.New("tls: a node needs the cluster's certificates (make them with 'blixard tls init' and 'blixard tls cert --node ID', then pass --tls-dir DIR), or --insecure on a trusted network")
+	case !c.Insecure && c.Identify == nil:
+		return errors.New("tls: no way to read peer certificates (Identify is nil)")
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("listen: %q is not host:port: %w", c.Listen, err)
@@ -131,6 +135,8 @@ type Server struct {
 	mon    *worker.Monitor
 	conns  *connPool
 	obs    *observability // metrics, traces, HTTP; set in Start
+	authz  *authz         // every gRPC call's authentication, authorization and audit
+	audit  io.Closer      // the audit log file (nil: standard error)
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -208,7 +214,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.sm = state.New()
 	s.mon = worker.NewMonitor(cfg.WorkerTTL)
-	s.conns = newConnPool()
+	if err := s.openAudit(); err != nil {
+		s.closeStorage()
+		return nil, err
+	}
+	s.conns = newConnPool(s.peerDialOptions()...)
 
 	var peers []raft.Peer
 	fresh, err := isFresh(s.logs)
@@ -231,6 +241,9 @@ func New(cfg Config) (*Server, error) {
 		Handler:  transport.HandlerFunc(func(ctx context.Context, m *raftpb.Message) error { return s.node.Process(ctx, m) }),
 		Reporter: reporter{s},
 		Logger:   s.log.With("component", "transport"),
+		// Peers dial with the node's certificate and check the server's.
+		DialOptions: []grpc.DialOption{s.transportCredentials()},
+		Authorize:   s.raftSenderCheck(),
 	})
 	core, err := raftnode.NewCore(raftnode.Config{
 		ID:             cfg.ID,
@@ -243,6 +256,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		s.tr.Stop()
 		s.closeStorage()
+		s.closeAudit()
 		return nil, err
 	}
 	s.node = raftnode.NewNode(core, raftnode.NodeConfig{
@@ -311,7 +325,7 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.grpc = grpc.NewServer(append(transport.ServerOptions(), s.grpcServerOptions()...)...)
+	s.grpc = grpc.NewServer(append(append(transport.ServerOptions(), s.serverCredentials()), s.grpcServerOptions()...)...)
 	s.tr.Register(s.grpc)
 	rpcpb.RegisterClusterServer(s.grpc, &api{s: s})
 	s.goRun(func() {
@@ -418,14 +432,27 @@ func (s *Server) join(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	backoff := 100 * time.Millisecond
+	via, redirects := s.cfg.Join, 0
 	for {
-		cc, err := s.conns.get(s.cfg.Join)
+		cc, err := s.conns.get(via)
 		if err != nil {
-			return fmt.Errorf("join %s: %w", s.cfg.Join, err)
+			return fmt.Errorf("join %s: %w", via, err)
 		}
 		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
 		resp, err := rpcpb.NewClusterClient(cc).Join(rctx, &pb.JoinRequest{Id: s.cfg.ID, Addr: s.cfg.Advertise})
 		rcancel()
+		if err == nil && resp.LeaderAddr != "" && redirects < 5 {
+			// A follower named the leader: ask it (a few hops at most,
+			// while leadership moves).
+			s.log.Info("join: asking the leader", "via", via, "leader", resp.LeaderAddr)
+			via = resp.LeaderAddr
+			redirects++
+			continue
+		}
+		via, redirects = s.cfg.Join, 0
+		if err == nil && resp.LeaderAddr != "" {
+			err = status.Error(codes.Unavailable, "leadership kept moving")
+		}
 		if err == nil {
 			for _, m := range resp.Members {
 				if m.Id != s.cfg.ID {
@@ -513,6 +540,7 @@ func (s *Server) Stop() {
 		s.conns.close()
 		s.closeStorage()
 		s.stopTracing()
+		s.closeAudit()
 		s.log.Info("node stopped")
 	})
 }
@@ -763,10 +791,13 @@ func (s *Server) heartbeat(_ context.Context, id uint64) (*pb.HeartbeatResponse,
 type connPool struct {
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
+	base  []grpc.DialOption // credentials, token forwarding
 	opts  []grpc.DialOption // e.g. tracing
 }
 
-func newConnPool() *connPool { return &connPool{conns: map[string]*grpc.ClientConn{}} }
+func newConnPool(base ...grpc.DialOption) *connPool {
+	return &connPool{conns: map[string]*grpc.ClientConn{}, base: base}
+}
 
 func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
 	p.mu.Lock()
@@ -774,7 +805,7 @@ func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := p.conns[addr]; ok {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, p.opts...)...)
+	cc, err := grpc.NewClient(addr, append(slices.Clone(p.base), p.opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, err)
 	}

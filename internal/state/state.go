@@ -39,6 +39,7 @@ type Machine struct {
 	kv       map[string]*pb.KV
 	tasks    map[string]*pb.Task
 	vms      map[string]*pb.VM
+	tokens   map[string]*pb.Token // by accessor
 
 	// Derived, not stored: rebuilt after a load or restore.
 	idem map[string]string // idempotency key → task ID
@@ -80,6 +81,7 @@ func (m *Machine) reset() {
 	m.kv = map[string]*pb.KV{}
 	m.tasks = map[string]*pb.Task{}
 	m.vms = map[string]*pb.VM{}
+	m.tokens = map[string]*pb.Token{}
 	m.idem = map[string]string{}
 	m.used = map[uint64]Usage{}
 	m.pending = map[string]struct{}{}
@@ -160,6 +162,10 @@ func (m *Machine) ApplyCommand(index uint64, data []byte) (proto.Message, error)
 		return m.reportVM(op.ReportVm)
 	case *pb.Command_ReleaseVms:
 		return m.releaseVMs(op.ReleaseVms)
+	case *pb.Command_CreateToken:
+		return m.createToken(op.CreateToken)
+	case *pb.Command_RevokeToken:
+		return m.revokeToken(op.RevokeToken)
 	default:
 		return nil, fmt.Errorf("%w: unknown operation %T", ErrInvalidCommand, cmd.Op)
 	}
@@ -383,6 +389,9 @@ func (m *Machine) snapshotLocked() *pb.StateSnapshot {
 	for _, name := range sortedStrings(m.vms) {
 		s.Vms = append(s.Vms, m.vms[name])
 	}
+	for _, a := range sortedStrings(m.tokens) {
+		s.Tokens = append(s.Tokens, m.tokens[a])
+	}
 	keys := make([]string, 0, len(m.kv))
 	for k := range m.kv {
 		keys = append(keys, k)
@@ -442,6 +451,9 @@ func (m *Machine) Restore(data []byte) error {
 	for _, x := range s.Vms {
 		m.vms[x.Spec.GetName()] = x
 	}
+	for _, x := range s.Tokens {
+		m.tokens[x.Accessor] = x
+	}
 	m.rebuildDerived()
 	m.rebuildVMDerived()
 	return nil
@@ -489,7 +501,7 @@ func (m *Machine) LoadRecord(table string, key, value []byte) error {
 		}
 		m.tasks[x.Id] = x
 		if x.IdempotencyKey != "" {
-			m.idem[x.IdempotencyKey] = x.Id
+			m.idem[idemKey(x.Owner, x.IdempotencyKey)] = x.Id
 		}
 		if a := currentAttempt(x); activeAttempt(a) {
 			m.reserve(a.WorkerId, x.Spec.GetResources(), 1)
@@ -501,6 +513,12 @@ func (m *Machine) LoadRecord(table string, key, value []byte) error {
 			return fmt.Errorf("state: table %s: %w", table, err)
 		}
 		m.loadVM(x)
+	case storage.TableTokens:
+		x := &pb.Token{}
+		if err := proto.Unmarshal(value, x); err != nil {
+			return fmt.Errorf("state: table %s: %w", table, err)
+		}
+		m.tokens[x.Accessor] = x
 	default:
 		return fmt.Errorf("state: unknown table %q", table)
 	}
@@ -566,6 +584,9 @@ func (m *Machine) AllRecords() []storage.Change {
 	for _, name := range sortedStrings(m.vms) {
 		add(storage.TableVMs, name)
 	}
+	for _, a := range sortedStrings(m.tokens) {
+		add(storage.TableTokens, a)
+	}
 	return out
 }
 
@@ -599,6 +620,10 @@ func (m *Machine) valueLocked(k dirtyKey) []byte {
 		}
 	case storage.TableVMs:
 		if x, ok := m.vms[k.key]; ok {
+			msg = x
+		}
+	case storage.TableTokens:
+		if x, ok := m.tokens[k.key]; ok {
 			msg = x
 		}
 	}

@@ -153,9 +153,18 @@ func (m *Machine) reserve(w uint64, r *pb.Resources, sign int64) {
 	}
 }
 
+// idemKey scopes an idempotency key to the owner of the submitting token,
+// so one token's key can neither find nor shadow another's task.
+func idemKey(owner, key string) string {
+	if owner == "" {
+		return key
+	}
+	return owner + "\x00" + key
+}
+
 func (m *Machine) submitTask(index uint64, c *pb.SubmitTask) (proto.Message, error) {
 	if c.IdempotencyKey != "" {
-		if id, ok := m.idem[c.IdempotencyKey]; ok {
+		if id, ok := m.idem[idemKey(c.Owner, c.IdempotencyKey)]; ok {
 			return proto.Clone(m.tasks[id]), nil
 		}
 	}
@@ -169,10 +178,11 @@ func (m *Machine) submitTask(index uint64, c *pb.SubmitTask) (proto.Message, err
 		IdempotencyKey:    c.IdempotencyKey,
 		CreatedAtUnixNano: c.NowUnixNano,
 		Seq:               index,
+		Owner:             c.Owner,
 	}
 	m.tasks[t.Id] = t
 	if t.IdempotencyKey != "" {
-		m.idem[t.IdempotencyKey] = t.Id
+		m.idem[idemKey(t.Owner, t.IdempotencyKey)] = t.Id
 	}
 	m.touchTask(t.Id)
 	return proto.Clone(t), nil
@@ -391,7 +401,7 @@ func (m *Machine) purgeTasks(c *pb.PurgeTasks) (proto.Message, error) {
 		}
 		delete(m.tasks, id)
 		if t.IdempotencyKey != "" {
-			delete(m.idem, t.IdempotencyKey)
+			delete(m.idem, idemKey(t.Owner, t.IdempotencyKey))
 		}
 		m.touchTask(id)
 		n++
@@ -465,7 +475,7 @@ func (m *Machine) rebuildDerived() {
 	for id, t := range m.tasks {
 		m.indexPending(t)
 		if t.IdempotencyKey != "" {
-			m.idem[t.IdempotencyKey] = id
+			m.idem[idemKey(t.Owner, t.IdempotencyKey)] = id
 		}
 		if a := currentAttempt(t); activeAttempt(a) {
 			m.reserve(a.WorkerId, t.Spec.GetResources(), 1)

@@ -323,6 +323,7 @@ func (m *Machine) createVM(index uint64, c *pb.CreateVM) (proto.Message, error) 
 		// two creations, so the old VM's generations all stay below this
 		// index. (uint32: unique until the log passes 2^32 entries.)
 		Generation: uint32(index),
+		Owner:      c.Owner,
 	}
 	m.vms[spec.Name] = vm
 	m.touchVM(spec.Name)

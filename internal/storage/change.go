@@ -18,7 +18,8 @@ const (
 	TableKV             = "kv"
 	TableTasks          = "tasks"
 	TableVMs            = "vms"
+	TableTokens         = "tokens"
 )
 
 // Tables lists every state table.
-var Tables = []string{TableMembers, TableRemovedMembers, TableWorkers, TableWorkerStatus, TableKV, TableTasks, TableVMs}
+var Tables = []string{TableMembers, TableRemovedMembers, TableWorkers, TableWorkerStatus, TableKV, TableTasks, TableVMs, TableTokens}

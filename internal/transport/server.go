@@ -47,6 +47,7 @@ func (s *raftService) Send(stream grpc.ClientStreamingServer[blixardpb.RaftBatch
 	t := s.t
 	ctx, cancel := t.processContext(stream.Context())
 	defer cancel()
+	var allowed uint64 // the sender last authorized on this stream
 	for {
 		if t.stopping() {
 			return errStopped
@@ -69,6 +70,14 @@ func (s *raftService) Send(stream grpc.ClientStreamingServer[blixardpb.RaftBatch
 				t.stats.messagesRejected.Add(1)
 				t.log.Warn("message for another node dropped", "to", m.GetTo(), "from", m.GetFrom(), "type", m.GetType())
 				continue
+			}
+			if t.cfg.Authorize != nil && (allowed == 0 || m.GetFrom() != allowed) {
+				if err := t.cfg.Authorize(stream.Context(), m.GetFrom()); err != nil {
+					t.stats.messagesRejected.Add(1)
+					t.log.Warn("raft stream refused", "from", m.GetFrom(), "err", err)
+					return err
+				}
+				allowed = m.GetFrom()
 			}
 			if err := t.cfg.Handler.Process(ctx, m); err != nil {
 				if ctx.Err() != nil {
@@ -111,6 +120,13 @@ func (s *raftService) SendSnapshot(stream grpc.ClientStreamingServer[blixardpb.S
 		t.stats.messagesRejected.Add(1)
 		t.log.Warn("snapshot for another node rejected", "to", m.GetTo(), "from", m.GetFrom())
 		return status.Errorf(codes.FailedPrecondition, "snapshot: for node %d, this is node %d", m.GetTo(), t.cfg.ID)
+	}
+	if t.cfg.Authorize != nil {
+		if err := t.cfg.Authorize(stream.Context(), m.GetFrom()); err != nil {
+			t.stats.messagesRejected.Add(1)
+			t.log.Warn("snapshot refused", "from", m.GetFrom(), "err", err)
+			return err
+		}
 	}
 	total, sum := first.GetTotalSize(), first.GetCrc32C()
 	data := make([]byte, 0, min(total, maxSnapshotPrealloc))

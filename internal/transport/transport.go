@@ -92,6 +92,11 @@ type Config struct {
 	// Reconnect backoff defaults are applied first, so these may override
 	// them.
 	DialOptions []grpc.DialOption
+	// Authorize, when set, is asked about the sender of every incoming
+	// message (its From) with the receiving stream's context; an error
+	// ends the stream with that error and nothing of it reaches Handler.
+	// On a TLS cluster it checks the sender's certificate.
+	Authorize func(ctx context.Context, from uint64) error
 }
 
 // Stats are cumulative counters since New.
