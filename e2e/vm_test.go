@@ -144,7 +144,7 @@ func killQEMUsAtCleanup(t testing.TB, dir string) {
 func vmNodes(t *testing.T) *cluster {
 	c := newCluster(t)
 	c.timers = []string{"--tick", "50ms", "--heartbeat-interval", "200ms", "--worker-ttl", "8s", "--vm-replace-after", "7s"}
-	extra := []string{"--cpu", "2", "--memory", "1024"}
+	extra := []string{"--cpu", "2", "--memory", "1024", "--vm-image-dir", filepath.Join(c.root, "images")}
 	n1 := c.add(1, append([]string{"--bootstrap"}, extra...)...)
 	c.add(2, append([]string{"--join", n1.addr}, extra...)...)
 	c.add(3, append([]string{"--join", n1.addr}, extra...)...)
@@ -263,14 +263,25 @@ func TestVMLifecycleOnThreeNodes(t *testing.T) {
 	})
 
 	t.Run("bad input", func(t *testing.T) {
+		// A kernel outside the allowed directories is refused at create:
+		// QEMU would read any file of the worker into a guest.
+		_, errOut, err := vmCLI(n1.addr, "vm", "create", "shadow", "--kernel", "/etc/shadow", "--timeout", "10s")
+		if err == nil || !strings.Contains(errOut, "kernel: /etc/shadow is outside the directories") {
+			t.Fatalf("vm create --kernel /etc/shadow: %v, stderr %q; want a refusal naming the field and the file", err, errOut)
+		}
+		if _, found, raw := vmStatus(n1.addr, "shadow"); found {
+			t.Fatalf("a refused VM was created: %s", raw)
+		}
+
 		// Unknown kernel path: the worker refuses it, naming the file.
-		_, errOut, err := vmCLI(n1.addr, "vm", "create", "nokernel", "--kernel", "/nonexistent/vmlinux", "--timeout", "2m")
+		missing := filepath.Join(c.root, "images", "nonexistent", "vmlinux")
+		_, errOut, err = vmCLI(n1.addr, "vm", "create", "nokernel", "--kernel", missing, "--timeout", "2m")
 		if err == nil {
 			t.Fatal("vm create with an unknown kernel succeeded")
 		}
 		v := waitVM(t, n1.addr, "nokernel", "failed", func(v vmJSON) bool { return v.State == "failed" })
 		t.Logf("unknown kernel: %s", strings.TrimSpace(errOut))
-		if !strings.Contains(v.reason(), "/nonexistent/vmlinux") || !strings.Contains(errOut+v.reason(), "does not exist") {
+		if !strings.Contains(v.reason(), missing) || !strings.Contains(errOut+v.reason(), "does not exist") {
 			t.Errorf("unknown kernel: stderr %q, reason %q; want both to name the file", errOut, v.reason())
 		}
 		deleteAndWait(t, n1.addr, "nokernel")

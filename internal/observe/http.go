@@ -2,6 +2,7 @@ package observe
 
 import (
 	"context"
+	"crypto/tls"
 	"embed"
 	"encoding/json"
 	"errors"
@@ -119,6 +120,9 @@ func Listen(addr string, h http.Handler, log *slog.Logger) (*HTTPServer, error) 
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}}, nil
 }
+
+// ServeTLS makes the server speak HTTPS with cfg (call before Serve).
+func (s *HTTPServer) ServeTLS(cfg *tls.Config) { s.lis = tls.NewListener(s.lis, cfg) }
 
 // Addr is the bound address (useful with port 0).
 func (s *HTTPServer) Addr() string { return s.lis.Addr().String() }

@@ -68,8 +68,8 @@ type Config struct {
 	// TaskUser is the user tasks that name none run as ("": the node's
 	// own user). The CLI defaults it to "nobody" when the node runs as root.
 	TaskUser string
-	// VMImageDirs are the directories a VM's kernel, initrd and disk must
-	// be in; empty: the guest image directory only (see vmImageDir).
+	// VMImageDirs are more directories a VM's kernel, initrd and disk may
+	// be in, besides the guest image directory (see vmImageDir).
 	VMImageDirs []string
 	// AuditLog receives every mutating call as a JSON line: a path, "-"
 	// for standard error; "" is <DataDir>/audit.log.

@@ -46,9 +46,16 @@ func (s *Server) startObserve(ctx context.Context) error {
 	if s.cfg.HTTPAddr == "" {
 		return nil
 	}
-	h, err := observe.Listen(s.cfg.HTTPAddr, observe.Handler(source{s}, o.metrics, s.log.With("component", "http")), s.log.With("component", "http"))
+	handler := observe.Handler(source{s}, o.metrics, s.log.With("component", "http"))
+	if !s.cfg.Insecure {
+		handler = s.httpAuth(handler)
+	}
+	h, err := observe.Listen(s.cfg.HTTPAddr, handler, s.log.With("component", "http"))
 	if err != nil {
 		return fmt.Errorf("--http-addr %s: %w (is another node using it? pick another --http-addr, or --http-addr off)", s.cfg.HTTPAddr, err)
+	}
+	if !s.cfg.Insecure {
+		h.ServeTLS(s.cfg.TLS.HTTPServerConfig())
 	}
 	o.http = h
 	return nil
@@ -77,7 +84,11 @@ func (s *Server) serveHTTP() {
 			s.log.Error("http server stopped", "err", err)
 		}
 	})
-	s.log.Info("serving metrics, health and the dashboard", "http", "http://"+h.Addr()+"/")
+	scheme := "https://"
+	if s.cfg.Insecure {
+		scheme = "http://"
+	}
+	s.log.Info("serving metrics, health and the dashboard", "http", scheme+h.Addr()+"/")
 }
 
 // HTTPAddr is the address the HTTP endpoint listens on ("" when off).

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -368,7 +369,14 @@ func (s *Server) startWorker() error {
 		s.log.Warn("killing orphaned task processes", "err", err)
 	}
 	s.exec = ex
-	runner := worker.NewRunner(worker.RunnerConfig{Clock: s.clock, Logger: s.log.With("component", "runner"), Stale: isStale}, taskCluster{s}, execLauncher{ex})
+	if u := s.cfg.TaskUser; u != "" {
+		if _, err := user.Lookup(u); err != nil {
+			s.log.Warn("the task user does not exist on this host; tasks that name no user will fail until it does (create it, or start the node with --task-user USER)", "task_user", u, "err", err)
+		} else {
+			s.log.Info("tasks that name no user run as the task user", "task_user", u)
+		}
+	}
+	runner := worker.NewRunner(worker.RunnerConfig{Clock: s.clock, Logger: s.log.With("component", "runner"), Stale: isStale}, taskCluster{s}, execLauncher{e: ex, taskUser: s.cfg.TaskUser})
 	caps := slices.Clone(s.cfg.Capabilities)
 	if s.cfg.VMs {
 		// Before registering: the registration says whether VMs can run

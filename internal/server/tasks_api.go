@@ -15,6 +15,7 @@ import (
 
 	pb "github.com/blixard/blixard/api/blixardpb"
 	rpcpb "github.com/blixard/blixard/api/blixardrpc"
+	"github.com/blixard/blixard/internal/acl"
 	"github.com/blixard/blixard/internal/state"
 )
 
@@ -24,6 +25,10 @@ func AttemptID(taskID string, attempt uint32) string { return fmt.Sprintf("%s.%d
 func (a *api) SubmitTask(ctx context.Context, req *pb.SubmitTaskRequest) (*pb.TaskResponse, error) {
 	if err := state.ValidateTaskSpec(req.GetSpec()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	p := acl.FromContext(ctx)
+	if u := req.Spec.GetUser(); u != "" && !p.Has(acl.CapRunAs) {
+		return nil, status.Errorf(codes.PermissionDenied, "user: %s may not choose the user a task runs as (%q); leave --user out to run as the workers' task user, or use an operator token", p, u)
 	}
 	key := req.GetIdempotencyKey()
 	if key == "" {
@@ -37,7 +42,7 @@ func (a *api) SubmitTask(ctx context.Context, req *pb.SubmitTaskRequest) (*pb.Ta
 		key = hex.EncodeToString(b[:])
 	}
 	res, err := a.s.propose(ctx, &pb.Command{Op: &pb.Command_SubmitTask{SubmitTask: &pb.SubmitTask{
-		Spec: req.Spec, IdempotencyKey: key, NowUnixNano: a.s.clock.Now().UnixNano(),
+		Spec: req.Spec, IdempotencyKey: key, NowUnixNano: a.s.clock.Now().UnixNano(), Owner: p.Owner(),
 	}}})
 	if err != nil {
 		return nil, toStatus(err)
@@ -46,9 +51,17 @@ func (a *api) SubmitTask(ctx context.Context, req *pb.SubmitTaskRequest) (*pb.Ta
 	return &pb.TaskResponse{Task: t}, nil
 }
 
-// readTask returns a task as of a linearizable read.
+// readTask returns a task as of a linearizable read, if the caller may
+// read it.
 func (a *api) readTask(ctx context.Context, id string) (*pb.Task, error) {
-	return linearGet(ctx, a, "task", "id", id, a.s.sm.Task)
+	t, err := linearGet(ctx, a, "task", "id", id, a.s.sm.Task)
+	if err != nil {
+		return nil, err
+	}
+	if err := ownerCheck(ctx, "task", t.Id, t.Owner, false); err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
 // linearGet reads one record (a task, a VM) by key after a linearizable
@@ -89,16 +102,31 @@ func (a *api) ListTasks(ctx context.Context, req *pb.ListTasksRequest) (*pb.List
 	if err := a.s.node.ReadIndex(ctx); err != nil {
 		return nil, toStatus(err)
 	}
+	p := acl.FromContext(ctx)
 	ts := a.s.sm.Tasks(req.GetState())
+	out := ts[:0]
 	for _, t := range ts {
-		a.s.withReason(t)
+		if p.CanRead(t.Owner) {
+			out = append(out, a.s.withReason(t))
+		}
 	}
-	return &pb.ListTasksResponse{Tasks: ts}, nil
+	return &pb.ListTasksResponse{Tasks: out}, nil
 }
 
 func (a *api) CancelTask(ctx context.Context, req *pb.CancelTaskRequest) (*pb.TaskResponse, error) {
 	if req.GetId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "id: must not be empty")
+	}
+	if p := acl.FromContext(ctx); !p.Has(acl.CapOperate) {
+		// Owners never change, so the check made now still holds when
+		// the cancellation applies.
+		t, err := a.readTask(ctx, req.Id)
+		if err != nil {
+			return nil, err
+		}
+		if err := ownerCheck(ctx, "task", t.Id, t.Owner, true); err != nil {
+			return nil, err
+		}
 	}
 	res, err := a.s.propose(ctx, &pb.Command{Op: &pb.Command_CancelTask{CancelTask: &pb.CancelTask{TaskId: req.Id, NowUnixNano: a.s.clock.Now().UnixNano()}}})
 	if err != nil {

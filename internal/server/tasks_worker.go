@@ -42,21 +42,34 @@ func (c taskCluster) SetSchedulable(ctx context.Context, ok bool, reason string)
 func isStale(err error) bool { return errors.Is(err, state.ErrStaleAttempt) }
 
 // execLauncher adapts the executor to the runner.
-type execLauncher struct{ e *executor.Executor }
+type execLauncher struct {
+	e *executor.Executor
+	// taskUser runs the tasks that name no user (Config.TaskUser); they
+	// start in / rather than in the node's working directory, which that
+	// user may not be able to read.
+	taskUser string
+}
 
 func (l execLauncher) Launch(ctx context.Context, r worker.RunSpec) (worker.Process, error) {
 	s := r.Spec
+	user, dir := s.User, s.Workdir
+	if user == "" && l.taskUser != "" {
+		user = l.taskUser
+		if dir == "" {
+			dir = "/"
+		}
+	}
 	h, err := l.e.Start(ctx, executor.Spec{
 		AttemptID: AttemptID(r.TaskID, r.Attempt),
 		Command:   s.Command,
 		Args:      s.Args,
 		Env:       s.Env,
-		Dir:       s.Workdir,
+		Dir:       dir,
 		CPUMillis: s.GetResources().GetCpuMillis(),
 		MemoryMiB: s.GetResources().GetMemoryMib(),
 		Timeout:   time.Duration(s.TimeoutMs) * time.Millisecond,
 		KillGrace: time.Duration(s.KillGraceMs) * time.Millisecond,
-		User:      s.User,
+		User:      user,
 	})
 	if err != nil {
 		if errors.Is(err, executor.ErrSpec) {

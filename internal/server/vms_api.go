@@ -15,6 +15,7 @@ import (
 
 	pb "github.com/blixard/blixard/api/blixardpb"
 	rpcpb "github.com/blixard/blixard/api/blixardrpc"
+	"github.com/blixard/blixard/internal/acl"
 	"github.com/blixard/blixard/internal/state"
 	"github.com/blixard/blixard/internal/vm/qemu"
 )
@@ -132,7 +133,10 @@ func (a *api) CreateVM(ctx context.Context, req *pb.CreateVMRequest) (*pb.VMResp
 	if err := a.s.fitsSomeWorker(spec); err != nil {
 		return nil, err
 	}
-	res, err := a.s.propose(ctx, &pb.Command{Op: &pb.Command_CreateVm{CreateVm: &pb.CreateVM{Spec: spec, NowUnixNano: a.s.clock.Now().UnixNano()}}})
+	if err := a.s.checkVMPaths(spec); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	res, err := a.s.propose(ctx, &pb.Command{Op: &pb.Command_CreateVm{CreateVm: &pb.CreateVM{Spec: spec, NowUnixNano: a.s.clock.Now().UnixNano(), Owner: acl.FromContext(ctx).Owner()}}})
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -140,9 +144,17 @@ func (a *api) CreateVM(ctx context.Context, req *pb.CreateVMRequest) (*pb.VMResp
 	return r, nil
 }
 
-// readVM returns a VM as of a linearizable read.
+// readVM returns a VM as of a linearizable read, if the caller may read
+// it.
 func (a *api) readVM(ctx context.Context, name string) (*pb.VM, error) {
-	return linearGet(ctx, a, "vm", "name", name, a.s.sm.VM)
+	vm, err := linearGet(ctx, a, "vm", "name", name, a.s.sm.VM)
+	if err != nil {
+		return nil, err
+	}
+	if err := ownerCheck(ctx, "vm", vm.Spec.GetName(), vm.Owner, false); err != nil {
+		return nil, err
+	}
+	return vm, nil
 }
 
 func (a *api) GetVM(ctx context.Context, req *pb.GetVMRequest) (*pb.VMResponse, error) {
@@ -165,16 +177,29 @@ func (a *api) ListVMs(ctx context.Context, _ *pb.ListVMsRequest) (*pb.ListVMsRes
 	if err := a.s.node.ReadIndex(ctx); err != nil {
 		return nil, toStatus(err)
 	}
+	p := acl.FromContext(ctx)
 	vms := a.s.sm.VMs()
+	out := vms[:0]
 	for _, vm := range vms {
-		a.s.withVMReason(vm)
+		if p.CanRead(vm.Owner) {
+			out = append(out, a.s.withVMReason(vm))
+		}
 	}
-	return &pb.ListVMsResponse{Vms: vms}, nil
+	return &pb.ListVMsResponse{Vms: out}, nil
 }
 
 func (a *api) SetVMDesired(ctx context.Context, req *pb.SetVMDesiredRequest) (*pb.VMResponse, error) {
 	if req.GetName() == "" {
 		return nil, status.Error(codes.InvalidArgument, "name: must not be empty")
+	}
+	if p := acl.FromContext(ctx); !p.Has(acl.CapOperate) {
+		vm, err := a.readVM(ctx, req.Name)
+		if err != nil {
+			return nil, err
+		}
+		if err := ownerCheck(ctx, "vm", vm.Spec.GetName(), vm.Owner, true); err != nil {
+			return nil, err
+		}
 	}
 	res, err := a.s.propose(ctx, &pb.Command{Op: &pb.Command_SetVmDesired{SetVmDesired: &pb.SetVMDesired{
 		Name: req.Name, Desired: req.Desired, Restart: req.Restart, NowUnixNano: a.s.clock.Now().UnixNano(),

@@ -259,6 +259,19 @@ type imageBuilder struct {
 
 func (b *imageBuilder) prepare(ctx context.Context, op worker.VMOp) error {
 	if !op.DefaultImage {
+		// The API node checked the paths against its directories; this
+		// worker checks them against its own before QEMU opens them.
+		paths := map[string]string{"kernel": op.Spec.Kernel, "initrd": op.Spec.Initrd}
+		if op.Spec.Disk != nil {
+			paths["disk"] = op.Spec.Disk.Path
+		}
+		for _, field := range []string{"kernel", "initrd", "disk"} {
+			if p := paths[field]; p != "" {
+				if err := allowedVMFile(p, b.s.cfg.vmImageDirs()); err != nil {
+					return fmt.Errorf("%w: %s: %w", vm.ErrInvalidSpec, field, err)
+				}
+			}
+		}
 		return nil
 	}
 	b.mu.Lock()
