@@ -78,7 +78,14 @@ func (a *app) dial(cmd *cobra.Command) (*grpc.ClientConn, *atomic.Bool, error) {
 		}
 		return c, err
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(dialer)}
+	opts, secure, err := a.tls.clientDialOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	if !secure {
+		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	opts = append(opts, grpc.WithContextDialer(dialer))
 	if a.dialOptions != nil {
 		opts = append(opts, a.dialOptions()...)
 	}

@@ -73,6 +73,10 @@ func (a *app) runDev(cmd *cobra.Command, o *devOptions) error {
 	if p := hostPortProblem(o.listen, false, false); p != "" {
 		return usageError(fmt.Sprintf("--listen %s (got %q)", p, o.listen), "pass e.g. --listen 127.0.0.1:7000")
 	}
+	if host, _, _ := net.SplitHostPort(o.listen); !isLoopbackHost(host) {
+		return usageError(fmt.Sprintf("--listen must be a loopback address for blixard dev, which runs without TLS or tokens (got %q)", o.listen),
+			"pass e.g. --listen 127.0.0.1:7100, or run 'blixard node' with --tls-dir to serve a network")
+	}
 	httpAddr, err := resolveHTTPAddr(cmd.Flags(), o.httpAddr, o.listen)
 	if err != nil {
 		return err
@@ -138,6 +142,9 @@ func (a *app) runDev(cmd *cobra.Command, o *devOptions) error {
 		// VMs run here; a temporary data dir takes them with it on exit.
 		VMs:          true,
 		VMStopOnExit: temp,
+		// dev listens on loopback only (checked above): no TLS, no tokens.
+		Insecure: true,
+		TaskUser: defaultTaskUser(),
 	}
 	tn := defaultTuning()
 	tn.apply(&cfg)

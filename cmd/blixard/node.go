@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/blixard/blixard/internal/pki"
 	"github.com/blixard/blixard/internal/server"
 )
 
@@ -162,6 +163,10 @@ type nodeOptions struct {
 	vmImage      string
 	vmAccel      string
 	httpAddr     string
+	insecure     bool
+	taskUser     string
+	vmImageDirs  []string
+	auditLog     string
 	tuning       tuning
 	log          logOptions
 }
@@ -190,7 +195,7 @@ By default (--worker) the node also offers its resources to run work. --cpu and
   blixard node --id 2 --data-dir /var/lib/blixard --listen 10.0.0.2:7000`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, notes, err := o.config(cmd.Flags(), a.deps)
+			cfg, notes, err := o.config(cmd.Flags(), a.deps, &a.tls)
 			if err != nil {
 				return err
 			}
@@ -214,6 +219,10 @@ By default (--worker) the node also offers its resources to run work. --cpu and
 	fs.StringVar(&o.vmImage, "vm-image", "", "directory `DIR` with the default micro-VM guest image (vmlinux, initrd.img; see 'blixard image build') (default: <data-dir>/vm-image, built on first use)")
 	fs.StringVar(&o.vmAccel, "vm-accel", "auto", "micro-VM accelerator: `auto` (KVM when the CPU really has it, else TCG), kvm or tcg")
 	fs.StringVar(&o.httpAddr, "http-addr", "", httpAddrUsage)
+	fs.BoolVar(&o.insecure, "insecure", false, "serve without TLS and check no token: anyone who reaches --listen may do anything (only for a trusted network; the default needs --tls-dir)")
+	fs.StringVar(&o.taskUser, "task-user", defaultTaskUser(), "`USER` that tasks naming no --user run as (default nobody when the node runs as root; empty: the node's own user)")
+	fs.StringArrayVar(&o.vmImageDirs, "vm-image-dir", nil, "another `DIR` that VM kernels, initrds and disks may come from, besides the guest image directory (repeatable)")
+	fs.StringVar(&o.auditLog, "audit-log", "", "`FILE` that receives every mutating call as a JSON line, or - for standard error (default <data-dir>/audit.log)")
 	o.tuning.addFlags(fs)
 	o.log.addFlags(fs)
 	expect(fs, "id", "a positive integer")
@@ -226,7 +235,7 @@ By default (--worker) the node also offers its resources to run work. --cpu and
 // config validates the flags and builds the server configuration without
 // starting or creating anything. notes are warnings to log once logging
 // is set up.
-func (o *nodeOptions) config(fs *pflag.FlagSet, d deps) (server.Config, []string, error) {
+func (o *nodeOptions) config(fs *pflag.FlagSet, d deps, tlsOpts *tlsOptions) (server.Config, []string, error) {
 	var cfg server.Config
 	var notes []string
 	changed := func(name string) bool { return fs.Changed(name) }
@@ -328,6 +337,14 @@ func (o *nodeOptions) config(fs *pflag.FlagSet, d deps) (server.Config, []string
 	if err := o.log.validate(); err != nil {
 		return cfg, nil, err
 	}
+	for _, dir := range o.vmImageDirs {
+		if !filepath.IsAbs(dir) {
+			return cfg, nil, usageError(fmt.Sprintf("--vm-image-dir must be an absolute path (got %q)", dir), "pass e.g. --vm-image-dir /var/lib/blixard/images")
+		}
+	}
+	if o.taskUser == "root" || o.taskUser == "0" {
+		notes = append(notes, "--task-user root: tasks that name no user run with root's powers on this worker")
+	}
 
 	// Machine defaults, only once everything else is known to be fine.
 	memory := o.memory
@@ -370,6 +387,14 @@ func (o *nodeOptions) config(fs *pflag.FlagSet, d deps) (server.Config, []string
 	}
 	if joining && !restart {
 		cfg.Join = o.join
+	}
+	cfg.TaskUser, cfg.VMImageDirs, cfg.AuditLog = o.taskUser, o.vmImageDirs, o.auditLog
+	warn := func(err error) { fmt.Fprintf(d.stderr, "warning: reloading the TLS certificates: %v (the previous ones stay in use)\n", err) }
+	if err := tlsOpts.nodeSecurity(&cfg, o.id, o.insecure, warn); err != nil {
+		return cfg, nil, err
+	}
+	if cfg.Insecure {
+		notes = append(notes, "--insecure: no TLS and no token checks; anyone who reaches "+o.listen+" may run commands on the workers")
 	}
 	o.tuning.apply(&cfg)
 	return cfg, notes, nil
@@ -509,6 +534,28 @@ func (a *app) runNode(cmd *cobra.Command, cfg server.Config, lo logOptions, note
 		<-ctx.Done()
 		stop() // restore default signal handling: a second Ctrl-C kills
 	}()
+
+	if src, ok := cfg.TLS.(*pki.Source); ok {
+		// SIGHUP reloads the certificates (file changes are also picked up
+		// at the next handshake).
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					if err := src.Reload(); err != nil {
+						logger.Warn("SIGHUP: reloading the TLS certificates failed; the previous ones stay in use", "err", err)
+					} else {
+						logger.Info("SIGHUP: reloaded the TLS certificates", "identity", src.Identity().String(), "not_after", src.NotAfter())
+					}
+				}
+			}
+		}()
+	}
 
 	logger.Info("starting node",
 		"id", cfg.ID, "listen", cfg.Listen, "advertise", cfg.Advertise, "http", cfg.HTTPAddr, "data_dir", cfg.DataDir,

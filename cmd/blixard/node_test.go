@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/internal/pki"
 	"github.com/blixard/blixard/internal/server"
 )
 
@@ -136,13 +138,14 @@ func TestNodeFlagValidation(t *testing.T) {
 func TestNodeBuildsConfig(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
 	h := newHarness(t)
-	code := h.run("node", "--id", "7", "--data-dir", data, "--listen", "0.0.0.0:7001",
+	code := h.run("node", "--insecure", "--id", "7", "--data-dir", data, "--listen", "0.0.0.0:7001",
 		"--advertise", "10.0.0.7:7001", "--join", "10.0.0.1:7000",
 		"--worker", "--cpu", "0.5", "--memory", "2048", "--disk", "100",
 		"--labels", "zone=eu-1, disk=ssd", "--labels", "rack=r2",
 		"--capabilities", "docker,gpu", "--capabilities", "docker",
 		"--tick", "50ms", "--election-ticks", "20", "--snapshot-every", "100", "--snapshot-keep", "10",
-		"--heartbeat-interval", "2s", "--worker-ttl", "10s", "--log-format", "json", "--log-level", "debug")
+		"--heartbeat-interval", "2s", "--worker-ttl", "10s", "--log-format", "json", "--log-level", "debug",
+		"--vm-image-dir", "/srv/images", "--task-user", "builder", "--audit-log", "-")
 	if code != exitOK {
 		t.Fatalf("exit code %d, stderr %q", code, h.stderr.String())
 	}
@@ -165,6 +168,7 @@ func TestNodeBuildsConfig(t *testing.T) {
 		SnapshotEvery: 100, SnapshotKeep: 10, CheckpointEvery: defaultCheckpointEvery,
 		HeartbeatInterval: 2 * time.Second, WorkerTTL: 10 * time.Second, UsageInterval: defaultUsageInterval, TaskRetention: defaultTaskRetention,
 		HTTPAddr: "0.0.0.0:7081", // --listen's host, port + 80
+		Insecure: true, TaskUser: "builder", VMImageDirs: []string{"/srv/images"}, AuditLog: "-",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("config\n got %+v\nwant %+v", got, want)
@@ -180,7 +184,7 @@ func TestNodeBuildsConfig(t *testing.T) {
 func TestNodeDefaults(t *testing.T) {
 	data := t.TempDir()
 	h := newHarness(t)
-	if code := h.run("node", "--id", "1", "--data-dir", data, "--listen", "127.0.0.1:7001", "--bootstrap", "--worker"); code != exitOK {
+	if code := h.run("node", "--insecure", "--id", "1", "--data-dir", data, "--listen", "127.0.0.1:7001", "--bootstrap", "--worker"); code != exitOK {
 		t.Fatalf("exit code %d, stderr %q", code, h.stderr.String())
 	}
 	got := h.startedConfigs()[0]
@@ -212,7 +216,7 @@ func TestNodeHTTPAddr(t *testing.T) {
 		{"--http-addr=:9100", ":9100"},
 	} {
 		h := newHarness(t)
-		if code := h.run("node", "--id", "1", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:7001", "--bootstrap", tc.flag); code != exitOK {
+		if code := h.run("node", "--insecure", "--id", "1", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:7001", "--bootstrap", tc.flag); code != exitOK {
 			t.Fatalf("%s: exit code %d, stderr %q", tc.flag, code, h.stderr.String())
 		}
 		if got := h.startedConfigs()[0].HTTPAddr; got != tc.want {
@@ -224,7 +228,7 @@ func TestNodeHTTPAddr(t *testing.T) {
 func TestNodeNonWorkerSkipsDetection(t *testing.T) {
 	h := newHarness(t)
 	h.deps.memTotalMiB = func() (int64, error) { t.Fatal("memory detected for a non-worker"); return 0, nil }
-	if code := h.run("node", "--id", "1", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:7001", "--bootstrap", "--worker=false"); code != exitOK {
+	if code := h.run("node", "--insecure", "--id", "1", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:7001", "--bootstrap", "--worker=false"); code != exitOK {
 		t.Fatalf("exit code %d, stderr %q", code, h.stderr.String())
 	}
 	if got := h.startedConfigs()[0]; got.Worker || got.CPUMillis != 0 || got.MemoryMiB != 0 {
@@ -239,7 +243,7 @@ func TestNodeRestartNeedsNoBootstrapOrJoin(t *testing.T) {
 	}
 	for _, extra := range [][]string{nil, {"--bootstrap"}, {"--join", "127.0.0.1:7000"}} {
 		h := newHarness(t)
-		args := append([]string{"node", "--id", "2", "--data-dir", data, "--listen", "127.0.0.1:7001"}, extra...)
+		args := append([]string{"node", "--insecure", "--id", "2", "--data-dir", data, "--listen", "127.0.0.1:7001"}, extra...)
 		if code := h.run(args...); code != exitOK {
 			t.Fatalf("%v: exit code %d, stderr %q", extra, code, h.stderr.String())
 		}
@@ -256,7 +260,7 @@ func TestNodeRestartNeedsNoBootstrapOrJoin(t *testing.T) {
 func TestNodeServerFailure(t *testing.T) {
 	h := newHarness(t)
 	h.deps.runServer = func(context.Context, server.Config) error { return errors.New("bind: address in use") }
-	code := h.run("node", "--id", "3", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:7001", "--bootstrap", "--log-level", "error")
+	code := h.run("node", "--insecure", "--id", "3", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:7001", "--bootstrap", "--log-level", "error")
 	if code != exitFailure {
 		t.Errorf("exit code = %d, want %d", code, exitFailure)
 	}
@@ -271,7 +275,7 @@ func TestNodeStopsOnCancel(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	code := h.runCtx(ctx, "node", "--id", "3", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:7001", "--bootstrap")
+	code := h.runCtx(ctx, "node", "--insecure", "--id", "3", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:7001", "--bootstrap")
 	if code != exitOK {
 		t.Errorf("exit code = %d, want 0; stderr %q", code, h.stderr.String())
 	}
@@ -280,7 +284,7 @@ func TestNodeStopsOnCancel(t *testing.T) {
 func TestNodeMemoryDetectionFailure(t *testing.T) {
 	h := newHarness(t)
 	h.deps.memTotalMiB = func() (int64, error) { return 0, errors.New("no /proc") }
-	code := h.run("node", "--id", "1", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:7001", "--bootstrap", "--worker")
+	code := h.run("node", "--insecure", "--id", "1", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:7001", "--bootstrap", "--worker")
 	if code != exitFailure {
 		t.Errorf("exit code = %d, want %d", code, exitFailure)
 	}
@@ -298,5 +302,52 @@ func TestParseMemTotal(t *testing.T) {
 	}
 	if _, err := parseMemTotalMiB(bufio.NewScanner(strings.NewReader("MemFree: 1 kB\n"))); err == nil {
 		t.Error("no error without MemTotal")
+	}
+}
+
+func TestNodeSecurityFlags(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	if err := pki.InitCA(dir, 0, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := pki.IssueNode(dir, 2, nil, 0, now); err != nil {
+		t.Fatal(err)
+	}
+	base := func(id string, extra ...string) []string {
+		return append([]string{"node", "--id", id, "--data-dir", t.TempDir(), "--listen", "127.0.0.1:7001", "--bootstrap"}, extra...)
+	}
+	refused := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"neither TLS nor insecure", base("2"), []string{"a node needs TLS certificates, or --insecure", "blixard tls cert --dir D --node 2", "--tls-dir D"}},
+		{"both", base("2", "--tls-dir", dir, "--insecure"), []string{"--insecure and TLS certificates: give one, not both"}},
+		{"no certificate for this id", base("3", "--tls-dir", dir), []string{"--tls-dir:", "blixard tls"}},
+		{"half of the file flags", base("2", "--ca", filepath.Join(dir, "ca.crt")), []string{"--ca, --cert and --key go together"}},
+		{"another node's certificate", base("3", "--ca", filepath.Join(dir, pki.CACertFile), "--cert", filepath.Join(dir, pki.NodeCertFile(2)), "--key", filepath.Join(dir, pki.NodeKeyFile(2))),
+			[]string{"is a certificate for node 2, not for node 3 (--id)", "blixard tls cert --node 3"}},
+	}
+	for _, tc := range refused {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.deps.runServer = func(context.Context, server.Config) error {
+				t.Fatal("server started despite invalid security flags")
+				return nil
+			}
+			if code := h.run(tc.args...); code != exitUsage {
+				t.Errorf("exit code %d, want %d", code, exitUsage)
+			}
+			h.wantErrorLine(tc.want...)
+		})
+	}
+	h := newHarness(t)
+	if code := h.run(base("2", "--tls-dir", dir)...); code != exitOK {
+		t.Fatalf("node with --tls-dir: exit %d: %s", code, h.stderr.String())
+	}
+	cfg := h.startedConfigs()[0]
+	if cfg.Insecure || cfg.TLS == nil || cfg.Identify == nil {
+		t.Fatalf("TLS node config: insecure %v, TLS %v, identify set %v", cfg.Insecure, cfg.TLS, cfg.Identify != nil)
 	}
 }

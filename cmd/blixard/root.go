@@ -64,6 +64,8 @@ type app struct {
 	timeout time.Duration
 
 	envAddrSet bool
+
+	tls tlsOptions // certificates and token (global flags)
 }
 
 // newRootCmd builds the whole command tree.
@@ -101,6 +103,7 @@ Start a throwaway single-node cluster with 'blixard dev', then try
 		"`HOST:PORT` of any blixard node to talk to; env "+envAddr)
 	pf.StringVarP(&a.output, "output", "o", "table", "output `FORMAT`: table or json")
 	pf.DurationVar(&a.timeout, "timeout", defaultTimeout, "time limit for each request to the cluster")
+	a.tls.addFlags(pf, d.lookupEnv)
 
 	root.AddCommand(
 		a.newNodeCmd(),
