@@ -151,6 +151,14 @@ func rpcError(err error, addr string, timeout time.Duration, reached bool) error
 		if !reached {
 			return unreachable
 		}
+		if strings.Contains(msg, "handshake") || strings.Contains(msg, "tls:") || strings.Contains(msg, "x509") {
+			return failure(fmt.Sprintf("TLS with blixard at %s failed: %s", addr, msg),
+				"pass --tls-dir DIR (or --ca, --cert, --key) with a client certificate and ca.crt from the cluster's CA ('blixard tls cert --client NAME')")
+		}
+		if strings.Contains(msg, "preface") || strings.Contains(msg, "EOF") {
+			return failure(fmt.Sprintf("blixard at %s closed the connection: %s", addr, msg),
+				"if the cluster uses TLS, pass --tls-dir DIR (or set "+envTLSDir+")")
+		}
 		// The node was reached: it has no leader yet, the leader changed,
 		// the connection broke mid-call, or the like.
 		return failure(fmt.Sprintf("blixard at %s is unavailable: %s", addr, msg),
@@ -172,8 +180,10 @@ func rpcError(err error, addr string, timeout time.Duration, reached bool) error
 		return failure(msg, "check 'blixard cluster status' and try again")
 	case codes.Aborted, codes.ResourceExhausted:
 		return failure(msg, "retry the command")
-	case codes.PermissionDenied, codes.Unauthenticated:
-		return failure(msg, "check the node's access settings")
+	case codes.Unauthenticated:
+		return failure(msg, "set "+envToken+" or pass --token with a token from 'blixard token create'")
+	case codes.PermissionDenied:
+		return failure(msg, "'blixard token policies' lists what each policy allows")
 	default:
 		return failure(msg, "see the node's log for details")
 	}

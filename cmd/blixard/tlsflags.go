@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -95,20 +94,8 @@ func (t *tlsOptions) nodeSecurity(cfg *server.Config, id uint64, insecureFlag bo
 			fmt.Sprintf("make node %d's certificate with 'blixard tls cert --node %d'", id, id))
 	}
 	cfg.TLS = src
-	cfg.Identify = identify
+	cfg.Identify = server.IdentifyPKI
 	return nil
-}
-
-// identify reads a verified peer certificate (server.Identify).
-func identify(cs tls.ConnectionState) (uint64, string, error) {
-	id, err := pki.PeerIdentity(cs)
-	if err != nil {
-		return 0, "", err
-	}
-	if id.Kind == pki.KindNode {
-		return id.NodeID, "", nil
-	}
-	return 0, id.Name, nil
 }
 
 // clientDialOptions are the credentials of the CLI's connections: mutual

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/blixard/blixard/internal/pki"
 )
 
 // openAudit opens the audit log (Config.AuditLog) and builds the call
@@ -45,6 +48,19 @@ func (s *Server) closeAudit() {
 		}
 		s.audit = nil
 	}
+}
+
+// IdentifyPKI reads the identity of a certificate made by internal/pki:
+// a node ID, or a client name (the production Config.Identify).
+func IdentifyPKI(cs tls.ConnectionState) (uint64, string, error) {
+	id, err := pki.PeerIdentity(cs)
+	if err != nil {
+		return 0, "", err
+	}
+	if id.Kind == pki.KindNode {
+		return id.NodeID, "", nil
+	}
+	return 0, id.Name, nil
 }
 
 // serverCredentials is mutual TLS on a secure node, plaintext otherwise.

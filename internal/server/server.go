@@ -14,6 +14,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -470,8 +471,12 @@ func (s *Server) join(ctx context.Context) error {
 			s.log.Info("joined cluster", "via", s.cfg.Join, "members", len(resp.Members))
 			return nil
 		}
-		switch status.Code(err) {
+		switch msg := status.Convert(err).Message(); status.Code(err) {
 		case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
+			if strings.Contains(msg, "handshake") {
+				// Retrying cannot help: the certificates do not match.
+				return fmt.Errorf("join %s: TLS handshake failed: %s (both nodes' certificates must come from the same cluster CA; see 'blixard tls cert')", via, msg)
+			}
 			s.log.Info("join not possible yet; retrying", "via", s.cfg.Join, "err", err)
 		default:
 			return fmt.Errorf("join refused by %s: %s", s.cfg.Join, status.Convert(err).Message())

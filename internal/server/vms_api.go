@@ -130,11 +130,11 @@ func (a *api) CreateVM(ctx context.Context, req *pb.CreateVMRequest) (*pb.VMResp
 	if _, ok := a.s.sm.VM(spec.Name); ok {
 		return nil, status.Errorf(codes.AlreadyExists, "name: vm %q already exists", spec.Name)
 	}
-	if err := a.s.fitsSomeWorker(spec); err != nil {
-		return nil, err
-	}
 	if err := a.s.checkVMPaths(spec); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := a.s.fitsSomeWorker(spec); err != nil {
+		return nil, err
 	}
 	res, err := a.s.propose(ctx, &pb.Command{Op: &pb.Command_CreateVm{CreateVm: &pb.CreateVM{Spec: spec, NowUnixNano: a.s.clock.Now().UnixNano(), Owner: acl.FromContext(ctx).Owner()}}})
 	if err != nil {
