@@ -45,7 +45,7 @@ func TestCordonAndDrainAWorker(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	gate := filepath.Join(t.TempDir(), "gate")
+	gate := filepath.Join(sharedDir(t), "gate")
 	hold := &pb.TaskSpec{Command: "/bin/sh", Args: []string{"-c", fmt.Sprintf("while [ ! -f %s ]; do sleep 0.02; done", gate)}, Node: 2}
 	held, err := submitRetrying(ctx, []rpcpb.ClusterClient{cl}, hold, "hold")
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -74,6 +75,7 @@ var fastTimers = []string{"--tick", "50ms", "--heartbeat-interval", "200ms", "--
 
 type cluster struct {
 	t      testing.TB
+	tlsDir string // with mutual TLS: the certificates (see secureCluster); "": --insecure
 	root   string   // parent of every node's data directory
 	timers []string // raft/worker timing flags for every node
 	nodes  map[uint64]*node
@@ -170,6 +172,11 @@ func (c *cluster) spawn(id uint64, extra ...string) *node {
 	dir := filepath.Join(parent, fmt.Sprintf("node%d", id))
 	n := &node{t: c.t, id: id, addr: freeAddr(c.t), http: freeAddr(c.t), dir: dir, logPath: dir + ".log"}
 	n.args = append([]string{"node", "--id", strconv.FormatUint(id, 10), "--data-dir", dir, "--listen", n.addr, "--http-addr", n.http, "--log-level", "debug"}, c.timers...)
+	if c.tlsDir == "" {
+		n.args = append(n.args, "--insecure")
+	} else if !slices.Contains(extra, "--tls-dir") && !slices.Contains(extra, "--cert") {
+		n.args = append(n.args, "--tls-dir", c.tlsDir)
+	}
 	n.args = append(n.args, extra...)
 	n.start()
 	return n
@@ -260,6 +267,20 @@ func cli(addr string, args ...string) (string, string, error) {
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	return out.String(), errb.String(), err
+}
+
+// sharedDir returns a new directory that every user can read, for files
+// a task checks: on a root node tasks run as nobody, and t.TempDir is
+// private to root.
+func sharedDir(t testing.TB) string {
+	t.Helper()
+	d := t.TempDir()
+	for _, p := range []string{filepath.Dir(d), d} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d
 }
 
 // waitFor polls cond until it holds or timeout passes; cond returns a

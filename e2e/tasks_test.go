@@ -163,7 +163,7 @@ func TestTooBigTaskWaitsForRoom(t *testing.T) {
 	c.add(3, "--join", n1.addr, "--cpu", "1")
 	c.waitVoters(n1, 1, 2, 3)
 	cl := client(t, n1.addr)
-	gate := filepath.Join(t.TempDir(), "gate")
+	gate := filepath.Join(sharedDir(t), "gate")
 	hold := &pb.TaskSpec{Command: "/bin/sh", Args: []string{"-c", fmt.Sprintf("while [ ! -f %s ]; do sleep 0.02; done", gate)}, Resources: &pb.Resources{CpuMillis: 1000}}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -389,7 +389,9 @@ func (o *nodeOptions) config(fs *pflag.FlagSet, d deps, tlsOpts *tlsOptions) (se
 		cfg.Join = o.join
 	}
 	cfg.TaskUser, cfg.VMImageDirs, cfg.AuditLog = o.taskUser, o.vmImageDirs, o.auditLog
-	warn := func(err error) { fmt.Fprintf(d.stderr, "warning: reloading the TLS certificates: %v (the previous ones stay in use)\n", err) }
+	warn := func(err error) {
+		fmt.Fprintf(d.stderr, "warning: reloading the TLS certificates: %v (the previous ones stay in use)\n", err)
+	}
 	if err := tlsOpts.nodeSecurity(&cfg, o.id, o.insecure, warn); err != nil {
 		return cfg, nil, err
 	}

@@ -135,4 +135,3 @@ func plainHTTP(w http.ResponseWriter, code int, line string) {
 	w.WriteHeader(code)
 	_, _ = w.Write([]byte(line + "\n"))
 }
-

@@ -95,4 +95,3 @@ func (a *api) RevokeToken(ctx context.Context, req *pb.RevokeTokenRequest) (*pb.
 	t, _ := res.(*pb.Token)
 	return &pb.TokenResponse{Token: t}, nil
 }
-

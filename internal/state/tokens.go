@@ -13,8 +13,8 @@ import (
 
 // Errors of the token commands.
 var (
-	ErrBootstrapped  = errors.New("the cluster was bootstrapped already: its first management token exists; ask its holder for a token ('blixard token create')")
-	ErrTokenExists   = errors.New("a token with this accessor exists")
+	ErrBootstrapped = errors.New("the cluster was bootstrapped already: its first management token exists; ask its holder for a token ('blixard token create')")
+	ErrTokenExists  = errors.New("a token with this accessor exists")
 	ErrUnknownToken = errors.New("no token has this accessor")
 )
 
