@@ -21,6 +21,9 @@ import (
 // binary: BLIXARD_E2E_NORACE=1 go test -run x -bench Failover -benchtime 20x ./e2e/
 func BenchmarkLeaderFailover(b *testing.B) {
 	c := newCluster(b)
+	if os.Getenv("BLIXARD_BENCH_TLS") != "" {
+		b.Skip("the failover benchmark runs --insecure (its CLI writes carry no certificates)")
+	}
 	c.timers = nil // production defaults
 	n1 := c.add(1, "--bootstrap")
 	c.add(2, "--join", n1.addr)
@@ -55,13 +58,22 @@ func BenchmarkLeaderFailover(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)*99/100].Milliseconds()), "p99-ms")
 }
 
+// benchTaskCluster starts 3 nodes with production timers: with mutual TLS
+// and the management token when BLIXARD_BENCH_TLS=1, else --insecure.
 func benchTaskCluster(b *testing.B) (*cluster, []rpcpb.ClusterClient) {
-	c := newCluster(b)
-	c.timers = nil
-	n1 := c.add(1, "--bootstrap")
-	c.add(2, "--join", n1.addr)
-	c.add(3, "--join", n1.addr)
-	c.waitVoters(n1, 1, 2, 3)
+	var c *cluster
+	if os.Getenv("BLIXARD_BENCH_TLS") != "" {
+		c = newCluster(b)
+		c.timers = nil
+		c, _ = secureClusterOf(b, c)
+	} else {
+		c = newCluster(b)
+		c.timers = nil
+		n1 := c.add(1, "--bootstrap")
+		c.add(2, "--join", n1.addr)
+		c.add(3, "--join", n1.addr)
+		c.waitVoters(n1, 1, 2, 3)
+	}
 	cls := clients(b, c)
 	// Wait until the three workers are ready so placement is immediate.
 	waitFor(b, 30*time.Second, "3 ready workers", func() (bool, string) {

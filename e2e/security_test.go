@@ -15,6 +15,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+
+	rpcpb "github.com/blixard/blixard/api/blixardrpc"
+	"github.com/blixard/blixard/internal/pki"
 )
 
 // scli runs the CLI against addr with the cluster's TLS directory and
@@ -31,7 +38,7 @@ func scli(tlsDir, token, addr string, args ...string) (string, string, error) {
 }
 
 // mustCLI runs a CLI command that must succeed.
-func mustCLI(t *testing.T, args ...string) string {
+func mustCLI(t testing.TB, args ...string) string {
 	t.Helper()
 	out, errOut, err := cli("127.0.0.1:1", args...)
 	if err != nil {
@@ -42,7 +49,7 @@ func mustCLI(t *testing.T, args ...string) string {
 
 // makeCerts runs 'blixard tls' as an operator would: a CA, nodes 1..n
 // and a client named admin.
-func makeCerts(t *testing.T, dir string, nodes int) {
+func makeCerts(t testing.TB, dir string, nodes int) {
 	t.Helper()
 	mustCLI(t, "tls", "init", "--dir", dir)
 	for id := 1; id <= nodes; id++ {
@@ -53,8 +60,13 @@ func makeCerts(t *testing.T, dir string, nodes int) {
 
 // secureCluster starts a 3-node cluster with mutual TLS, bootstraps its
 // management token and returns it.
-func secureCluster(t *testing.T) (*cluster, string) {
-	c := newCluster(t)
+func secureCluster(t testing.TB) (*cluster, string) {
+	return secureClusterOf(t, newCluster(t))
+}
+
+// secureClusterOf turns the empty cluster c (its timers set) into a
+// running secure one.
+func secureClusterOf(t testing.TB, c *cluster) (*cluster, string) {
 	c.tlsDir = filepath.Join(c.root, "tls")
 	makeCerts(t, c.tlsDir, 4)
 	n1 := c.add(1, "--bootstrap")
@@ -92,7 +104,34 @@ func secureCluster(t *testing.T) (*cluster, string) {
 		}
 		return voters == 3 && len(st.Members) == 3, out
 	})
+	c.token = token
 	return c, token
+}
+
+// client is a gRPC client of the node at addr: over mutual TLS with the
+// admin certificate and the management token on a secure cluster.
+func (c *cluster) client(t testing.TB, addr string) rpcpb.ClusterClient {
+	t.Helper()
+	if c.tlsDir == "" {
+		return client(t, addr)
+	}
+	src, err := pki.NewSource(filepath.Join(c.tlsDir, pki.CACertFile), filepath.Join(c.tlsDir, pki.ClientCertFile("admin")), filepath.Join(c.tlsDir, pki.ClientKeyFile("admin")), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := c.token
+	withTok := func(ctx context.Context) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	}
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(src.ClientConfig())),
+		grpc.WithChainUnaryInterceptor(func(ctx context.Context, m string, req, reply any, cc *grpc.ClientConn, inv grpc.UnaryInvoker, o ...grpc.CallOption) error {
+			return inv(withTok(ctx), m, req, reply, cc, o...)
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return rpcpb.NewClusterClient(cc)
 }
 
 func memberIDs(t *testing.T, c *cluster, token, addr string) string {

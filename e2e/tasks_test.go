@@ -68,7 +68,7 @@ func clients(t testing.TB, c *cluster) []rpcpb.ClusterClient {
 	var out []rpcpb.ClusterClient
 	for id := uint64(1); id <= uint64(len(c.nodes)); id++ {
 		if n, ok := c.nodes[id]; ok {
-			out = append(out, client(t, n.addr))
+			out = append(out, c.client(t, n.addr))
 		}
 	}
 	return out

@@ -27,7 +27,7 @@ import (
 )
 
 // securePKI makes a CA with certificates for nodes 1..n and clients.
-func securePKI(t *testing.T, nodes int, clients ...string) string {
+func securePKI(t testing.TB, nodes int, clients ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	now := time.Now()
@@ -47,7 +47,7 @@ func securePKI(t *testing.T, nodes int, clients ...string) string {
 	return dir
 }
 
-func tlsSource(t *testing.T, dir, cert, key string) *pki.Source {
+func tlsSource(t testing.TB, dir, cert, key string) *pki.Source {
 	t.Helper()
 	src, err := pki.NewSource(filepath.Join(dir, pki.CACertFile), filepath.Join(dir, cert), filepath.Join(dir, key), nil)
 	if err != nil {
@@ -57,7 +57,7 @@ func tlsSource(t *testing.T, dir, cert, key string) *pki.Source {
 }
 
 // secure makes a startCluster tweak that turns on mutual TLS.
-func secure(t *testing.T, dir string) func(*Config) {
+func secure(t testing.TB, dir string) func(*Config) {
 	return func(c *Config) {
 		c.Insecure = false
 		c.TLS = tlsSource(t, dir, pki.NodeCertFile(c.ID), pki.NodeKeyFile(c.ID))

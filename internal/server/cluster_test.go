@@ -175,9 +175,23 @@ func TestInProcessClusterReplicatesAndRegistersWorkers(t *testing.T) {
 // kv puts) on a 3-node loopback cluster with real WAL fsyncs, with 1 and
 // 64 concurrent proposers on the leader.
 func BenchmarkPropose(b *testing.B) {
-	for _, conc := range []int{1, 64} {
-		b.Run(fmt.Sprintf("proposers=%d", conc), func(b *testing.B) {
-			servers := startCluster(b, 3, func(c *Config) { c.Worker = false; c.TickInterval = 100 * time.Millisecond })
+	for _, bc := range []struct {
+		conc int
+		tls  bool
+	}{{1, false}, {64, false}, {1, true}, {64, true}} {
+		name := fmt.Sprintf("proposers=%d", bc.conc)
+		if bc.tls {
+			name += "/tls"
+		}
+		conc := bc.conc
+		b.Run(name, func(b *testing.B) {
+			tweak := func(c *Config) { c.Worker = false; c.TickInterval = 100 * time.Millisecond }
+			if bc.tls {
+				// Mutual TLS between the peers (raft traffic).
+				sec := secure(b, securePKI(b, 3))
+				tweak = func(c *Config) { c.Worker = false; c.TickInterval = 100 * time.Millisecond; sec(c) }
+			}
+			servers := startCluster(b, 3, tweak)
 			lead := leaderOf(servers)
 			val := make([]byte, 256)
 			var mu sync.Mutex
