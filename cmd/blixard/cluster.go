@@ -19,7 +19,7 @@ func (a *app) newClusterCmd() *cobra.Command {
 		Args:  noSubcommand,
 		RunE:  showHelp,
 	}
-	cmd.AddCommand(a.newClusterStatusCmd(), a.newClusterRemoveCmd(), a.newClusterTransferCmd())
+	cmd.AddCommand(a.newClusterStatusCmd(), a.newClusterRemoveCmd(), a.newClusterTransferCmd(), a.newClusterBootstrapTokenCmd())
 	return cmd
 }
 

@@ -115,6 +115,7 @@ Start a throwaway single-node cluster with 'blixard dev', then try
 		a.newVMCmd(),
 		a.newImageCmd(),
 		a.newTLSCmd(),
+		a.newTokenCmd(),
 		newVMGuardCmd(),
 	)
 	return root
