@@ -75,8 +75,8 @@ var fastTimers = []string{"--tick", "50ms", "--heartbeat-interval", "200ms", "--
 
 type cluster struct {
 	t      testing.TB
-	tlsDir string // with mutual TLS: the certificates (see secureCluster); "": --insecure
-	token  string // the management token of a secure cluster
+	tlsDir string   // with mutual TLS: the certificates (see secureCluster); "": --insecure
+	token  string   // the management token of a secure cluster
 	root   string   // parent of every node's data directory
 	timers []string // raft/worker timing flags for every node
 	nodes  map[uint64]*node
