@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -310,6 +312,48 @@ func TestTLSClusterRefusesStrangersAndEnforcesPolicies(t *testing.T) {
 				_, errOut, err := scli(c.tlsDir, read, n.addr, "kv", "get", "k", "--serializable")
 				return err != nil && strings.Contains(errOut, "revoked"), errOut
 			})
+		}
+	})
+
+	t.Run("certificates reload on SIGHUP", func(t *testing.T) {
+		served := func() string {
+			conn, err := tls.Dial("tcp", n1.addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}) //nolint:gosec // reads the served certificate only
+			if err != nil {
+				return "dial: " + err.Error()
+			}
+			defer conn.Close()
+			return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+		}
+		onDisk := func() string {
+			b, err := os.ReadFile(filepath.Join(c.tlsDir, "node-1.crt"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			blk, _ := pem.Decode(b)
+			cert, err := x509.ParseCertificate(blk.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return cert.SerialNumber.String()
+		}
+		before := served()
+		if before != onDisk() {
+			t.Fatalf("node 1 serves %s, its file holds %s", before, onDisk())
+		}
+		mustCLI(t, "tls", "cert", "--dir", c.tlsDir, "--node", "1", "--host", "127.0.0.1")
+		renewed := onDisk()
+		if renewed == before {
+			t.Fatal("re-issuing did not change the certificate")
+		}
+		if err := n1.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "node 1 to serve its new certificate", func() (bool, string) {
+			s := served()
+			return s == renewed, s
+		})
+		if _, errOut, err := scli(c.tlsDir, mgmt, n1.addr, "kv", "get", "k"); err != nil {
+			t.Fatalf("a client after the rotation: %v: %s", err, errOut)
 		}
 	})
 
