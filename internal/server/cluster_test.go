@@ -185,11 +185,14 @@ func BenchmarkPropose(b *testing.B) {
 		}
 		conc := bc.conc
 		b.Run(name, func(b *testing.B) {
-			tweak := func(c *Config) { c.Worker = false; c.TickInterval = 100 * time.Millisecond }
+			// Production raft timers (the worker TTL must then be the
+			// production one too, for the VM fencing check).
+			base := func(c *Config) { c.Worker = false; c.TickInterval = 100 * time.Millisecond; c.WorkerTTL = 5 * time.Second }
+			tweak := base
 			if bc.tls {
 				// Mutual TLS between the peers (raft traffic).
 				sec := secure(b, securePKI(b, 3))
-				tweak = func(c *Config) { c.Worker = false; c.TickInterval = 100 * time.Millisecond; sec(c) }
+				tweak = func(c *Config) { base(c); sec(c) }
 			}
 			servers := startCluster(b, 3, tweak)
 			lead := leaderOf(servers)
