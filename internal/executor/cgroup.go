@@ -364,13 +364,6 @@ func threadCgroups(tid int) (map[string]string, error) {
 	return out, nil
 }
 
-func (cg *attemptCgroup) dirList() []string {
-	if cg == nil {
-		return nil
-	}
-	return cg.dirs
-}
-
 // sample records memory.current on v2 kernels without memory.peak.
 func (cg *attemptCgroup) sample() {
 	if cg.d.version != 2 || !cg.d.memoryOK {

@@ -146,8 +146,8 @@ func New(cfg Config) (*Executor, error) {
 	if e.basePath == "" {
 		e.basePath = defaultPath
 	}
-	if err := os.MkdirAll(e.tasksDir, 0o755); err != nil {
-		return nil, fmt.Errorf("executor: create tasks dir: %w", err)
+	if mkdirErr := os.MkdirAll(e.tasksDir, 0o755); mkdirErr != nil {
+		return nil, fmt.Errorf("executor: create tasks dir: %w", mkdirErr)
 	}
 
 	if cfg.DisableCgroups {
@@ -336,9 +336,9 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 		env[k] = v
 	}
 	if spec.Dir != "" {
-		fi, err := os.Stat(spec.Dir)
-		if err != nil {
-			return fmt.Errorf("%w: working directory %q: %w", ErrSpec, spec.Dir, err)
+		fi, statErr := os.Stat(spec.Dir)
+		if statErr != nil {
+			return fmt.Errorf("%w: working directory %q: %w", ErrSpec, spec.Dir, statErr)
 		}
 		if !fi.IsDir() {
 			return fmt.Errorf("%w: working directory %q is not a directory", ErrSpec, spec.Dir)
@@ -364,8 +364,8 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 		}
 		defer func() {
 			if retErr != nil {
-				if err := cg.remove(); err != nil {
-					h.log.Warn("removing cgroup of attempt that failed to start", "err", err)
+				if removeErr := cg.remove(); removeErr != nil {
+					h.log.Warn("removing cgroup of attempt that failed to start", "err", removeErr)
 				}
 			}
 		}()

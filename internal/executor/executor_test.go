@@ -712,8 +712,8 @@ func TestOrphansAfterWorkerKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := worker.Start(); err != nil {
-		t.Fatal(err)
+	if startErr := worker.Start(); startErr != nil {
+		t.Fatal(startErr)
 	}
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil {
