@@ -52,23 +52,23 @@ func TestCordonAndDrainAWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 30*time.Second, held.Id+" running on worker 2", func() (bool, string) {
-		r, err := cl.GetTask(ctx, &pb.GetTaskRequest{Id: held.Id})
-		return err == nil && r.Task.State == pb.TaskState_TASK_STATE_RUNNING, fmt.Sprint(r, err)
+		r, getErr := cl.GetTask(ctx, &pb.GetTaskRequest{Id: held.Id})
+		return getErr == nil && r.Task.State == pb.TaskState_TASK_STATE_RUNNING, fmt.Sprint(r, getErr)
 	})
 
 	// Bad input: a clear error, exit 2, nothing cordoned.
-	if _, errOut, err := cli(n1.addr, "worker", "drain", "two"); exitCode(err) != 2 || !strings.Contains(errOut, "positive integer") {
-		t.Fatalf("drain two: exit %d, stderr %q", exitCode(err), errOut)
+	if _, errOut, cliErr := cli(n1.addr, "worker", "drain", "two"); exitCode(cliErr) != 2 || !strings.Contains(errOut, "positive integer") {
+		t.Fatalf("drain two: exit %d, stderr %q", exitCode(cliErr), errOut)
 	}
-	if _, errOut, err := cli(n1.addr, "worker", "cordon", "99"); exitCode(err) != 1 || !strings.Contains(errOut, "worker 99 is not registered") {
-		t.Fatalf("cordon 99: exit %d, stderr %q", exitCode(err), errOut)
+	if _, errOut, cliErr := cli(n1.addr, "worker", "cordon", "99"); exitCode(cliErr) != 1 || !strings.Contains(errOut, "worker 99 is not registered") {
+		t.Fatalf("cordon 99: exit %d, stderr %q", exitCode(cliErr), errOut)
 	}
 
 	var stdout, stderr lockedBuffer
 	drain := exec.Command(blixardBin, "--addr", n1.addr, "--timeout", "3s", "--output", "json", "worker", "drain", "2", "--reason", "kernel upgrade", "--within", "90s")
 	drain.Stdout, drain.Stderr = &stdout, &stderr
-	if err := drain.Start(); err != nil {
-		t.Fatal(err)
+	if startErr := drain.Start(); startErr != nil {
+		t.Fatal(startErr)
 	}
 	done := make(chan error, 1)
 	go func() { done <- drain.Wait() }()

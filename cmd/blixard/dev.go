@@ -84,12 +84,11 @@ func (a *app) runDev(cmd *cobra.Command, o *devOptions) error {
 	if o.readyTimeout <= 0 {
 		return usageError(fmt.Sprintf("--ready-timeout must be a positive duration (got %q)", o.readyTimeout.String()), "pass e.g. --ready-timeout 30s")
 	}
-	if err := o.log.validate(); err != nil {
-		return err
+	if logErr := o.log.validate(); logErr != nil {
+		return logErr
 	}
 	restart := false
 	if o.dataDir != "" {
-		var err error
 		if restart, err = holdsNode(o.dataDir); err != nil {
 			return err
 		}
@@ -105,21 +104,20 @@ func (a *app) runDev(cmd *cobra.Command, o *devOptions) error {
 
 	dir, temp := o.dataDir, false
 	if dir == "" {
-		var err error
 		if dir, err = os.MkdirTemp("", "blixard-dev-"); err != nil {
 			return failure(fmt.Sprintf("cannot create a temporary data dir: %v", err), "pass --data-dir DIR")
 		}
 		temp = true
 		logger.Info("using a temporary data dir; it is removed on exit", "data_dir", dir)
 		defer func() {
-			if err := os.RemoveAll(dir); err != nil {
-				logger.Warn("cannot remove the temporary data dir", "data_dir", dir, "err", err)
+			if rmErr := os.RemoveAll(dir); rmErr != nil {
+				logger.Warn("cannot remove the temporary data dir", "data_dir", dir, "err", rmErr)
 				return
 			}
 			logger.Info("removed the temporary data dir", "data_dir", dir)
 		}()
-	} else if err := os.MkdirAll(dir, 0o700); err != nil {
-		return failure(fmt.Sprintf("cannot create --data-dir %q: %v", dir, err), "pick a directory blixard can write to")
+	} else if mkdirErr := os.MkdirAll(dir, 0o700); mkdirErr != nil {
+		return failure(fmt.Sprintf("cannot create --data-dir %q: %v", dir, mkdirErr), "pick a directory blixard can write to")
 	}
 
 	mem, err := a.memTotalMiB()
@@ -170,24 +168,24 @@ func (a *app) runDev(cmd *cobra.Command, o *devOptions) error {
 	}
 
 	select {
-	case err := <-runDone:
+	case runErr := <-runDone:
 		cancelRun()
 		<-readyDone
-		if interrupted(err) {
+		if interrupted(runErr) {
 			return nil
 		}
-		if err == nil {
-			err = errors.New("it returned without an error")
+		if runErr == nil {
+			runErr = errors.New("it returned without an error")
 		}
-		return failure(fmt.Sprintf("dev node stopped before it was serving: %v", err), "see the log above for details")
-	case err := <-readyDone:
-		if err != nil {
+		return failure(fmt.Sprintf("dev node stopped before it was serving: %v", runErr), "see the log above for details")
+	case readyErr := <-readyDone:
+		if readyErr != nil {
 			cancelRun()
 			<-runDone
 			if ctx.Err() != nil {
 				return nil
 			}
-			return failure(fmt.Sprintf("dev node did not start serving on %s within %s (%v)", addr, o.readyTimeout, err),
+			return failure(fmt.Sprintf("dev node did not start serving on %s within %s (%v)", addr, o.readyTimeout, readyErr),
 				"see the log above; pass --listen to use another port or --ready-timeout to wait longer")
 		}
 	}

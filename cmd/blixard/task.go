@@ -573,7 +573,7 @@ has not started yet.`,
 				warn := func(err error) {
 					fmt.Fprintf(cmd.ErrOrStderr(), "warning: task %s: %s\n", id, oneLine.Replace(err.Error()))
 				}
-				err := tc.followAttempts(ctx, id, stderr, out, nil, warn)
+				err = tc.followAttempts(ctx, id, stderr, out, nil, warn)
 				if err != nil && ctx.Err() != nil {
 					return nil // stopped by the user, as with tail -f
 				}

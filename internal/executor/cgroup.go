@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -47,10 +48,24 @@ type cgroupDriver struct {
 	memIdx, cpuIdx, acIdx int // indexes into hier; acIdx -1 without cpuacct
 }
 
+// errNoCgroupHierarchy means root holds neither cgroup v2 nor a v1 memory
+// hierarchy: the host (or the mount namespace, e.g. inside `ip netns exec`
+// or many containers) has no cgroups to use there.
+var errNoCgroupHierarchy = errors.New("no cgroup hierarchy")
+
 // detectCgroups picks v2 or v1 at root and checks that attempt cgroups can
-// be created. notes lists limits that cannot be enforced.
-func detectCgroups(root, hash string) (d *cgroupDriver, notes []string, err error) {
-	if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err == nil {
+// be created. notes lists limits that cannot be enforced. It never returns
+// a nil driver without an error.
+func detectCgroups(root, hash string) (*cgroupDriver, []string, error) {
+	var (
+		d     *cgroupDriver
+		notes []string
+		err   error
+	)
+	// Not `if _, err := os.Stat(...)`: that err would shadow the one the
+	// branches assign, and a failed detection would go on with a nil
+	// driver.
+	if _, statErr := os.Stat(filepath.Join(root, "cgroup.controllers")); statErr == nil {
 		d, notes, err = detectV2(root)
 	} else {
 		d, err = detectV1(root)
@@ -121,6 +136,9 @@ func enableController(dir, c string) error {
 func detectV1(root string) (*cgroupDriver, error) {
 	memory := filepath.Join(root, "memory")
 	if _, err := os.Stat(filepath.Join(memory, "memory.limit_in_bytes")); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w at %s: neither cgroup v2 (cgroup.controllers) nor a v1 memory hierarchy; mount cgroup2 there for limits", errNoCgroupHierarchy, root)
+		}
 		return nil, fmt.Errorf("neither cgroup v2 nor a v1 memory hierarchy at %s: %w", root, err)
 	}
 	cpu := filepath.Join(root, "cpu")
@@ -344,13 +362,6 @@ func threadCgroups(tid int) (map[string]string, error) {
 		}
 	}
 	return out, nil
-}
-
-func (cg *attemptCgroup) dirList() []string {
-	if cg == nil {
-		return nil
-	}
-	return cg.dirs
 }
 
 // sample records memory.current on v2 kernels without memory.peak.

@@ -48,7 +48,7 @@ type Config struct {
 	MaxLogBytes    int64         // per file, default 64 MiB; at the cap the file becomes stdout.1 (replacing the older one) and a new one starts
 	Retention      time.Duration // finished attempts' log dirs older than this are deleted by Prune; default 24h
 	TailBytes      int           // bytes of each stream kept in Result; default 64 KiB
-	CgroupRoot     string        // "" = autodetect at /sys/fs/cgroup; v2 (cgroup.controllers present) or v1 (memory+cpu dirs)
+	CgroupRoot     string        // default /sys/fs/cgroup; v2 (cgroup.controllers present) or v1 (memory+cpu dirs). A root with no hierarchy at all (empty, as inside `ip netns exec`) means no limits, logged once; an explicit root whose hierarchy cannot be used is an error
 	DisableCgroups bool          // tests / hosts without cgroup write access
 	Logger         *slog.Logger
 }
@@ -146,8 +146,8 @@ func New(cfg Config) (*Executor, error) {
 	if e.basePath == "" {
 		e.basePath = defaultPath
 	}
-	if err := os.MkdirAll(e.tasksDir, 0o755); err != nil {
-		return nil, fmt.Errorf("executor: create tasks dir: %w", err)
+	if mkdirErr := os.MkdirAll(e.tasksDir, 0o755); mkdirErr != nil {
+		return nil, fmt.Errorf("executor: create tasks dir: %w", mkdirErr)
 	}
 
 	if cfg.DisableCgroups {
@@ -161,10 +161,10 @@ func New(cfg Config) (*Executor, error) {
 	sum := sha256.Sum256([]byte(dataDir))
 	cg, notes, err := detectCgroups(root, hex.EncodeToString(sum[:4]))
 	if err != nil {
-		if cfg.CgroupRoot != "" {
-			// An explicitly configured root that does not work is a
+		if cfg.CgroupRoot != "" && !errors.Is(err, errNoCgroupHierarchy) {
+			// An explicitly configured hierarchy that does not work is a
 			// misconfiguration, not a host without cgroups.
-			return nil, fmt.Errorf("executor: cgroup root %s: %w", root, err)
+			return nil, fmt.Errorf("executor: cgroup root %s: %w (fix its permissions or mount, or set DisableCgroups)", root, err)
 		}
 		e.log.Warn("cgroups unavailable: attempts run without CPU or memory limits; peak memory and CPU time come from rusage", "reason", err.Error())
 		return e, nil
@@ -336,9 +336,9 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 		env[k] = v
 	}
 	if spec.Dir != "" {
-		fi, err := os.Stat(spec.Dir)
-		if err != nil {
-			return fmt.Errorf("%w: working directory %q: %w", ErrSpec, spec.Dir, err)
+		fi, statErr := os.Stat(spec.Dir)
+		if statErr != nil {
+			return fmt.Errorf("%w: working directory %q: %w", ErrSpec, spec.Dir, statErr)
 		}
 		if !fi.IsDir() {
 			return fmt.Errorf("%w: working directory %q is not a directory", ErrSpec, spec.Dir)
@@ -364,8 +364,8 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 		}
 		defer func() {
 			if retErr != nil {
-				if err := cg.remove(); err != nil {
-					h.log.Warn("removing cgroup of attempt that failed to start", "err", err)
+				if removeErr := cg.remove(); removeErr != nil {
+					h.log.Warn("removing cgroup of attempt that failed to start", "err", removeErr)
 				}
 			}
 		}()

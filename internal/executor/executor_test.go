@@ -712,8 +712,8 @@ func TestOrphansAfterWorkerKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := worker.Start(); err != nil {
-		t.Fatal(err)
+	if startErr := worker.Start(); startErr != nil {
+		t.Fatal(startErr)
 	}
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil {
@@ -958,5 +958,59 @@ func TestOrphanCgroupWithoutPidFile(t *testing.T) {
 		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("cgroup %s left: %v", d, err)
 		}
+	}
+}
+
+// TestNoCgroupHierarchyRunsWithoutLimits is a node started where the cgroup
+// root holds no hierarchy at all (inside `ip netns exec`, many containers):
+// the executor starts, says so in one warning, and runs tasks without
+// limits. Before, detectCgroups lost the detection error to a shadowed
+// variable and New panicked on a nil driver.
+func TestNoCgroupHierarchyRunsWithoutLimits(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	e, logs := newExec(t, func(c *Config) { c.CgroupRoot = root })
+	if e.cg != nil {
+		t.Fatalf("cgroup driver %+v at an empty root", e.cg)
+	}
+	if n := strings.Count(logs.String(), "level=WARN"); n != 1 {
+		t.Fatalf("%d warnings after New, want 1:\n%s", n, logs)
+	}
+	if !strings.Contains(logs.String(), "without CPU or memory limits") {
+		t.Fatalf("the warning does not say tasks run without limits:\n%s", logs)
+	}
+	spec := sh("nocg.1", "echo ok")
+	spec.MemoryMiB, spec.CPUMillis = 64, 500 // asked for, not enforceable
+	r := run(t, e, spec)
+	if r.ExitCode != 0 || r.Err != "" || string(r.StdoutTail) != "ok\n" {
+		t.Fatalf("result = %+v, stdout %q; want exit 0 and \"ok\\n\"", r, r.StdoutTail)
+	}
+	if entries, err := os.ReadDir(root); err != nil || len(entries) != 0 {
+		t.Fatalf("cgroup root changed: %v %v", entries, err)
+	}
+	if n := strings.Count(logs.String(), "level=WARN"); n != 1 {
+		t.Fatalf("%d warnings after a task, want still 1:\n%s", n, logs)
+	}
+}
+
+// TestExplicitBrokenCgroupRootIsAnError keeps a configured hierarchy that
+// cannot be used (here a v1 memory hierarchy without a cpu one) an error,
+// unlike a root with no hierarchy at all.
+func TestExplicitBrokenCgroupRootIsAnError(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "memory"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "memory", "memory.limit_in_bytes"), []byte("max\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Config{DataDir: t.TempDir(), CgroupRoot: root})
+	if err == nil {
+		e.Stop()
+		t.Fatal("New succeeded with a v1 hierarchy lacking cpu")
+	}
+	if errors.Is(err, errNoCgroupHierarchy) || !strings.Contains(err.Error(), "cpu") {
+		t.Fatalf("err = %v, want one naming the missing cpu hierarchy", err)
 	}
 }

@@ -179,11 +179,11 @@ func NewCore(cfg Config, log LogStorage, store StateStore, sm StateMachine, tr T
 		// The state database is older than the newest snapshot (the
 		// snapshot arrived from a leader, or was taken, after the last
 		// checkpoint): start from the snapshot instead.
-		if err := sm.Restore(snap.GetData()); err != nil {
-			return nil, fmt.Errorf("raftnode: restore snapshot at %d: %w", snapIndex, err)
+		if restoreErr := sm.Restore(snap.GetData()); restoreErr != nil {
+			return nil, fmt.Errorf("raftnode: restore snapshot at %d: %w", snapIndex, restoreErr)
 		}
-		if err := store.Replace(snapIndex, sm.AllRecords()); err != nil {
-			return nil, fmt.Errorf("raftnode: write snapshot state at %d: %w", snapIndex, err)
+		if replaceErr := store.Replace(snapIndex, sm.AllRecords()); replaceErr != nil {
+			return nil, fmt.Errorf("raftnode: write snapshot state at %d: %w", snapIndex, replaceErr)
 		}
 		stateIndex = snapIndex
 	}

@@ -472,9 +472,7 @@ func (n *Node) handleOutput(out Output) {
 	for _, a := range out.Applied {
 		n.complete(a)
 	}
-	for _, rs := range out.ReadStates {
-		n.pendingReads = append(n.pendingReads, rs)
-	}
+	n.pendingReads = append(n.pendingReads, out.ReadStates...)
 	if len(n.pendingReads) > 0 {
 		kept := n.pendingReads[:0]
 		for _, rs := range n.pendingReads {

@@ -24,6 +24,7 @@ type Config struct {
 	DiskMiB      int64
 	Labels       map[string]string
 	Capabilities []string
+	CgroupRoot   string // task cgroups; default /sys/fs/cgroup (executor.Config.CgroupRoot)
 
 	// MicroVMs (workers only).
 	VMs          bool   // run VMs placed on this worker

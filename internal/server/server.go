@@ -359,7 +359,7 @@ func (s *Server) Start(ctx context.Context) error {
 // cluster assigns it.
 func (s *Server) startWorker() error {
 	s.contact = worker.NewContact(s.clock.Now())
-	ex, err := executor.New(executor.Config{DataDir: s.cfg.DataDir, Logger: s.log.With("component", "executor")})
+	ex, err := executor.New(executor.Config{DataDir: s.cfg.DataDir, CgroupRoot: s.cfg.CgroupRoot, Logger: s.log.With("component", "executor")})
 	if err != nil {
 		return fmt.Errorf("start the task executor: %w", err)
 	}

@@ -324,10 +324,10 @@ func (s *Server) serveConsole(stream rpcpb.Cluster_VMLogsServer, name string, fo
 		// The previous part (the last run's log, or what came before the
 		// last rotation) is complete: sent once, never followed.
 		prev := path + qemu.PreviousConsoleSuffix
-		if _, err := os.Stat(prev); !ok || err != nil {
+		if _, statErr := os.Stat(prev); !ok || statErr != nil {
 			return status.Errorf(codes.FailedPrecondition, "vm %s has no previous console log on worker %d: it has not been restarted or rotated there", name, s.cfg.ID)
 		}
-		_, err := sendFile(stream, prev, 0, make([]byte, 64<<10))
+		_, err = sendFile(stream, prev, 0, make([]byte, 64<<10))
 		return err
 	}
 	if !ok && !follow {

@@ -140,13 +140,13 @@ func TestVMControlPlane(t *testing.T) {
 		t.Fatalf("first WaitVM message = %v, %v", first, err)
 	}
 	worker := serverByID(servers, web.WorkerId)
-	if err := reportAs(ctx, worker, web, pb.VMState_VM_STATE_RUNNING); err != nil {
-		t.Fatal(err)
+	if reportErr := reportAs(ctx, worker, web, pb.VMState_VM_STATE_RUNNING); reportErr != nil {
+		t.Fatal(reportErr)
 	}
 	for {
-		m, err := stream.Recv()
-		if err != nil {
-			t.Fatal(err)
+		m, recvErr := stream.Recv()
+		if recvErr != nil {
+			t.Fatal(recvErr)
 		}
 		if m.Vm.State == pb.VMState_VM_STATE_RUNNING {
 			break
@@ -162,18 +162,18 @@ func TestVMControlPlane(t *testing.T) {
 	}
 	oc := clientOf(t, other)
 	readLogs := func(req *pb.VMLogsRequest) (string, error) {
-		ls, err := oc.VMLogs(ctx, req)
-		if err != nil {
-			return "", err
+		ls, logsErr := oc.VMLogs(ctx, req)
+		if logsErr != nil {
+			return "", logsErr
 		}
 		var b strings.Builder
 		for {
-			ch, err := ls.Recv()
-			if err == io.EOF {
+			ch, recvErr := ls.Recv()
+			if recvErr == io.EOF {
 				return b.String(), nil
 			}
-			if err != nil {
-				return b.String(), err
+			if recvErr != nil {
+				return b.String(), recvErr
 			}
 			b.Write(ch.Data)
 		}
@@ -181,8 +181,8 @@ func TestVMControlPlane(t *testing.T) {
 	_, err = readLogs(&pb.VMLogsRequest{Name: "web"})
 	wantCode(t, err, codes.FailedPrecondition, "not available")
 	logPath := filepath.Join(t.TempDir(), "console.log")
-	if err := os.WriteFile(logPath, []byte("booted\nBLIXARD-READY\n"), 0o600); err != nil {
-		t.Fatal(err)
+	if writeFileErr := os.WriteFile(logPath, []byte("booted\nBLIXARD-READY\n"), 0o600); writeFileErr != nil {
+		t.Fatal(writeFileErr)
 	}
 	worker.setVMConsole(func(name string) (string, bool) { return logPath, name == "web" })
 	got, err := readLogs(&pb.VMLogsRequest{Name: "web"})
@@ -216,16 +216,16 @@ func TestVMControlPlane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := stream.Recv(); err != nil {
-		t.Fatal(err)
+	if _, recvErr := stream.Recv(); recvErr != nil {
+		t.Fatal(recvErr)
 	}
-	if err := reportAs(ctx, worker, web, pb.VMState_VM_STATE_STOPPED); err != nil {
-		t.Fatal(err)
+	if reportErr := reportAs(ctx, worker, web, pb.VMState_VM_STATE_STOPPED); reportErr != nil {
+		t.Fatal(reportErr)
 	}
 	for {
-		m, err := stream.Recv()
-		if err != nil {
-			t.Fatalf("WaitVM ended without removed: %v", err)
+		m, recvErr := stream.Recv()
+		if recvErr != nil {
+			t.Fatalf("WaitVM ended without removed: %v", recvErr)
 		}
 		if m.Removed {
 			break
@@ -236,14 +236,14 @@ func TestVMControlPlane(t *testing.T) {
 		t.Fatalf("reservation left after delete: %+v", u)
 	}
 	// The name is free again.
-	if _, err := c.CreateVM(ctx, &pb.CreateVMRequest{Spec: &pb.VMSpec{Name: "web", MemoryMib: 64}}); err != nil {
-		t.Fatalf("re-create: %v", err)
+	if _, createVMErr := c.CreateVM(ctx, &pb.CreateVMRequest{Spec: &pb.VMSpec{Name: "web", MemoryMib: 64}}); createVMErr != nil {
+		t.Fatalf("re-create: %v", createVMErr)
 	}
 
 	// Worker down: the VM is re-placed on another worker with a new
 	// generation, and the old worker's reports are fenced.
-	if _, err := c.CreateVM(ctx, &pb.CreateVMRequest{Spec: &pb.VMSpec{Name: "mover", MemoryMib: 128}}); err != nil {
-		t.Fatal(err)
+	if _, createVMErr := c.CreateVM(ctx, &pb.CreateVMRequest{Spec: &pb.VMSpec{Name: "mover", MemoryMib: 128}}); createVMErr != nil {
+		t.Fatal(createVMErr)
 	}
 	mover := waitVM(t, f, "mover", "placed", func(vm *pb.VM, ok bool) bool { return ok && vm.WorkerId != 0 })
 	gone := serverByID(servers, mover.WorkerId)

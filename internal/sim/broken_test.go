@@ -243,8 +243,8 @@ func (e *earlyApply) ApplyCommand(index uint64, data []byte) (proto.Message, err
 		if _, ok := e.done[i]; ok {
 			continue
 		}
-		ents, err := e.log.Entries(i, i+1, 1<<62)
-		if err != nil || len(ents) != 1 || ents[0].GetType() != raftpb.EntryNormal {
+		ents, entErr := e.log.Entries(i, i+1, 1<<62)
+		if entErr != nil || len(ents) != 1 || ents[0].GetType() != raftpb.EntryNormal {
 			break
 		}
 		d := ents[0].GetData()

@@ -409,9 +409,7 @@ func (p *vmProc) plan() {
 	}
 	now := n.monoNow()
 	plan := p.core.Plan(now, assigned)
-	for _, r := range plan.Reports {
-		p.repQ = append(p.repQ, r)
-	}
+	p.repQ = append(p.repQ, plan.Reports...)
 	if !p.sending && len(p.repQ) > 0 {
 		p.report(50 * time.Millisecond)
 	}

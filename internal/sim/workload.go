@@ -318,7 +318,7 @@ func (c *client) membership() {
 			// using it (they would only time out there); stopping it
 			// instead would leave a member down if the join lands late.
 			s.after(15*time.Second, func() {
-				if l := s.leader(); l != nil && fresh.st != stGone && !slices.Contains(members(l.core.Status()), fresh.id) {
+				if lead := s.leader(); lead != nil && fresh.st != stGone && !slices.Contains(members(lead.core.Status()), fresh.id) {
 					if s.tracing() {
 						s.logf("n%d has not joined after 15s; clients stop using it", fresh.id)
 					}

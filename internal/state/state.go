@@ -374,9 +374,7 @@ func (m *Machine) snapshotLocked() *pb.StateSnapshot {
 	for _, id := range sortedIDs(m.members) {
 		s.Members = append(s.Members, m.members[id])
 	}
-	for _, id := range sortedIDs(m.removed) {
-		s.RemovedMembers = append(s.RemovedMembers, id)
-	}
+	s.RemovedMembers = append(s.RemovedMembers, sortedIDs(m.removed)...)
 	for _, id := range sortedIDs(m.workers) {
 		s.Workers = append(s.Workers, m.workers[id])
 	}

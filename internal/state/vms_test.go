@@ -533,8 +533,8 @@ func TestVMsSurviveSnapshotRecordsAndStateDB(t *testing.T) {
 	}
 
 	r := New()
-	if err := r.Restore(snap); err != nil {
-		t.Fatal(err)
+	if restoreErr := r.Restore(snap); restoreErr != nil {
+		t.Fatal(restoreErr)
 	}
 	if got := r.ForScheduling().Used[1]; got != want {
 		t.Fatalf("reservation after restore = %+v, want %+v", got, want)
@@ -550,8 +550,8 @@ func TestVMsSurviveSnapshotRecordsAndStateDB(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Checkpoint(h.index, h.m.TakeChanges()); err != nil {
-		t.Fatal(err)
+	if cpErr := db.Checkpoint(h.index, h.m.TakeChanges()); cpErr != nil {
+		t.Fatal(cpErr)
 	}
 	db.Close()
 	db, err = storage.OpenStateDB(path)

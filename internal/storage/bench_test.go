@@ -133,11 +133,11 @@ func BenchmarkFdatasync(b *testing.B) {
 			}
 			defer mustClose(b, f)
 			if tt.prezeroed {
-				if _, err := f.Write(make([]byte, 64<<20)); err != nil {
-					b.Fatal(err)
+				if _, writeErr := f.Write(make([]byte, 64<<20)); writeErr != nil {
+					b.Fatal(writeErr)
 				}
-				if err := f.Sync(); err != nil {
-					b.Fatal(err)
+				if syncErr := f.Sync(); syncErr != nil {
+					b.Fatal(syncErr)
 				}
 			}
 			var off int64

@@ -77,20 +77,20 @@ func compareStorage(t *testing.T, step string, want, got raft.Storage) {
 		t.Fatalf("%s: FirstIndex, LastIndex = %d, %d, want %d, %d", step, gf, gl, wf, wl)
 	}
 	for i := max(wf, 2) - 2; i <= wl+2; i++ {
-		wt, werr := want.Term(i)
-		gt, gerr := got.Term(i)
-		if wt != gt || !sameErr(werr, gerr) {
-			t.Fatalf("%s: Term(%d) = %d, %v, want %d, %v", step, i, gt, gerr, wt, werr)
+		wt, wTermErr := want.Term(i)
+		gt, gTermErr := got.Term(i)
+		if wt != gt || !sameErr(wTermErr, gTermErr) {
+			t.Fatalf("%s: Term(%d) = %d, %v, want %d, %v", step, i, gt, gTermErr, wt, wTermErr)
 		}
 	}
 	for lo := max(wf, 1) - 1; lo <= wl; lo++ {
 		for hi := lo + 1; hi <= wl+1; hi++ {
 			for _, maxSize := range []uint64{0, 40, math.MaxUint64} {
-				we, werr := want.Entries(lo, hi, maxSize)
-				ge, gerr := got.Entries(lo, hi, maxSize)
-				if !sameErr(werr, gerr) || len(we) != len(ge) {
+				we, wEntErr := want.Entries(lo, hi, maxSize)
+				ge, gEntErr := got.Entries(lo, hi, maxSize)
+				if !sameErr(wEntErr, gEntErr) || len(we) != len(ge) {
 					t.Fatalf("%s: Entries(%d, %d, %d) = %d entries, %v, want %d, %v",
-						step, lo, hi, maxSize, len(ge), gerr, len(we), werr)
+						step, lo, hi, maxSize, len(ge), gEntErr, len(we), wEntErr)
 				}
 				for k := range we {
 					if !proto.Equal(we[k], ge[k]) {

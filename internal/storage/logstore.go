@@ -145,12 +145,12 @@ func (s *LogStore) open() error {
 	if err != nil {
 		return err
 	}
-	if err := s.load(m, snap); err != nil {
-		return err
+	if loadErr := s.load(m, snap); loadErr != nil {
+		return loadErr
 	}
 	for _, seg := range stale {
-		if err := os.Remove(seg.path); err != nil {
-			return fmt.Errorf("remove stale wal segment: %w", err)
+		if removeErr := os.Remove(seg.path); removeErr != nil {
+			return fmt.Errorf("remove stale wal segment: %w", removeErr)
 		}
 		s.warn(fmt.Errorf("removed wal segment %s left behind by an interrupted purge", seg.path))
 	}
@@ -497,8 +497,8 @@ func (s *LogStore) CreateSnapshot(index uint64, cs *raftpb.ConfState, data []byt
 			Term:      new(term),
 		},
 	}
-	if _, err := writeSnapFile(s.snapDir, snap); err != nil {
-		return fmt.Errorf("create snapshot at %d: %w", index, err)
+	if _, writeErr := writeSnapFile(s.snapDir, snap); writeErr != nil {
+		return fmt.Errorf("create snapshot at %d: %w", index, writeErr)
 	}
 
 	first, _ := s.ms.FirstIndex()
@@ -583,12 +583,12 @@ func (s *LogStore) writeWAL(mustSync bool, build func([]byte) ([]byte, error)) e
 		s.buf = buf[:0]
 	}
 	if s.size < s.segmentBytes && !s.rollNext {
-		if _, err := s.f.Write(buf); err != nil {
-			return s.fail(fmt.Errorf("write wal: %w", err))
+		if _, writeErr := s.f.Write(buf); writeErr != nil {
+			return s.fail(fmt.Errorf("write wal: %w", writeErr))
 		}
 		if mustSync {
-			if err := s.sync(s.f); err != nil {
-				return s.fail(err)
+			if syncErr := s.sync(s.f); syncErr != nil {
+				return s.fail(syncErr)
 			}
 		}
 		s.size += int64(len(buf))

@@ -71,7 +71,7 @@ func writeSnapFile(dir string, snap *raftpb.Snapshot) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("marshal snapshot %d: %w", md.GetIndex(), err)
 	}
-	hdr := make([]byte, snapHeaderSize, snapHeaderSize)
+	hdr := make([]byte, snapHeaderSize)
 	copy(hdr, snapMagic)
 	binary.LittleEndian.PutUint64(hdr[8:], uint64(len(payload)))
 	binary.LittleEndian.PutUint32(hdr[16:], crc32.Checksum(payload, castagnoli))

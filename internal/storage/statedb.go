@@ -36,8 +36,8 @@ func OpenStateDB(path string) (*StateDB, error) {
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range append(slices.Clone(Tables), string(metaBucket)) {
-			if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
-				return fmt.Errorf("create table %q: %w", name, err)
+			if _, createErr := tx.CreateBucketIfNotExists([]byte(name)); createErr != nil {
+				return fmt.Errorf("create table %q: %w", name, createErr)
 			}
 		}
 		return nil

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 func openDB(t *testing.T, path string) *StateDB {
@@ -119,7 +120,7 @@ func TestStateDBCheckpoint(t *testing.T) {
 			name:    "bbolt error rolls back the whole checkpoint",
 			applied: 8,
 			changes: []Change{put(TableKV, "c", "3"), {Table: TableKV, Key: nil, Value: []byte("v")}},
-			wantErr: bolt.ErrKeyRequired,
+			wantErr: berrors.ErrKeyRequired,
 		},
 		{
 			name:        "same applied again is allowed",

@@ -311,8 +311,8 @@ func replaySegments(segs []segment, warn func(error)) (*logModel, error) {
 				if !errors.Is(err, errTorn) || !last || validRecordAfter(data, off) {
 					return nil, fmt.Errorf("%w: %s at offset %d: %w", ErrCorrupt, seg.path, off, err)
 				}
-				if err := truncateFile(seg.path, int64(off)); err != nil {
-					return nil, err
+				if truncErr := truncateFile(seg.path, int64(off)); truncErr != nil {
+					return nil, truncErr
 				}
 				warn(fmt.Errorf("wal %s: cut %d bytes of torn tail at offset %d (%w)",
 					seg.path, len(data)-off, off, err))

@@ -110,8 +110,8 @@ func (s *raftService) SendSnapshot(stream grpc.ClientStreamingServer[blixardpb.S
 		return status.Error(codes.InvalidArgument, "snapshot: first chunk has no header")
 	}
 	m := &raftpb.Message{}
-	if err := proto.Unmarshal(first.GetHeader(), m); err != nil {
-		return status.Errorf(codes.InvalidArgument, "snapshot: bad header: %v", err)
+	if headerErr := proto.Unmarshal(first.GetHeader(), m); headerErr != nil {
+		return status.Errorf(codes.InvalidArgument, "snapshot: bad header: %v", headerErr)
 	}
 	if m.GetType() != raftpb.MsgSnap {
 		return status.Errorf(codes.InvalidArgument, "snapshot: header is a %v message", m.GetType())

@@ -91,14 +91,13 @@ func (r *reports) ReportSnapshot(id uint64, s raft.SnapshotStatus) {
 
 // node is a transport with its own gRPC server.
 type node struct {
-	tr       *Transport
-	h        *recorder
-	r        *reports
-	addr     string
-	srv      *grpc.Server
-	served   chan struct{}
-	srvOpts  []grpc.ServerOption
-	register bool
+	tr      *Transport
+	h       *recorder
+	r       *reports
+	addr    string
+	srv     *grpc.Server
+	served  chan struct{}
+	srvOpts []grpc.ServerOption
 }
 
 func startNode(t *testing.T, id uint64, mutate func(*Config, *node)) *node {
@@ -443,10 +442,10 @@ func TestReceiverRejectsCorruptSnapshot(t *testing.T) {
 		for _, c := range chunks {
 			// io.EOF means the server already rejected the stream; the
 			// status comes from CloseAndRecv.
-			if err := stream.Send(c); errors.Is(err, io.EOF) {
+			if sendErr := stream.Send(c); errors.Is(sendErr, io.EOF) {
 				break
-			} else if err != nil {
-				return err
+			} else if sendErr != nil {
+				return sendErr
 			}
 		}
 		_, err = stream.CloseAndRecv()

@@ -20,11 +20,11 @@ func TestFakeLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.Start(ctx, validSpec()); !errors.Is(err, ErrExists) {
-		t.Fatalf("duplicate: %v", err)
+	if _, startErr := d.Start(ctx, validSpec()); !errors.Is(startErr, ErrExists) {
+		t.Fatalf("duplicate: %v", startErr)
 	}
-	if err := d.WaitReady(ctx, id); err != nil {
-		t.Fatal(err)
+	if readyErr := d.WaitReady(ctx, id); readyErr != nil {
+		t.Fatal(readyErr)
 	}
 	st, err := d.Status(ctx, id)
 	if err != nil || st.State != StateRunning || st.PID == 0 || !st.StartedAt.Equal(now) || !st.ReadyAt.Equal(now) {

@@ -23,8 +23,8 @@ func TestMonitorTransitions(t *testing.T) {
 		t.Fatalf("after TTL: %v, want worker 2 down", got)
 	}
 	// In flight: not proposed twice.
-	if got := m.Check(t0.Add(7*time.Second), []*pb.Worker{ready(1), ready(2)}); len(got) != 0 {
-		t.Fatalf("in-flight transition proposed again: %v", got)
+	if again := m.Check(t0.Add(7*time.Second), []*pb.Worker{ready(1), ready(2)}); len(again) != 0 {
+		t.Fatalf("in-flight transition proposed again: %v", again)
 	}
 	m.Done(2)
 	// Applied as down; a heartbeat brings it back.

@@ -175,8 +175,8 @@ func (h *vmHarness) exec(op VMOp) error {
 	case VMOpStart:
 		_, err := h.drv.Start(context.Background(), op.Spec)
 		if err == nil {
-			if err := os.MkdirAll(op.Dir, 0o700); err != nil {
-				h.t.Fatal(err)
+			if mkdirErr := os.MkdirAll(op.Dir, 0o700); mkdirErr != nil {
+				h.t.Fatal(mkdirErr)
 			}
 		}
 		return err

@@ -118,8 +118,8 @@ func Build(ctx context.Context, outDir string, o Options) (Result, error) {
 	}
 	res.Kernel = k
 	progress("kernel %s, %s-compressed, %d MiB uncompressed", orUnknown(k.Version), k.Compression, len(vmlinux)>>20)
-	if err := ctx.Err(); err != nil {
-		return res, err
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return res, ctxErr
 	}
 
 	modDir := o.ModulesDir
@@ -129,7 +129,7 @@ func Build(ctx context.Context, outDir string, o Options) (Result, error) {
 		}
 		modDir = filepath.Join(modulesBase, k.Version)
 	}
-	if st, err := os.Stat(modDir); err != nil || !st.IsDir() {
+	if st, statErr := os.Stat(modDir); statErr != nil || !st.IsDir() {
 		return res, fmt.Errorf("kernel modules directory %s not found: install the matching package (apt-get install linux-image-%s) or pass --modules-dir", modDir, orUnknown(k.Version))
 	}
 	wanted := o.Modules

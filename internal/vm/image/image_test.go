@@ -409,8 +409,8 @@ func TestBuildFromThisMachinesPackages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, k, err := ExtractVmlinux(data); err != nil || !k.PVH {
-		t.Fatalf("vmlinux: %+v, %v", k, err)
+	if _, k, extractErr := ExtractVmlinux(data); extractErr != nil || !k.PVH {
+		t.Fatalf("vmlinux: %+v, %v", k, extractErr)
 	}
 	for _, want := range []string{"virtio_mmio", "virtio_blk", "virtio_net", "virtio_console"} {
 		if !slices.Contains(res.Modules, want) {

@@ -142,8 +142,8 @@ func newDriver(cfg Config, host hostProbe) (*Driver, error) {
 	if accel == AccelTCG && tsc == 0 {
 		tsc = measureTSCKHz()
 	}
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return nil, fmt.Errorf("qemu driver: create state root: %w", err)
+	if mkdirErr := os.MkdirAll(root, 0o700); mkdirErr != nil {
+		return nil, fmt.Errorf("qemu driver: create state root: %w", mkdirErr)
 	}
 	lock, err := os.OpenFile(filepath.Join(root, lockName), os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -550,8 +550,8 @@ func (d *Driver) verifyLive(rec *record, p vmPaths) (int, bool) {
 	if rec.PID == 0 && st.ppid > 1 {
 		// QEMU's own pid file names QEMU; under a guard the driver's
 		// process is its parent, whose command line names the socket too.
-		if pargs, err := procArgs(st.ppid); err == nil && slices.ContainsFunc(pargs, func(a string) bool { return strings.Contains(a, "path="+esc(p.qmp)+",") }) {
-			if pst, err := readProc(st.ppid); err == nil && !pst.dead() {
+		if pargs, argsErr := procArgs(st.ppid); argsErr == nil && slices.ContainsFunc(pargs, func(a string) bool { return strings.Contains(a, "path="+esc(p.qmp)+",") }) {
+			if pst, parentErr := readProc(st.ppid); parentErr == nil && !pst.dead() {
 				pid, st = st.ppid, pst
 			}
 		}
@@ -856,9 +856,9 @@ func (d *Driver) recoverOne(ctx context.Context, id vm.ID) (bool, error) {
 	in := newInstance(d, &rec.Spec, p, link, pid, pidfd, rec.StartedAt, true)
 	actx, cancel := context.WithTimeout(ctx, d.cfg.StartTimeout)
 	defer cancel()
-	if err := in.attach(actx); err != nil {
+	if attachErr := in.attach(actx); attachErr != nil {
 		pidfd.Close()
-		return false, fmt.Errorf("QEMU pid %d runs but its QMP socket does not answer (is another process attached to it?): %w", pid, err)
+		return false, fmt.Errorf("QEMU pid %d runs but its QMP socket does not answer (is another process attached to it?): %w", pid, attachErr)
 	}
 	rs, err := in.qmp.queryStatus(actx)
 	if err == nil && rs == "prelaunch" {

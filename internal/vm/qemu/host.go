@@ -58,8 +58,8 @@ func chooseAccel(want string, h hostProbe) (accel, why string, err error) {
 	case AccelTCG:
 		return AccelTCG, "tcg requested", nil
 	case AccelKVM:
-		if err := h.kvmUsable(); err != nil {
-			return "", "", fmt.Errorf("kvm requested but /dev/kvm is not usable: %w", err)
+		if kvmErr := h.kvmUsable(); kvmErr != nil {
+			return "", "", fmt.Errorf("kvm requested but /dev/kvm is not usable: %w", kvmErr)
 		}
 		return AccelKVM, "kvm requested", nil
 	case "", AccelAuto:

@@ -145,7 +145,7 @@ func (in *instance) openChild() {
 	if err != nil || qpid == in.pid {
 		return
 	}
-	if st, err := readProc(qpid); err != nil || st.ppid != in.pid {
+	if st, procErr := readProc(qpid); procErr != nil || st.ppid != in.pid {
 		return
 	}
 	fd, err := unix.PidfdOpen(qpid, unix.PIDFD_NONBLOCK)

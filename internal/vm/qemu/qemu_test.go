@@ -124,8 +124,8 @@ func startReady(t *testing.T, d *Driver, spec vm.Spec) vm.Status {
 	if err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	if err := d.WaitReady(ctx, id); err != nil {
-		t.Fatalf("WaitReady: %v\nconsole:\n%s", err, readConsole(d, spec))
+	if readyErr := d.WaitReady(ctx, id); readyErr != nil {
+		t.Fatalf("WaitReady: %v\nconsole:\n%s", readyErr, readConsole(d, spec))
 	}
 	st, err := d.Status(ctx, id)
 	if err != nil {
@@ -342,14 +342,14 @@ func TestCloseLeavesVMRunningAndNewDriverRecoversIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Kill(stDies.PID, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
+	if killErr := syscall.Kill(stDies.PID, syscall.SIGKILL); killErr != nil {
+		t.Fatal(killErr)
 	}
 	// Its guard exits as QEMU did; reap it (this test process is its
 	// parent) so it is gone for good.
 	var ws syscall.WaitStatus
-	if _, err := syscall.Wait4(rec.PID, &ws, 0, nil); err != nil || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("guard pid %d of the killed QEMU: %v, %v; want killed by SIGKILL", rec.PID, ws, err)
+	if _, waitErr := syscall.Wait4(rec.PID, &ws, 0, nil); waitErr != nil || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("guard pid %d of the killed QEMU: %v, %v; want killed by SIGKILL", rec.PID, ws, waitErr)
 	}
 
 	d2 := newTestDriver(t, root)
@@ -361,8 +361,8 @@ func TestCloseLeavesVMRunningAndNewDriverRecoversIt(t *testing.T) {
 	if e := waitExit(t, d2.Wait("dies")); e.State != vm.StateFailed || !strings.Contains(e.Reason, "no driver was watching") {
 		t.Fatalf("VM that died unwatched: %+v", e)
 	}
-	if _, err := os.Lstat(filepath.Join(root, "dies")); !os.IsNotExist(err) {
-		t.Errorf("the link to the dead VM's state dir is still there (%v)", err)
+	if _, lstatErr := os.Lstat(filepath.Join(root, "dies")); !os.IsNotExist(lstatErr) {
+		t.Errorf("the link to the dead VM's state dir is still there (%v)", lstatErr)
 	}
 	st2, err := d2.Status(ctx, "keep")
 	if err != nil || st2.PID != st.PID || !st2.Adopted || st2.State != vm.StateRunning || st2.RunState != "running" {
@@ -403,12 +403,12 @@ func runHelper(root string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), bootDeadline)
 	defer cancel()
-	if _, err := d.Start(ctx, spec); err != nil {
-		fmt.Fprintln(os.Stderr, err)
+	if _, startErr := d.Start(ctx, spec); startErr != nil {
+		fmt.Fprintln(os.Stderr, startErr)
 		return 1
 	}
-	if err := d.WaitReady(ctx, "orphan"); err != nil {
-		fmt.Fprintln(os.Stderr, err)
+	if readyErr := d.WaitReady(ctx, "orphan"); readyErr != nil {
+		fmt.Fprintln(os.Stderr, readyErr)
 		return 1
 	}
 	st, err := d.Status(ctx, "orphan")
@@ -441,8 +441,8 @@ func TestRecoverAfterWorkerProcessDied(t *testing.T) {
 	d := newTestDriver(t, root)
 	// Before Recover, starting the same VM again must not make a twin.
 	spec := testSpec("orphan")
-	if _, err := d.Start(ctx, spec); !errors.Is(err, vm.ErrExists) || !strings.Contains(err.Error(), strconv.Itoa(pid)) {
-		t.Fatalf("Start before Recover = %v, want ErrExists naming pid %d", err, pid)
+	if _, startErr := d.Start(ctx, spec); !errors.Is(startErr, vm.ErrExists) || !strings.Contains(startErr.Error(), strconv.Itoa(pid)) {
+		t.Fatalf("Start before Recover = %v, want ErrExists naming pid %d", startErr, pid)
 	}
 	ids, err := d.Recover(ctx)
 	if err != nil || !slices.Equal(ids, []vm.ID{"orphan"}) {

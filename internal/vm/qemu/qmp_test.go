@@ -121,8 +121,8 @@ func TestQMPHandshakeCommandsAndEvents(t *testing.T) {
 	if err != nil || st != "running" {
 		t.Fatalf("query-status = %q, %v", st, err)
 	}
-	if err := c.execute(ctx, "system_powerdown", nil, nil); err != nil {
-		t.Fatal(err)
+	if executeErr := c.execute(ctx, "system_powerdown", nil, nil); executeErr != nil {
+		t.Fatal(executeErr)
 	}
 	err = c.execute(ctx, "nope", nil, nil)
 	var qe *qmpError

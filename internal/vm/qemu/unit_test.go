@@ -65,8 +65,8 @@ func TestKernelCmdlineAndArgs(t *testing.T) {
 	if cl != want {
 		t.Errorf("cmdline\n got %s\nwant %s", cl, want)
 	}
-	if cl := kernelCmdline(&spec, AccelKVM, 2445406); strings.Contains(cl, "tsc_early_khz") {
-		t.Errorf("KVM cmdline has tsc_early_khz: %s", cl)
+	if kvmCl := kernelCmdline(&spec, AccelKVM, 2445406); strings.Contains(kvmCl, "tsc_early_khz") {
+		t.Errorf("KVM cmdline has tsc_early_khz: %s", kvmCl)
 	}
 	p := pathsFor("/var/lib/blixard/vms/web")
 	args := strings.Join(qemuArgs(&spec, p, AccelTCG, cl), " ")
