@@ -79,14 +79,14 @@ func InitCA(dir string, days int, now time.Time) error {
 	}
 	certPath, keyPath := filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile)
 	for _, p := range []string{certPath, keyPath} {
-		if _, err := os.Lstat(p); err == nil {
+		if _, err = os.Lstat(p); err == nil {
 			return fmt.Errorf("refusing to overwrite %s: %w; the CA in %s is already made, issue certificates with it ('blixard tls cert --dir %s ...') or remove %s and %s to start over (every certificate it signed stops working)",
 				p, fs.ErrExist, dir, dir, CACertFile, CAKeyFile)
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("check %s: %w", p, err)
 		}
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err = os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create TLS directory %s: %w", dir, err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

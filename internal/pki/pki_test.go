@@ -137,8 +137,8 @@ func TestIssueNode(t *testing.T) {
 				t.Errorf("paths %s %s", certPath, keyPath)
 			}
 			for _, p := range []string{certPath, keyPath} {
-				if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o600 {
-					t.Errorf("%s mode %v, %v; want 0600", p, fi.Mode(), err)
+				if fi, serr := os.Stat(p); serr != nil || fi.Mode().Perm() != 0o600 {
+					t.Errorf("%s mode %v, %v; want 0600", p, fi.Mode(), serr)
 				}
 			}
 			c := readCert(t, certPath)
@@ -210,8 +210,8 @@ func TestIssueClient(t *testing.T) {
 				t.Errorf("paths %s %s", certPath, keyPath)
 			}
 			for _, p := range []string{certPath, keyPath} {
-				if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o600 {
-					t.Errorf("%s mode %v, %v; want 0600", p, fi.Mode(), err)
+				if fi, serr := os.Stat(p); serr != nil || fi.Mode().Perm() != 0o600 {
+					t.Errorf("%s mode %v, %v; want 0600", p, fi.Mode(), serr)
 				}
 			}
 			c := readCert(t, certPath)

@@ -72,9 +72,9 @@ func ResolveClientFiles(dir string) (ca, cert, key string, err error) {
 		return "", "", "", err
 	}
 	if !certOK {
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			return "", "", "", fmt.Errorf("list client certificates in %s: %w", dir, err)
+		ents, lerr := os.ReadDir(dir)
+		if lerr != nil {
+			return "", "", "", fmt.Errorf("list client certificates in %s: %w", dir, lerr)
 		}
 		var matches []string // ReadDir sorts by name
 		for _, e := range ents {

@@ -160,11 +160,11 @@ func (s *Source) read() (*material, error) {
 	}
 	inter := x509.NewCertPool()
 	for _, der := range cert.Certificate[1:] {
-		if c, err := x509.ParseCertificate(der); err == nil {
+		if c, perr := x509.ParseCertificate(der); perr == nil {
 			inter.AddCert(c)
 		}
 	}
-	if _, err := cert.Leaf.Verify(x509.VerifyOptions{
+	if _, err = cert.Leaf.Verify(x509.VerifyOptions{
 		Roots:         pool,
 		Intermediates: inter,
 		CurrentTime:   s.now(),

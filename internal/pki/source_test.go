@@ -89,9 +89,9 @@ func handshake(t *testing.T, serverCfg, clientCfg *tls.Config, serverName string
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		raw, err := lis.Accept()
-		if err != nil {
-			res.serverErr = err
+		raw, aerr := lis.Accept()
+		if aerr != nil {
+			res.serverErr = aerr
 			return
 		}
 		defer raw.Close()
@@ -302,9 +302,9 @@ func TestReloadServesNewCertificate(t *testing.T) {
 	}
 	reissue := func() *big.Int {
 		t.Helper()
-		p, _, err := IssueNode(c.dir, 1, nil, 0, time.Now())
-		if err != nil {
-			t.Fatal(err)
+		p, _, ierr := IssueNode(c.dir, 1, nil, 0, time.Now())
+		if ierr != nil {
+			t.Fatal(ierr)
 		}
 		return readCert(t, p).SerialNumber
 	}
@@ -327,7 +327,7 @@ func TestReloadServesNewCertificate(t *testing.T) {
 
 	// Reload applies at once.
 	third := reissue()
-	if err := src.Reload(); err != nil {
+	if err = src.Reload(); err != nil {
 		t.Fatal(err)
 	}
 	if got := served(); got.Cmp(third) != 0 {
@@ -335,16 +335,16 @@ func TestReloadServesNewCertificate(t *testing.T) {
 	}
 
 	// A broken file keeps the previous material, reported once.
-	if err := os.WriteFile(c.nodeCert, []byte("garbage"), 0o600); err != nil {
+	if err = os.WriteFile(c.nodeCert, []byte("garbage"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := src.Reload(); err == nil || !strings.Contains(err.Error(), c.nodeCert) {
+	if err = src.Reload(); err == nil || !strings.Contains(err.Error(), c.nodeCert) {
 		t.Fatalf("Reload of a broken certificate: %v, want an error naming %s", err, c.nodeCert)
 	}
 	if errCount() != 0 {
 		t.Fatal("Reload passed its error to onError too")
 	}
-	if err := os.WriteFile(c.nodeKey, []byte("garbage too"), 0o600); err != nil {
+	if err = os.WriteFile(c.nodeKey, []byte("garbage too"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {

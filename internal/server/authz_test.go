@@ -158,14 +158,14 @@ func TestSecureNodeChecksEveryMethod(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bootstrap: %v", err)
 	}
-	if _, err := anon.BootstrapToken(ctx, &pb.BootstrapTokenRequest{}); status.Code(err) != codes.FailedPrecondition {
+	if _, err = anon.BootstrapToken(ctx, &pb.BootstrapTokenRequest{}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("second bootstrap: %v, want FailedPrecondition", err)
 	}
 	mgmt := rpcpb.NewClusterClient(dialAs(t, s, alice, boot.Secret))
 	mk := func(policy string) string {
-		r, err := mgmt.CreateToken(ctx, &pb.CreateTokenRequest{Policy: policy, Name: policy})
-		if err != nil {
-			t.Fatalf("create %s token: %v", policy, err)
+		r, cerr := mgmt.CreateToken(ctx, &pb.CreateTokenRequest{Policy: policy, Name: policy})
+		if cerr != nil {
+			t.Fatalf("create %s token: %v", policy, cerr)
 		}
 		if r.Token.Policy != policy || len(r.Token.SecretSha256) != 0 {
 			t.Fatalf("create %s token answered %v", policy, r.Token)
@@ -179,7 +179,7 @@ func TestSecureNodeChecksEveryMethod(t *testing.T) {
 	noToken := dialAs(t, s, alice, "")
 	readConn := dialAs(t, s, alice, readTok)
 	for _, m := range allMethods() {
-		err := invoke(ctx, noToken, m.svc, m.name, m.stream)
+		err = invoke(ctx, noToken, m.svc, m.name, m.stream)
 		want := codes.Unauthenticated
 		if strings.HasSuffix(m.full, "/BootstrapToken") {
 			want = codes.FailedPrecondition
@@ -203,13 +203,13 @@ func TestSecureNodeChecksEveryMethod(t *testing.T) {
 	// choice of user.
 	sub := rpcpb.NewClusterClient(dialAs(t, s, alice, submitTok))
 	op := rpcpb.NewClusterClient(dialAs(t, s, alice, opTok))
-	if _, err := sub.CordonWorker(ctx, &pb.CordonWorkerRequest{WorkerId: 1, Cordon: true}); status.Code(err) != codes.PermissionDenied {
+	if _, err = sub.CordonWorker(ctx, &pb.CordonWorkerRequest{WorkerId: 1, Cordon: true}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("submit token cordons: %v", err)
 	}
-	if _, err := sub.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: 1}); status.Code(err) != codes.PermissionDenied {
+	if _, err = sub.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: 1}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("submit token removes a member: %v", err)
 	}
-	if _, err := sub.SubmitTask(ctx, &pb.SubmitTaskRequest{Spec: &pb.TaskSpec{Command: "/bin/true", User: "root"}}); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "user") {
+	if _, err = sub.SubmitTask(ctx, &pb.SubmitTaskRequest{Spec: &pb.TaskSpec{Command: "/bin/true", User: "root"}}); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "user") {
 		t.Errorf("submit token picks the user: %v", err)
 	}
 	mine, err := sub.SubmitTask(ctx, &pb.SubmitTaskRequest{Spec: &pb.TaskSpec{Command: "/bin/true"}})
@@ -220,15 +220,15 @@ func TestSecureNodeChecksEveryMethod(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sub.GetTask(ctx, &pb.GetTaskRequest{Id: mine.Task.Id}); err != nil {
+	if _, err = sub.GetTask(ctx, &pb.GetTaskRequest{Id: mine.Task.Id}); err != nil {
 		t.Errorf("submit token reads its own task: %v", err)
 	}
 	for name, call := range map[string]func() error{
-		"get":    func() error { _, err := sub.GetTask(ctx, &pb.GetTaskRequest{Id: theirs.Task.Id}); return err },
-		"wait":   func() error { _, err := sub.WaitTask(ctx, &pb.WaitTaskRequest{Id: theirs.Task.Id}); return err },
-		"cancel": func() error { _, err := sub.CancelTask(ctx, &pb.CancelTaskRequest{Id: theirs.Task.Id}); return err },
+		"get":    func() error { _, e := sub.GetTask(ctx, &pb.GetTaskRequest{Id: theirs.Task.Id}); return e },
+		"wait":   func() error { _, e := sub.WaitTask(ctx, &pb.WaitTaskRequest{Id: theirs.Task.Id}); return e },
+		"cancel": func() error { _, e := sub.CancelTask(ctx, &pb.CancelTaskRequest{Id: theirs.Task.Id}); return e },
 	} {
-		if err := call(); status.Code(err) != codes.PermissionDenied {
+		if err = call(); status.Code(err) != codes.PermissionDenied {
 			t.Errorf("submit token %ss another token's task: %v", name, err)
 		}
 	}
@@ -243,10 +243,10 @@ func TestSecureNodeChecksEveryMethod(t *testing.T) {
 	// A node certificate speaks only as its node: node 2's cannot join as
 	// 3, and its raft messages must come from 2.
 	node2 := dialAs(t, s, tlsSource(t, dir, pki.NodeCertFile(2), pki.NodeKeyFile(2)).ClientConfig(), "")
-	if _, err := rpcpb.NewClusterClient(node2).Join(ctx, &pb.JoinRequest{Id: 3, Addr: "127.0.0.1:1"}); status.Code(err) != codes.PermissionDenied {
+	if _, err = rpcpb.NewClusterClient(node2).Join(ctx, &pb.JoinRequest{Id: 3, Addr: "127.0.0.1:1"}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("node 2's certificate joins as node 3: %v", err)
 	}
-	if _, err := rpcpb.NewClusterClient(node2).Heartbeat(ctx, &pb.HeartbeatRequest{WorkerId: 1}); status.Code(err) != codes.PermissionDenied {
+	if _, err = rpcpb.NewClusterClient(node2).Heartbeat(ctx, &pb.HeartbeatRequest{WorkerId: 1}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("node 2's certificate heartbeats for worker 1: %v", err)
 	}
 	send, err := rpcpb.NewRaftClient(node2).Send(ctx)
@@ -255,7 +255,7 @@ func TestSecureNodeChecksEveryMethod(t *testing.T) {
 	}
 	raw, _ := proto.Marshal(&raftpb.Message{Type: raftpb.MsgHeartbeat.Enum(), From: proto.Uint64(3), To: proto.Uint64(1), Term: proto.Uint64(1 << 40)})
 	_ = send.Send(&pb.RaftBatch{Messages: [][]byte{raw}})
-	if _, err := send.CloseAndRecv(); status.Code(err) != codes.PermissionDenied {
+	if _, err = send.CloseAndRecv(); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("node 2's certificate sends raft messages as node 3: %v", err)
 	}
 	if st, _, _ := s.Node().Status(ctx); st.HardState.GetTerm() >= 1<<40 || len(s.State().Members()) != 1 {
@@ -272,7 +272,7 @@ func TestSecureNodeChecksEveryMethod(t *testing.T) {
 		"another CA":     tlsSource(t, other, pki.ClientCertFile("mallory"), pki.ClientKeyFile("mallory")).ClientConfig(),
 	} {
 		cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
-		_, err := rpcpb.NewClusterClient(dialAs(t, s, cfg, boot.Secret)).Status(cctx, &pb.StatusRequest{})
+		_, err = rpcpb.NewClusterClient(dialAs(t, s, cfg, boot.Secret)).Status(cctx, &pb.StatusRequest{})
 		ccancel()
 		if err == nil {
 			t.Errorf("client with %s was answered", name)
@@ -287,9 +287,9 @@ func TestSecureNodeChecksEveryMethod(t *testing.T) {
 		if tok != "" {
 			req.Header.Set("Authorization", "Bearer "+tok)
 		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			t.Fatalf("GET %s: %v", path, err)
+		resp, derr := hc.Do(req)
+		if derr != nil {
+			t.Fatalf("GET %s: %v", path, derr)
 		}
 		resp.Body.Close()
 		return resp.StatusCode
@@ -309,14 +309,14 @@ func TestSecureNodeChecksEveryMethod(t *testing.T) {
 	}
 
 	// Revoked: refused from the next call on.
-	if _, err := readConnClient(readConn).Status(ctx, &pb.StatusRequest{}); err != nil {
+	if _, err = readConnClient(readConn).Status(ctx, &pb.StatusRequest{}); err != nil {
 		t.Fatalf("read token before revocation: %v", err)
 	}
 	accessor, _, _ := acl.ParseToken(readTok)
-	if _, err := mgmt.RevokeToken(ctx, &pb.RevokeTokenRequest{Accessor: accessor}); err != nil {
+	if _, err = mgmt.RevokeToken(ctx, &pb.RevokeTokenRequest{Accessor: accessor}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := readConnClient(readConn).Status(ctx, &pb.StatusRequest{}); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "revoked") {
+	if _, err = readConnClient(readConn).Status(ctx, &pb.StatusRequest{}); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "revoked") {
 		t.Errorf("revoked token: %v", err)
 	}
 	if get("/metrics", readTok) != 401 {

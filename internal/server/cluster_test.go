@@ -187,7 +187,11 @@ func BenchmarkPropose(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			// Production raft timers (the worker TTL must then be the
 			// production one too, for the VM fencing check).
-			base := func(c *Config) { c.Worker = false; c.TickInterval = 100 * time.Millisecond; c.WorkerTTL = 5 * time.Second }
+			base := func(c *Config) {
+				c.Worker = false
+				c.TickInterval = 100 * time.Millisecond
+				c.WorkerTTL = 5 * time.Second
+			}
 			tweak := base
 			if bc.tls {
 				// Mutual TLS between the peers (raft traffic).

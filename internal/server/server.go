@@ -216,7 +216,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.sm = state.New()
 	s.mon = worker.NewMonitor(cfg.WorkerTTL)
-	if err := s.openAudit(); err != nil {
+	if err = s.openAudit(); err != nil {
 		s.closeStorage()
 		return nil, err
 	}

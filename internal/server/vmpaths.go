@@ -53,7 +53,7 @@ func allowedVMFile(p string, dirs []string) error {
 		if !st.Mode().IsRegular() {
 			return fmt.Errorf("%s is not a regular file (it is a %s)", p, fileKind(st.Mode()))
 		}
-		if r, err := filepath.EvalSymlinks(p); err == nil {
+		if r, lerr := filepath.EvalSymlinks(p); lerr == nil {
 			real = r
 		}
 	case !errors.Is(err, os.ErrNotExist):

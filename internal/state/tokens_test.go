@@ -40,10 +40,10 @@ func TestTokensBootstrapOnceCreateRevokeAndPersist(t *testing.T) {
 		t.Fatal("not bootstrapped after the bootstrap token")
 	}
 	_, again := newTokenRecord(t, acl.PolicyManagement)
-	if _, err := create(again, true); !errors.Is(err, ErrBootstrapped) {
+	if _, err = create(again, true); !errors.Is(err, ErrBootstrapped) {
 		t.Fatalf("second bootstrap: %v, want ErrBootstrapped", err)
 	}
-	if _, err := create(mgmt, false); !errors.Is(err, ErrTokenExists) {
+	if _, err = create(mgmt, false); !errors.Is(err, ErrTokenExists) {
 		t.Fatalf("duplicate accessor: %v", err)
 	}
 	for _, bad := range []*pb.Token{
@@ -51,12 +51,12 @@ func TestTokensBootstrapOnceCreateRevokeAndPersist(t *testing.T) {
 		{Accessor: "0123456789abcdef", SecretSha256: make([]byte, 3), Policy: acl.PolicyRead},
 		{Accessor: "0123456789abcdef", SecretSha256: make([]byte, 32), Policy: "root"},
 	} {
-		if _, err := create(bad, false); !errors.Is(err, ErrInvalidCommand) {
+		if _, err = create(bad, false); !errors.Is(err, ErrInvalidCommand) {
 			t.Errorf("create %v: %v, want ErrInvalidCommand", bad, err)
 		}
 	}
 	readSecret, read := newTokenRecord(t, acl.PolicyRead)
-	if _, err := create(read, false); err != nil {
+	if _, err = create(read, false); err != nil {
 		t.Fatal(err)
 	}
 	stored, ok := h.m.Token(read.Accessor)
@@ -73,10 +73,10 @@ func TestTokensBootstrapOnceCreateRevokeAndPersist(t *testing.T) {
 		t.Fatalf("second revoke: %v %v (must keep the first time)", r, err)
 	}
 	stored, _ = h.m.Token(read.Accessor)
-	if err := acl.Check(stored, sec, 100); !errors.Is(err, acl.ErrRevokedToken) {
+	if err = acl.Check(stored, sec, 100); !errors.Is(err, acl.ErrRevokedToken) {
 		t.Fatalf("revoked token checks: %v", err)
 	}
-	if _, err := h.apply(&pb.Command{Op: &pb.Command_RevokeToken{RevokeToken: &pb.RevokeToken{Accessor: "ffffffffffffffff"}}}); !errors.Is(err, ErrUnknownToken) {
+	if _, err = h.apply(&pb.Command{Op: &pb.Command_RevokeToken{RevokeToken: &pb.RevokeToken{Accessor: "ffffffffffffffff"}}}); !errors.Is(err, ErrUnknownToken) {
 		t.Fatalf("revoke unknown: %v", err)
 	}
 	if ts := h.m.Tokens(); len(ts) != 2 || len(ts[0].SecretSha256)+len(ts[1].SecretSha256) != 0 {

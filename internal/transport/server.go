@@ -122,7 +122,7 @@ func (s *raftService) SendSnapshot(stream grpc.ClientStreamingServer[blixardpb.S
 		return status.Errorf(codes.FailedPrecondition, "snapshot: for node %d, this is node %d", m.GetTo(), t.cfg.ID)
 	}
 	if t.cfg.Authorize != nil {
-		if err := t.cfg.Authorize(stream.Context(), m.GetFrom()); err != nil {
+		if err = t.cfg.Authorize(stream.Context(), m.GetFrom()); err != nil {
 			t.stats.messagesRejected.Add(1)
 			t.log.Warn("snapshot refused", "from", m.GetFrom(), "err", err)
 			return err
