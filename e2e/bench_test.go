@@ -18,7 +18,7 @@ import (
 // BenchmarkLeaderFailover measures the time from kill -9 of the leader
 // until a write through a surviving node succeeds, with default raft
 // timers (100 ms tick, 10-tick election timeout). Run it on a non-race
-// binary: BLIXARD_E2E_NORACE=1 go test -run x -bench Failover -benchtime 20x ./e2e/
+// binary: BLIXARD_E2E_NORACE=1 go test -run '^$' -bench Failover -benchtime 20x ./e2e/
 func BenchmarkLeaderFailover(b *testing.B) {
 	c := newCluster(b)
 	if os.Getenv("BLIXARD_BENCH_TLS") != "" {
@@ -97,7 +97,7 @@ func benchTaskCluster(b *testing.B) (*cluster, []rpcpb.ClusterClient) {
 // client is not measured: the attempt's recorded start time is used) and
 // submit→finished as the client sees it (SubmitTask then WaitTask).
 //
-//	BLIXARD_E2E_NORACE=1 go test -run x -bench TaskLatency -benchtime 300x ./e2e/
+//	BLIXARD_E2E_NORACE=1 go test -run '^$' -bench TaskLatency -benchtime 300x ./e2e/
 func BenchmarkTaskLatency(b *testing.B) {
 	_, cls := benchTaskCluster(b)
 	ctx := context.Background()
@@ -134,7 +134,7 @@ func BenchmarkTaskLatency(b *testing.B) {
 // BenchmarkTaskThroughput: 64 concurrent submitters each submit /bin/true
 // and wait for it; completed tasks per second end to end.
 //
-//	BLIXARD_E2E_NORACE=1 go test -run x -bench TaskThroughput -benchtime 2000x ./e2e/
+//	BLIXARD_E2E_NORACE=1 go test -run '^$' -bench TaskThroughput -benchtime 2000x ./e2e/
 func BenchmarkTaskThroughput(b *testing.B) {
 	c, cls := benchTaskCluster(b)
 	ctx := context.Background()

@@ -9,7 +9,7 @@ import (
 // BenchmarkStartWait runs /bin/true to completion, one attempt at a time:
 // the executor's share of a short task's latency.
 //
-//	go test -run x -bench StartWait ./internal/executor/
+//	go test -run '^$' -bench StartWait ./internal/executor/
 func BenchmarkStartWait(b *testing.B) {
 	for _, tc := range []struct {
 		name    string
