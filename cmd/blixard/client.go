@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	rpcpb "github.com/blixard/blixard/api/blixardrpc"
+	"github.com/blixard/blixard/internal/server"
 )
 
 // hostPortProblem says what is wrong with s as a host:port, or "" if
@@ -85,7 +86,7 @@ func (a *app) dial(cmd *cobra.Command) (*grpc.ClientConn, *atomic.Bool, error) {
 	if !secure {
 		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	}
-	opts = append(opts, grpc.WithContextDialer(dialer))
+	opts = append(opts, grpc.WithContextDialer(dialer), server.CallLimits())
 	if a.dialOptions != nil {
 		opts = append(opts, a.dialOptions()...)
 	}

@@ -75,6 +75,9 @@ type Config struct {
 	// AuditLog receives every mutating call as a JSON line: a path, "-"
 	// for standard error; "" is <DataDir>/audit.log.
 	AuditLog string
+	// MaxWaits bounds the waits and log streams open on this node at once
+	// (WaitTask, WaitVM, TaskLogs, VMLogs); 0: DefaultMaxWaits.
+	MaxWaits int
 
 	Logger *slog.Logger
 }

@@ -64,11 +64,11 @@ func (s *Server) startObserve(ctx context.Context) error {
 // grpcServerOptions are the metrics interceptors and, when tracing is on,
 // the OpenTelemetry stats handler.
 func (s *Server) grpcServerOptions() []grpc.ServerOption {
-	opts := []grpc.ServerOption{
+	opts := append(messageLimits(),
 		// Metrics first, so refused calls are counted too.
-		grpc.ChainUnaryInterceptor(s.obs.metrics.UnaryServerInterceptor(), s.authz.unary()),
-		grpc.ChainStreamInterceptor(s.obs.metrics.StreamServerInterceptor(), s.authz.stream()),
-	}
+		grpc.ChainUnaryInterceptor(s.obs.metrics.UnaryServerInterceptor(), s.authz.unary(), s.limits.unary()),
+		grpc.ChainStreamInterceptor(s.obs.metrics.StreamServerInterceptor(), s.authz.stream(), s.limits.stream()),
+	)
 	return append(opts, s.obs.tracing.ServerOptions()...)
 }
 

@@ -84,6 +84,7 @@ func (s *Server) transportCredentials() grpc.DialOption {
 func (s *Server) peerDialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		s.transportCredentials(),
+		CallLimits(),
 		grpc.WithChainUnaryInterceptor(forwardTokenUnary()),
 		grpc.WithChainStreamInterceptor(forwardTokenStream()),
 	}

@@ -138,6 +138,7 @@ type Server struct {
 	conns  *connPool
 	obs    *observability // metrics, traces, HTTP; set in Start
 	authz  *authz         // every gRPC call's authentication, authorization and audit
+	limits *limiter       // request sizes and open waits
 	audit  io.Closer      // the audit log file (nil: standard error)
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -220,6 +221,7 @@ func New(cfg Config) (*Server, error) {
 		s.closeStorage()
 		return nil, err
 	}
+	s.limits = newLimiter(cfg.MaxWaits)
 	s.conns = newConnPool(s.peerDialOptions()...)
 
 	var peers []raft.Peer
@@ -244,7 +246,7 @@ func New(cfg Config) (*Server, error) {
 		Reporter: reporter{s},
 		Logger:   s.log.With("component", "transport"),
 		// Peers dial with the node's certificate and check the server's.
-		DialOptions: []grpc.DialOption{s.transportCredentials()},
+		DialOptions: []grpc.DialOption{s.transportCredentials(), CallLimits()},
 		Authorize:   s.raftSenderCheck(),
 	})
 	core, err := raftnode.NewCore(raftnode.Config{
