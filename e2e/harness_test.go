@@ -228,6 +228,16 @@ func (n *node) running() bool {
 	}
 }
 
+// waitExit waits up to d for the process to end by itself.
+func (n *node) waitExit(d time.Duration) bool {
+	select {
+	case <-n.exited:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
 // kill9 is a crash: no shutdown code runs.
 func (n *node) kill9() {
 	n.t.Helper()
@@ -261,9 +271,17 @@ func (n *node) logs() string {
 
 // cli runs the blixard CLI against addr and returns stdout, stderr and err.
 func cli(addr string, args ...string) (string, string, error) {
+	return cliEnv(nil, addr, args...)
+}
+
+// cliEnv is cli with env added to the environment (KEY=VALUE entries).
+func cliEnv(env []string, addr string, args ...string) (string, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, blixardBin, append([]string{"--addr", addr, "--timeout", "3s"}, args...)...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

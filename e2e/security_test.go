@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -10,7 +9,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -29,14 +27,7 @@ import (
 // scli runs the CLI against addr with the cluster's TLS directory and
 // token (empty: none), overriding whatever the environment says.
 func scli(tlsDir, token, addr string, args ...string) (string, string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, blixardBin, append([]string{"--addr", addr, "--timeout", "5s"}, args...)...)
-	cmd.Env = append(os.Environ(), "BLIXARD_TLS_DIR="+tlsDir, "BLIXARD_TOKEN="+token)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	return out.String(), errb.String(), err
+	return cliEnv([]string{"BLIXARD_TLS_DIR=" + tlsDir, "BLIXARD_TOKEN=" + token}, addr, args...)
 }
 
 // mustCLI runs a CLI command that must succeed.
@@ -190,9 +181,7 @@ func TestTLSClusterRefusesStrangersAndEnforcesPolicies(t *testing.T) {
 		other := filepath.Join(c.root, "other-ca")
 		makeCerts(t, other, 4)
 		n := c.addRefused(4, "--join", n1.addr, "--tls-dir", other)
-		select {
-		case <-n.exited:
-		case <-time.After(60 * time.Second):
+		if !n.waitExit(60 * time.Second) {
 			t.Fatal("a node with another CA's certificate was still trying to join after 60 s")
 		}
 		if n.exitErr == nil || !strings.Contains(n.logs(), "TLS handshake failed") {
@@ -206,9 +195,7 @@ func TestTLSClusterRefusesStrangersAndEnforcesPolicies(t *testing.T) {
 	t.Run("node 2's certificate cannot be node 4", func(t *testing.T) {
 		d := c.tlsDir
 		n := c.addRefused(4, "--join", n1.addr, "--ca", filepath.Join(d, "ca.crt"), "--cert", filepath.Join(d, "node-2.crt"), "--key", filepath.Join(d, "node-2.key"))
-		select {
-		case <-n.exited:
-		case <-time.After(30 * time.Second):
+		if !n.waitExit(30 * time.Second) {
 			t.Fatal("a node with another node's certificate kept running")
 		}
 		if n.exitErr == nil || !strings.Contains(n.logs(), "is a certificate for node 2, not for node 4") {
