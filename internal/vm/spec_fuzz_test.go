@@ -18,8 +18,8 @@ func FuzzParsePortForward(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if err := (&Network{Mode: NetworkUser, Forwards: []PortForward{fw}}).validate(); err != nil {
-			t.Fatalf("%q parses to %+v, which the network refuses: %v", s, fw, err)
+		if netErr := (&Network{Mode: NetworkUser, Forwards: []PortForward{fw}}).validate(); netErr != nil {
+			t.Fatalf("%q parses to %+v, which the network refuses: %v", s, fw, netErr)
 		}
 		again, err := ParsePortForward(fw.String())
 		if err != nil {
