@@ -60,6 +60,12 @@ go vet -vettool="$bin/shadow" ./...
 step "unit and package tests (race detector)"
 go test -race -count=1 -timeout 15m $(go list ./... | grep -v -e /e2e -e /internal/sim)
 
+# Each fuzz target beyond its seed corpus (which the step above ran), 5 s
+# each in CI to stay near two minutes on 2 cores; BLIXARD_FUZZ_TIME
+# changes it.
+step "fuzzing (scripts/fuzz.sh, ${BLIXARD_FUZZ_TIME:-5s} per target)"
+BLIXARD_FUZZ_TIME=${BLIXARD_FUZZ_TIME:-5s} scripts/fuzz.sh
+
 # The simulation is single-goroutine and deterministic; without the race
 # detector it runs the full CI budget (200 seeds x 2,000 operations, plus
 # the broken variants). -sim.seeds/-sim.seed/-sim.ops change it.

@@ -26,8 +26,8 @@ func TestHTTPServerDropsSlowAndIdleClients(t *testing.T) {
 	go func() { done <- h.Serve() }()
 	defer func() {
 		h.Shutdown(time.Second)
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
+		if serr := <-done; serr != nil {
+			t.Errorf("serve: %v", serr)
 		}
 	}()
 	c, err := net.Dial("tcp", h.Addr())
@@ -35,7 +35,7 @@ func TestHTTPServerDropsSlowAndIdleClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n")); err != nil { // never finished
+	if _, err = c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n")); err != nil { // never finished
 		t.Fatal(err)
 	}
 	// The deadline only bounds the test; the server must close first.

@@ -28,8 +28,8 @@ func TestOpenWaitsAreBoundedPerNode(t *testing.T) {
 	errs := make(chan error, 2)
 	for range 2 {
 		go func() {
-			_, err := cl.WaitTask(waitCtx, &pb.WaitTaskRequest{Id: r.Task.Id})
-			errs <- err
+			_, werr := cl.WaitTask(waitCtx, &pb.WaitTaskRequest{Id: r.Task.Id})
+			errs <- werr
 		}()
 	}
 	waitUntil(t, 10*time.Second, "two waits open", func() (bool, string) {

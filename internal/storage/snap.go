@@ -111,6 +111,11 @@ func readSnapFile(sf snapFile) (*raftpb.Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read snapshot file: %w", err)
 	}
+	return decodeSnapFile(sf, data)
+}
+
+// decodeSnapFile verifies and decodes the contents of snapshot file sf.
+func decodeSnapFile(sf snapFile, data []byte) (*raftpb.Snapshot, error) {
 	if len(data) < snapHeaderSize || !bytes.Equal(data[:8], snapMagic) {
 		return nil, fmt.Errorf("%w: snapshot file %s: bad header", ErrCorrupt, sf.path)
 	}

@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"io"
 
@@ -60,22 +61,17 @@ func (s *raftService) Send(stream grpc.ClientStreamingServer[blixardpb.RaftBatch
 			return err
 		}
 		for _, raw := range batch.GetMessages() {
-			m := &raftpb.Message{}
-			if err := proto.Unmarshal(raw, m); err != nil {
+			m, err := decodeMessage(raw, t.cfg.ID)
+			if err != nil {
 				t.stats.messagesRejected.Add(1)
-				t.log.Warn("undecodable message dropped", "err", err)
-				continue
-			}
-			if m.GetTo() != t.cfg.ID {
-				t.stats.messagesRejected.Add(1)
-				t.log.Warn("message for another node dropped", "to", m.GetTo(), "from", m.GetFrom(), "type", m.GetType())
+				t.log.Warn("message dropped", "err", err)
 				continue
 			}
 			if t.cfg.Authorize != nil && (allowed == 0 || m.GetFrom() != allowed) {
-				if err := t.cfg.Authorize(stream.Context(), m.GetFrom()); err != nil {
+				if aerr := t.cfg.Authorize(stream.Context(), m.GetFrom()); aerr != nil {
 					t.stats.messagesRejected.Add(1)
-					t.log.Warn("raft stream refused", "from", m.GetFrom(), "err", err)
-					return err
+					t.log.Warn("raft stream refused", "from", m.GetFrom(), "err", aerr)
+					return aerr
 				}
 				allowed = m.GetFrom()
 			}
@@ -99,69 +95,24 @@ func (s *raftService) SendSnapshot(stream grpc.ClientStreamingServer[blixardpb.S
 	if t.stopping() {
 		return errStopped
 	}
-	first, err := stream.Recv()
-	if errors.Is(err, io.EOF) {
-		return status.Error(codes.InvalidArgument, "snapshot: empty stream")
-	}
+	m, err := receiveSnapshot(t.cfg.ID, t.crcTable, stream.Recv)
 	if err != nil {
+		if status.Code(err) == codes.FailedPrecondition {
+			t.stats.messagesRejected.Add(1)
+			t.log.Warn("snapshot rejected", "err", err)
+		}
 		return err
 	}
-	if len(first.GetHeader()) == 0 {
-		return status.Error(codes.InvalidArgument, "snapshot: first chunk has no header")
-	}
-	m := &raftpb.Message{}
-	if headerErr := proto.Unmarshal(first.GetHeader(), m); headerErr != nil {
-		return status.Errorf(codes.InvalidArgument, "snapshot: bad header: %v", headerErr)
-	}
-	if m.GetType() != raftpb.MsgSnap {
-		return status.Errorf(codes.InvalidArgument, "snapshot: header is a %v message", m.GetType())
-	}
-	if m.GetTo() != t.cfg.ID {
-		t.stats.messagesRejected.Add(1)
-		t.log.Warn("snapshot for another node rejected", "to", m.GetTo(), "from", m.GetFrom())
-		return status.Errorf(codes.FailedPrecondition, "snapshot: for node %d, this is node %d", m.GetTo(), t.cfg.ID)
-	}
 	if t.cfg.Authorize != nil {
-		if err = t.cfg.Authorize(stream.Context(), m.GetFrom()); err != nil {
+		// After the decode (a pure function of the stream): only a peer
+		// with a node certificate gets this far.
+		if aerr := t.cfg.Authorize(stream.Context(), m.GetFrom()); aerr != nil {
 			t.stats.messagesRejected.Add(1)
-			t.log.Warn("snapshot refused", "from", m.GetFrom(), "err", err)
-			return err
+			t.log.Warn("snapshot refused", "from", m.GetFrom(), "err", aerr)
+			return aerr
 		}
 	}
-	total, sum := first.GetTotalSize(), first.GetCrc32C()
-	data := make([]byte, 0, min(total, maxSnapshotPrealloc))
-	for c := first; ; {
-		if c != first && len(c.GetHeader()) != 0 {
-			return status.Error(codes.InvalidArgument, "snapshot: header on a chunk other than the first")
-		}
-		if c.GetOffset() != uint64(len(data)) {
-			return status.Errorf(codes.InvalidArgument, "snapshot: chunk at offset %d, expected %d", c.GetOffset(), len(data))
-		}
-		if uint64(len(data))+uint64(len(c.GetData())) > total {
-			return status.Errorf(codes.DataLoss, "snapshot: more than total_size %d bytes", total)
-		}
-		data = append(data, c.GetData()...)
-		if c.GetLast() {
-			break
-		}
-		c, err = stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return status.Errorf(codes.DataLoss, "snapshot: stream ended at %d of %d bytes without a last chunk", len(data), total)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if uint64(len(data)) != total {
-		return status.Errorf(codes.DataLoss, "snapshot: got %d bytes, total_size is %d", len(data), total)
-	}
-	if got := crc32.Checksum(data, t.crcTable); got != sum {
-		return status.Errorf(codes.DataLoss, "snapshot: crc32c %08x, header says %08x", got, sum)
-	}
-	if m.Snapshot == nil {
-		m.Snapshot = &raftpb.Snapshot{}
-	}
-	m.Snapshot.Data = data
+	data := m.GetSnapshot().GetData()
 
 	ctx, cancel := t.processContext(stream.Context())
 	defer cancel()
@@ -175,4 +126,79 @@ func (s *raftService) SendSnapshot(stream grpc.ClientStreamingServer[blixardpb.S
 	t.stats.messagesReceived.Add(1)
 	t.log.Info("snapshot received", "from", m.GetFrom(), "bytes", len(data))
 	return stream.SendAndClose(&blixardpb.SendAck{})
+}
+
+// decodeMessage decodes one raft message of a peer's batch, refusing one
+// addressed to another node than self.
+func decodeMessage(raw []byte, self uint64) (*raftpb.Message, error) {
+	m := &raftpb.Message{}
+	if err := proto.Unmarshal(raw, m); err != nil {
+		return nil, fmt.Errorf("undecodable raft message: %w", err)
+	}
+	if m.GetTo() != self {
+		return nil, fmt.Errorf("raft message %v from %d is for node %d, this is node %d", m.GetType(), m.GetFrom(), m.GetTo(), self)
+	}
+	return m, nil
+}
+
+// receiveSnapshot reads one snapshot's chunks with recv and checks them in
+// full (header first and only there, consecutive offsets, total size,
+// CRC-32C) before returning the MsgSnap carrying the data. Its errors are
+// gRPC statuses for the sender.
+func receiveSnapshot(self uint64, crcTable *crc32.Table, recv func() (*blixardpb.SnapshotChunk, error)) (*raftpb.Message, error) {
+	first, err := recv()
+	if errors.Is(err, io.EOF) {
+		return nil, status.Error(codes.InvalidArgument, "snapshot: empty stream")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(first.GetHeader()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "snapshot: first chunk has no header")
+	}
+	m := &raftpb.Message{}
+	if headerErr := proto.Unmarshal(first.GetHeader(), m); headerErr != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "snapshot: bad header: %v", headerErr)
+	}
+	if m.GetType() != raftpb.MsgSnap {
+		return nil, status.Errorf(codes.InvalidArgument, "snapshot: header is a %v message", m.GetType())
+	}
+	if m.GetTo() != self {
+		return nil, status.Errorf(codes.FailedPrecondition, "snapshot: for node %d (from %d), this is node %d", m.GetTo(), m.GetFrom(), self)
+	}
+	total, sum := first.GetTotalSize(), first.GetCrc32C()
+	data := make([]byte, 0, min(total, maxSnapshotPrealloc))
+	for c := first; ; {
+		if c != first && len(c.GetHeader()) != 0 {
+			return nil, status.Error(codes.InvalidArgument, "snapshot: header on a chunk other than the first")
+		}
+		if c.GetOffset() != uint64(len(data)) {
+			return nil, status.Errorf(codes.InvalidArgument, "snapshot: chunk at offset %d, expected %d", c.GetOffset(), len(data))
+		}
+		if uint64(len(data))+uint64(len(c.GetData())) > total {
+			return nil, status.Errorf(codes.DataLoss, "snapshot: more than total_size %d bytes", total)
+		}
+		data = append(data, c.GetData()...)
+		if c.GetLast() {
+			break
+		}
+		c, err = recv()
+		if errors.Is(err, io.EOF) {
+			return nil, status.Errorf(codes.DataLoss, "snapshot: stream ended at %d of %d bytes without a last chunk", len(data), total)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if uint64(len(data)) != total {
+		return nil, status.Errorf(codes.DataLoss, "snapshot: got %d bytes, total_size is %d", len(data), total)
+	}
+	if got := crc32.Checksum(data, crcTable); got != sum {
+		return nil, status.Errorf(codes.DataLoss, "snapshot: crc32c %08x, header says %08x", got, sum)
+	}
+	if m.Snapshot == nil {
+		m.Snapshot = &raftpb.Snapshot{}
+	}
+	m.Snapshot.Data = data
+	return m, nil
 }
