@@ -341,3 +341,17 @@ func TestSecureNodeChecksEveryMethod(t *testing.T) {
 }
 
 func readConnClient(cc *grpc.ClientConn) rpcpb.ClusterClient { return rpcpb.NewClusterClient(cc) }
+
+func TestJoinGivesUpOnlyOnCertificateErrors(t *testing.T) {
+	for msg, want := range map[string]bool{
+		`connection error: desc = "transport: authentication handshake failed: tls: failed to verify certificate: x509: certificate signed by unknown authority"`: true,
+		`connection error: desc = "transport: authentication handshake failed: remote error: tls: unknown certificate authority"`:                                 true,
+		`connection error: desc = "transport: authentication handshake failed: context deadline exceeded"`:                                                        false,
+		`connection error: desc = "transport: Error while dialing: dial tcp 127.0.0.1:1: connect: connection refused"`:                                            false,
+		`no leader`: false,
+	} {
+		if got := badCertificate(msg); got != want {
+			t.Errorf("badCertificate(%q) = %v, want %v", msg, got, want)
+		}
+	}
+}

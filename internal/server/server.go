@@ -475,7 +475,7 @@ func (s *Server) join(ctx context.Context) error {
 		}
 		switch msg := status.Convert(err).Message(); status.Code(err) {
 		case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
-			if strings.Contains(msg, "handshake") {
+			if badCertificate(msg) {
 				// Retrying cannot help: the certificates do not match.
 				return fmt.Errorf("join %s: TLS handshake failed: %s (both nodes' certificates must come from the same cluster CA; see 'blixard tls cert')", via, msg)
 			}
@@ -492,6 +492,21 @@ func (s *Server) join(ctx context.Context) error {
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
+}
+
+// badCertificate reports whether a failed call's message says the TLS
+// handshake refused a certificate (as opposed to a timeout or a reset,
+// which a retry may cure).
+func badCertificate(msg string) bool {
+	if !strings.Contains(msg, "handshake") {
+		return false
+	}
+	for _, s := range []string{"x509:", "certificate", "remote error: tls"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // onChange runs on the raft goroutine after leader or membership changes.
