@@ -26,6 +26,9 @@ func (a *api) SubmitTask(ctx context.Context, req *pb.SubmitTaskRequest) (*pb.Ta
 	if err := state.ValidateTaskSpec(req.GetSpec()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := checkTaskBounds(req.Spec); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	p := acl.FromContext(ctx)
 	if u := req.Spec.GetUser(); u != "" && !p.Has(acl.CapRunAs) {
 		return nil, status.Errorf(codes.PermissionDenied, "user: %s may not choose the user a task runs as (%q); leave --user out to run as the workers' task user, or use an operator token", p, u)
@@ -49,6 +52,34 @@ func (a *api) SubmitTask(ctx context.Context, req *pb.SubmitTaskRequest) (*pb.Ta
 	}
 	t, _ := res.(*pb.Task)
 	return &pb.TaskResponse{Task: t}, nil
+}
+
+// Upper bounds of a task spec, checked when it is submitted (not when its
+// entry is applied, so entries written before these bounds replay as they
+// did): past them a value is a typo or an attack, not a real need.
+const (
+	maxTaskCPUMillis   = 1 << 30 // about a million cores
+	maxTaskMemoryMiB   = 1 << 24 // 16 TiB
+	maxTaskDurationMs  = 366 * 24 * 3600 * 1000
+	maxTaskBackoffMs   = 24 * 3600 * 1000
+	maxTaskKillGraceMs = 24 * 3600 * 1000
+)
+
+func checkTaskBounds(s *pb.TaskSpec) error {
+	r := s.GetResources()
+	switch {
+	case r.GetCpuMillis() > maxTaskCPUMillis:
+		return fmt.Errorf("cpu: %dm is more than any machine has (at most %dm)", r.GetCpuMillis(), maxTaskCPUMillis)
+	case r.GetMemoryMib() > maxTaskMemoryMiB:
+		return fmt.Errorf("memory: %d MiB is more than any machine has (at most %d MiB)", r.GetMemoryMib(), maxTaskMemoryMiB)
+	case s.TimeoutMs > maxTaskDurationMs:
+		return fmt.Errorf("timeout: at most 366 days (got %d ms); pass 0 for none", s.TimeoutMs)
+	case s.KillGraceMs > maxTaskKillGraceMs:
+		return fmt.Errorf("kill_grace: at most 24h (got %d ms)", s.KillGraceMs)
+	case s.RetryBackoffBaseMs > maxTaskBackoffMs || s.RetryBackoffMaxMs > maxTaskBackoffMs:
+		return fmt.Errorf("backoff: at most 24h (got base %d ms, max %d ms)", s.RetryBackoffBaseMs, s.RetryBackoffMaxMs)
+	}
+	return nil
 }
 
 // readTask returns a task as of a linearizable read, if the caller may
