@@ -74,7 +74,9 @@ func ValidateTaskSpec(s *pb.TaskSpec) error {
 	if n > maxCommandArgsBytes {
 		return bad("args", "command and arguments exceed %d bytes", maxCommandArgsBytes)
 	}
-	for k := range s.Env {
+	// Sorted: with several bad names every node must name the same one
+	// (map order differs between processes; found by FuzzValidateTaskSpec).
+	for _, k := range sortedStrings(s.Env) {
 		if k == "" || strings.ContainsAny(k, "=\x00") {
 			return bad("env", "invalid variable name %q", k)
 		}
