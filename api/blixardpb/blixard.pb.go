@@ -2877,8 +2877,14 @@ type SubmitTask struct {
 	IdempotencyKey string                 `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	NowUnixNano    int64                  `protobuf:"varint,3,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
 	Owner          string                 `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"` // accessor of the submitting token
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// place_worker_id, when set, is the worker the proposing node's scheduler
+	// chose for attempt 1 (place on submit: one raft entry instead of a
+	// SubmitTask and a PlaceTasks). Applying takes it only if no other task
+	// is pending and the placement passes the same checks as a PlaceTasks
+	// placement; otherwise the task is left pending for the scheduler pass.
+	PlaceWorkerId uint64 `protobuf:"varint,5,opt,name=place_worker_id,json=placeWorkerId,proto3" json:"place_worker_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubmitTask) Reset() {
@@ -2937,6 +2943,13 @@ func (x *SubmitTask) GetOwner() string {
 		return x.Owner
 	}
 	return ""
+}
+
+func (x *SubmitTask) GetPlaceWorkerId() uint64 {
+	if x != nil {
+		return x.PlaceWorkerId
+	}
+	return 0
 }
 
 type Placement struct {
@@ -6355,13 +6368,14 @@ const file_api_blixardpb_blixard_proto_rawDesc = "" +
 	"\x13generation_restarts\x18\t \x01(\rR\x12generationRestarts\"G\n" +
 	"\n" +
 	"PurgeTasks\x129\n" +
-	"\x19finished_before_unix_nano\x18\x01 \x01(\x03R\x16finishedBeforeUnixNano\"\x99\x01\n" +
+	"\x19finished_before_unix_nano\x18\x01 \x01(\x03R\x16finishedBeforeUnixNano\"\xc1\x01\n" +
 	"\n" +
 	"SubmitTask\x12(\n" +
 	"\x04spec\x18\x01 \x01(\v2\x14.blixard.v1.TaskSpecR\x04spec\x12'\n" +
 	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\x12\"\n" +
 	"\rnow_unix_nano\x18\x03 \x01(\x03R\vnowUnixNano\x12\x14\n" +
-	"\x05owner\x18\x04 \x01(\tR\x05owner\"[\n" +
+	"\x05owner\x18\x04 \x01(\tR\x05owner\x12&\n" +
+	"\x0fplace_worker_id\x18\x05 \x01(\x04R\rplaceWorkerId\"[\n" +
 	"\tPlacement\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x1b\n" +

@@ -22,7 +22,7 @@ import (
 
 // Tuning defaults; they match the comments on server.Config.
 const (
-	defaultTick              = 100 * time.Millisecond
+	defaultTick              = 50 * time.Millisecond
 	defaultElectionTicks     = 10
 	defaultHeartbeatTicks    = 1
 	defaultSnapshotEvery     = 10000

@@ -99,7 +99,7 @@ func TestNodeFlagValidation(t *testing.T) {
 		{"snapshot keep negative", with("--snapshot-keep", "-1"), []string{`--snapshot-keep must be a non-negative integer (got "-1")`}},
 		{"heartbeat interval zero", with("--heartbeat-interval", "0s"), []string{`--heartbeat-interval must be a positive duration`}},
 		{"worker ttl below heartbeat", with("--worker-ttl", "500ms"), []string{"--worker-ttl must be longer than --heartbeat-interval (got 500ms and 1s)"}},
-		{"vm replace after too short", with("--vm-replace-after", "3s"), []string{"--vm-replace-after: 3s is too short for worker-ttl 5s", "raise --vm-replace-after to more than 5.5s"}},
+		{"vm replace after too short", with("--vm-replace-after", "3s"), []string{"--vm-replace-after: 3s is too short for worker-ttl 5s", "raise --vm-replace-after to more than 4.5s"}},
 		{"vm replace after negative", with("--vm-replace-after", "-1s"), []string{"--vm-replace-after must not be negative"}},
 		{"http addr bad", with("--http-addr", "nope"), []string{`--http-addr must be HOST:PORT (got "nope")`}},
 		{"http addr port zero", with("--http-addr", "127.0.0.1:0"), []string{"--http-addr needs a port between 1 and 65535"}},

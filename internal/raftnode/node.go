@@ -19,7 +19,7 @@ import (
 // NodeConfig configures the production driver around a Core.
 type NodeConfig struct {
 	Clock           clock.Clock
-	TickInterval    time.Duration // default 100ms
+	TickInterval    time.Duration // default 50ms
 	CheckpointEvery time.Duration // default 100ms
 	// MaxWait bounds every wait for callers that pass no deadline.
 	MaxWait time.Duration // default 30s
@@ -85,7 +85,7 @@ func NewNode(core *Core, cfg NodeConfig) *Node {
 		cfg.Clock = clock.Real{}
 	}
 	if cfg.TickInterval == 0 {
-		cfg.TickInterval = 100 * time.Millisecond
+		cfg.TickInterval = 50 * time.Millisecond
 	}
 	if cfg.CheckpointEvery == 0 {
 		cfg.CheckpointEvery = 100 * time.Millisecond

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -58,4 +59,23 @@ func AddVMs(in *Input, vms []state.PendingVM) map[string]uint32 {
 		gens[v.Name] = v.Generation
 	}
 	return gens
+}
+
+// PlaceOnSubmit chooses the worker for attempt 1 of a task being
+// submitted, so the submission can carry its placement (one raft entry
+// instead of a SubmitTask and a PlaceTasks). It runs the same pass as
+// FullPass on a view holding only the new task, and chooses nothing (0)
+// when anything else is pending (tasks, or pendingVMs VMs): a new task must
+// not overtake them, which only the full pass orders correctly.
+func PlaceOnSubmit(now time.Time, v state.SchedulingView, pendingVMs int, t state.PendingTask, rng *rand.Rand) uint64 {
+	if len(v.Pending) > 0 || pendingVMs > 0 || len(v.Workers) == 0 {
+		return 0
+	}
+	t.Attempt = 1
+	v.Pending = []state.PendingTask{t}
+	pass := FullPass(now, v, nil, rng, nil)
+	if pass.Place == nil || len(pass.Place.Placements) != 1 {
+		return 0
+	}
+	return pass.Place.Placements[0].WorkerId
 }

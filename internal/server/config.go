@@ -36,7 +36,7 @@ type Config struct {
 	// default 2×WorkerTTL (see CheckVMFencing).
 	VMReplaceAfter time.Duration
 
-	TickInterval      time.Duration // raft tick; default 100ms
+	TickInterval      time.Duration // raft tick; default 50ms (election timeout 0.5–1 s with 10 ticks)
 	ElectionTicks     int           // default 10
 	HeartbeatTicks    int           // default 1
 	SnapshotEvery     uint64        // applied entries between snapshots; default 10000

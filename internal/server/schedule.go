@@ -8,6 +8,7 @@ import (
 	pb "github.com/blixard/blixard/api/blixardpb"
 	"github.com/blixard/blixard/internal/clock"
 	"github.com/blixard/blixard/internal/scheduler"
+	"github.com/blixard/blixard/internal/state"
 )
 
 // schedulerLoop runs a scheduling pass on the leader whenever something
@@ -100,6 +101,20 @@ func (s *Server) schedulePass(rng *rand.Rand, backoffs *scheduler.Backoffs) time
 		next = retry
 	}
 	return next
+}
+
+// placeOnSubmit chooses the worker for a task being submitted through this
+// node, from this node's state (scheduler.PlaceOnSubmit): any node's view
+// will do, because applying re-checks the placement as it re-checks a
+// pass's. 0 (something else is pending, no room) leaves the task to the
+// leader's scheduler pass.
+func (s *Server) placeOnSubmit(spec *pb.TaskSpec) uint64 {
+	view := s.sm.ForScheduling()
+	if len(view.Pending) > 0 {
+		return 0 // checked here too: it saves listing the VMs
+	}
+	rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	return scheduler.PlaceOnSubmit(s.clock.Now(), view, len(s.sm.PendingVMs()), state.PendingOf("submitted", 0, spec), rng)
 }
 
 // setWaiting records why each pending task was left unplaced by the last

@@ -46,7 +46,7 @@ func (c *Config) setDefaults() {
 			*d = v
 		}
 	}
-	def(&c.TickInterval, 100*time.Millisecond)
+	def(&c.TickInterval, 50*time.Millisecond)
 	def(&c.CheckpointEvery, 100*time.Millisecond)
 	def(&c.HeartbeatInterval, time.Second)
 	def(&c.WorkerTTL, 5*time.Second)

@@ -46,6 +46,7 @@ func (a *api) SubmitTask(ctx context.Context, req *pb.SubmitTaskRequest) (*pb.Ta
 	}
 	res, err := a.s.propose(ctx, &pb.Command{Op: &pb.Command_SubmitTask{SubmitTask: &pb.SubmitTask{
 		Spec: req.Spec, IdempotencyKey: key, NowUnixNano: a.s.clock.Now().UnixNano(), Owner: p.Owner(),
+		PlaceWorkerId: a.s.placeOnSubmit(req.Spec),
 	}}})
 	if err != nil {
 		return nil, toStatus(err)

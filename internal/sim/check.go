@@ -127,14 +127,14 @@ func (r *recorder) ApplyCommand(index uint64, data []byte) (proto.Message, error
 	if s.tracing() {
 		s.logf("n%d applies %d (term %d): %s", n.id, index, term, describeCommand(&cmd, err))
 	}
-	r.checkAfter(&cmd, pre, err)
+	r.checkAfter(&cmd, pre, res, err)
 	if preVM != nil && err == nil {
 		s.violate("vms", "n%d created vm %s at index %d although vm %s (seq %d) existed", n.id, preVM.Spec.GetName(), index, preVM.Spec.GetName(), preVM.Seq)
 	}
 	return res, err
 }
 
-func (r *recorder) checkAfter(cmd *pb.Command, pre *pb.Task, err error) {
+func (r *recorder) checkAfter(cmd *pb.Command, pre *pb.Task, res proto.Message, err error) {
 	n := r.n
 	chk := n.s.chk
 	switch op := cmd.Op.(type) {
@@ -157,6 +157,21 @@ func (r *recorder) checkAfter(cmd *pb.Command, pre *pb.Task, err error) {
 		chk.task(n, r.m, f.TaskId)
 	case *pb.Command_TaskStarted:
 		chk.task(n, r.m, op.TaskStarted.TaskId)
+	case *pb.Command_SubmitTask:
+		// A submission that carried a placement adds a reservation like
+		// a PlaceTasks placement does.
+		if w := op.SubmitTask.PlaceWorkerId; w != 0 && err == nil {
+			t, _ := res.(*pb.Task)
+			if t != nil {
+				chk.task(n, r.m, t.Id)
+			}
+			if n.core != nil && n.core.IsLeader() {
+				chk.capacity(n, r.m, w)
+				if t != nil && t.State == pb.TaskState_TASK_STATE_ASSIGNED && len(t.Attempts) == 1 {
+					n.s.stats.PlacedOnSubmit++
+				}
+			}
+		}
 	case *pb.Command_CancelTask:
 		chk.task(n, r.m, op.CancelTask.TaskId)
 	case *pb.Command_PlaceTasks:

@@ -98,30 +98,33 @@ func (r Result) Err() error {
 // Stats counts what a run exercised, so a budget can be judged by more
 // than its seed count.
 type Stats struct {
-	SimTime          time.Duration
-	Events           uint64
-	Voters           int
-	NodesCreated     int
-	MsgsSent         int
-	MsgsDelivered    int
-	MsgsDropped      int
-	MsgsDuplicated   int
-	Readies          int
-	Crashes          int
-	Restarts         int
-	Pauses           int
-	Partitions       int
-	DiskFaults       int
-	StorageFailures  int
-	Terms            int
-	ConfChanges      int
-	ClientOps        int
-	KVOps            int
-	KVUnknown        int
-	TasksSubmitted   int
-	TasksAcked       int
-	TasksFinal       map[string]int
-	Placements       int
+	SimTime         time.Duration
+	Events          uint64
+	Voters          int
+	NodesCreated    int
+	MsgsSent        int
+	MsgsDelivered   int
+	MsgsDropped     int
+	MsgsDuplicated  int
+	Readies         int
+	Crashes         int
+	Restarts        int
+	Pauses          int
+	Partitions      int
+	DiskFaults      int
+	StorageFailures int
+	Terms           int
+	ConfChanges     int
+	ClientOps       int
+	KVOps           int
+	KVUnknown       int
+	TasksSubmitted  int
+	TasksAcked      int
+	TasksFinal      map[string]int
+	Placements      int
+	// PlacedOnSubmit counts submissions whose placement (made on
+	// submit) was taken when applied, on the leader.
+	PlacedOnSubmit   int
 	LeaderAfterHeal  time.Duration
 	QuiesceAfterHeal time.Duration
 	ScanSkipped      int

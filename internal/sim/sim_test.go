@@ -95,6 +95,11 @@ func TestSimulation(t *testing.T) {
 		}
 	}
 	t.Logf("%d seeds × %d ops in %v: %s", len(ss), *flagOps, time.Since(start).Round(time.Millisecond), summary(total))
+	// Both ways a task gets placed must have been exercised, or the
+	// checkers above said nothing about one of them.
+	if len(ss) >= 10 && (total.Placements == 0 || total.PlacedOnSubmit == 0) {
+		t.Errorf("placements: %d by scheduler passes, %d on submit; the workload must exercise both", total.Placements, total.PlacedOnSubmit)
+	}
 }
 
 // TestClocksMinutesApart runs seeds whose nodes' wall clocks are up to
@@ -150,6 +155,7 @@ func add(t *sim.Stats, s sim.Stats) {
 	t.KVUnknown += s.KVUnknown
 	t.TasksAcked += s.TasksAcked
 	t.Placements += s.Placements
+	t.PlacedOnSubmit += s.PlacedOnSubmit
 	t.VMOps += s.VMOps
 	t.VMsCreated += s.VMsCreated
 	t.VMPlacements += s.VMPlacements
@@ -175,11 +181,11 @@ func add(t *sim.Stats, s sim.Stats) {
 func summary(s sim.Stats) string {
 	return fmt.Sprintf("sim time %v, %d events, %d msgs (%d dropped, %d duplicated), %d crashes, %d restarts, %d pauses, %d partitions, "+
 		"%d disk faults (%d storage failures), %d terms, %d membership changes applied, %d nodes, %d client ops, %d kv ops (%d unknown), "+
-		"%d tasks acked, %d placements, final %v; %d VM ops (%d creates applied), %d VM placements, %d VM starts, %d VM faults, %d fenced by their guard, %d VMs adopted, %d machine losses, %d long partitions, %d VM releases (%d of a live worker's); "+
+		"%d tasks acked, %d placements (+%d on submit), final %v; %d VM ops (%d creates applied), %d VM placements, %d VM starts, %d VM faults, %d fenced by their guard, %d VMs adopted, %d machine losses, %d long partitions, %d VM releases (%d of a live worker's); "+
 		"worst leader-after-heal %v, worst quiesce %v",
 		s.SimTime.Round(time.Second), s.Events, s.MsgsSent, s.MsgsDropped, s.MsgsDuplicated, s.Crashes, s.Restarts, s.Pauses, s.Partitions,
 		s.DiskFaults, s.StorageFailures, s.Terms, s.ConfChanges, s.NodesCreated, s.ClientOps, s.KVOps, s.KVUnknown,
-		s.TasksAcked, s.Placements, s.TasksFinal, s.VMOps, s.VMsCreated, s.VMPlacements, s.VMStarts, s.VMFaults, s.VMFenced, s.VMAdopted, s.MachineLosses, s.LongPartitions, s.VMReleases, s.VMReleasesOfLiveWorkers,
+		s.TasksAcked, s.Placements, s.PlacedOnSubmit, s.TasksFinal, s.VMOps, s.VMsCreated, s.VMPlacements, s.VMStarts, s.VMFaults, s.VMFenced, s.VMAdopted, s.MachineLosses, s.LongPartitions, s.VMReleases, s.VMReleasesOfLiveWorkers,
 		s.LeaderAfterHeal, s.QuiesceAfterHeal)
 }
 

@@ -13,6 +13,7 @@ import (
 
 	pb "github.com/blixard/blixard/api/blixardpb"
 	"github.com/blixard/blixard/internal/raftnode"
+	"github.com/blixard/blixard/internal/scheduler"
 	"github.com/blixard/blixard/internal/state"
 )
 
@@ -192,8 +193,16 @@ func (c *client) submit() {
 func (c *client) trySubmit(key string, spec *pb.TaskSpec, attempt int) {
 	s := c.s
 	n := c.pick()
+	// Half the submissions carry a placement made on submit, as the
+	// server's do (server.placeOnSubmit), from the issuing node's possibly
+	// stale state; the apply-time checks must keep every one safe.
+	var place uint64
+	if n.sm != nil && s.rng.IntN(2) == 0 {
+		view := n.sm.ForScheduling()
+		place = scheduler.PlaceOnSubmit(n.localNow(), view, len(n.sm.PendingVMs()), state.PendingOf("submitted", 0, spec), s.rng)
+	}
 	payload := mustMarshal(&pb.Command{Op: &pb.Command_SubmitTask{SubmitTask: &pb.SubmitTask{
-		Spec: spec, IdempotencyKey: key, NowUnixNano: n.localNow().UnixNano(),
+		Spec: spec, IdempotencyKey: key, NowUnixNano: n.localNow().UnixNano(), PlaceWorkerId: place,
 	}}})
 	n.issue(&request{kind: rqPropose, payload: payload, done: func(res proto.Message, err error) {
 		c.traceOp(n, fmt.Sprintf("submit %s (try %d)", key, attempt), err)

@@ -187,6 +187,13 @@ func (m *Machine) submitTask(index uint64, c *pb.SubmitTask) (proto.Message, err
 		m.idem[idemKey(t.Owner, t.IdempotencyKey)] = t.Id
 	}
 	m.touchTask(t.Id)
+	// Place on submit: the proposer's scheduler saw no pending task and
+	// chose a worker. Taken only if this task is still the only pending
+	// one (so it never overtakes an older or higher-priority task that is
+	// waiting) and the placement passes PlaceTasks' checks.
+	if c.PlaceWorkerId != 0 && len(m.pending) == 1 {
+		m.assign(t, 1, c.PlaceWorkerId, c.NowUnixNano)
+	}
 	return proto.Clone(t), nil
 }
 
@@ -196,26 +203,35 @@ func (m *Machine) submitTask(index uint64, c *pb.SubmitTask) (proto.Message, err
 func (m *Machine) placeTasks(c *pb.PlaceTasks) (proto.Message, error) {
 	placed := 0
 	for _, p := range c.Placements {
-		t, ok := m.tasks[p.TaskId]
-		if !ok || t.State != pb.TaskState_TASK_STATE_PENDING || p.Attempt != uint32(len(t.Attempts))+1 || t.CancelRequested {
-			continue
+		if t, ok := m.tasks[p.TaskId]; ok && m.assign(t, p.Attempt, p.WorkerId, c.NowUnixNano) {
+			placed++
 		}
-		w, ok := m.workers[p.WorkerId]
-		if !ok || !Schedulable(w) {
-			continue
-		}
-		req := t.Spec.GetResources()
-		u := m.used[w.Id]
-		if u.CPUMillis+req.GetCpuMillis() > w.GetCapacity().GetCpuMillis() || u.MemoryMiB+req.GetMemoryMib() > w.GetCapacity().GetMemoryMib() {
-			continue
-		}
-		t.Attempts = append(t.Attempts, &pb.Attempt{Number: p.Attempt, WorkerId: w.Id, State: pb.TaskState_TASK_STATE_ASSIGNED, AssignedAtUnixNano: c.NowUnixNano})
-		t.State = pb.TaskState_TASK_STATE_ASSIGNED
-		m.reserve(w.Id, req, 1)
-		m.touchTask(t.Id)
-		placed++
 	}
 	return &pb.PutResponse{Index: uint64(placed)}, nil
+}
+
+// assign starts attempt n of t on worker wid if t is pending (and not being
+// cancelled), n is its next attempt, and the worker is ready, schedulable
+// and has room; it reports whether it did. Every placement, from a
+// scheduler pass or made on submit, goes through here.
+func (m *Machine) assign(t *pb.Task, n uint32, wid uint64, now int64) bool {
+	if t.State != pb.TaskState_TASK_STATE_PENDING || n != uint32(len(t.Attempts))+1 || t.CancelRequested {
+		return false
+	}
+	w, ok := m.workers[wid]
+	if !ok || !Schedulable(w) {
+		return false
+	}
+	req := t.Spec.GetResources()
+	u := m.used[w.Id]
+	if u.CPUMillis+req.GetCpuMillis() > w.GetCapacity().GetCpuMillis() || u.MemoryMiB+req.GetMemoryMib() > w.GetCapacity().GetMemoryMib() {
+		return false
+	}
+	t.Attempts = append(t.Attempts, &pb.Attempt{Number: n, WorkerId: w.Id, State: pb.TaskState_TASK_STATE_ASSIGNED, AssignedAtUnixNano: now})
+	t.State = pb.TaskState_TASK_STATE_ASSIGNED
+	m.reserve(w.Id, req, 1)
+	m.touchTask(t.Id)
+	return true
 }
 
 // fenced returns the task and its current attempt if the report is for
@@ -553,6 +569,16 @@ type PendingTask struct {
 	Attempt uint32 // number the next attempt gets
 }
 
+// PendingOf is how the scheduler sees a task with this spec, before its
+// first attempt.
+func PendingOf(id string, seq uint64, s *pb.TaskSpec) PendingTask {
+	return PendingTask{
+		ID: id, Priority: s.Priority, Seq: seq,
+		CPUMillis: s.GetResources().GetCpuMillis(), MemoryMiB: s.GetResources().GetMemoryMib(),
+		Constraints: s.Constraints, Node: s.Node, Policy: s.Policy, Attempt: 1,
+	}
+}
+
 // SchedulingView is what the scheduler needs: pending tasks and the
 // ready, schedulable workers with their reservations. Copies.
 type SchedulingView struct {
@@ -571,18 +597,12 @@ func (m *Machine) ForScheduling() SchedulingView {
 	v := SchedulingView{Used: map[uint64]Usage{}}
 	for id := range m.pending {
 		t := m.tasks[id]
-		{
-			s := t.Spec
-			v.Pending = append(v.Pending, PendingTask{
-				ID: t.Id, Priority: s.Priority, Seq: t.Seq,
-				CPUMillis: s.GetResources().GetCpuMillis(), MemoryMiB: s.GetResources().GetMemoryMib(),
-				Constraints: s.Constraints, Node: s.Node, Policy: s.Policy,
-				NotBefore: t.NotBeforeUnixNano, Attempt: uint32(len(t.Attempts)) + 1,
-			})
-			if t.NotBeforeUnixNano != 0 {
-				v.Pending[len(v.Pending)-1].Backoff = backoff(s, t.RetriesUsed)
-			}
+		p := PendingOf(t.Id, t.Seq, t.Spec)
+		p.NotBefore, p.Attempt = t.NotBeforeUnixNano, uint32(len(t.Attempts))+1
+		if t.NotBeforeUnixNano != 0 {
+			p.Backoff = backoff(t.Spec, t.RetriesUsed)
 		}
+		v.Pending = append(v.Pending, p)
 	}
 	sort.Slice(v.Pending, func(i, j int) bool { return v.Pending[i].Seq < v.Pending[j].Seq })
 	for _, id := range sortedIDs(m.workers) {

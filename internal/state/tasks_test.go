@@ -90,6 +90,43 @@ func TestPlacementIsRecheckedAndReserves(t *testing.T) {
 	}
 }
 
+func (h *taskHarness) submitOn(key string, cpu int64, worker uint64) *pb.Task {
+	h.t.Helper()
+	return h.ok(&pb.Command{Op: &pb.Command_SubmitTask{SubmitTask: &pb.SubmitTask{
+		Spec:           &pb.TaskSpec{Command: "/bin/true", Resources: &pb.Resources{CpuMillis: cpu, MemoryMib: 100}},
+		IdempotencyKey: key, NowUnixNano: 1000, PlaceWorkerId: worker,
+	}}}).(*pb.Task)
+}
+
+// A submission carrying a placement is placed when applied only where a
+// PlaceTasks placement would be, and never ahead of a waiting task.
+func TestPlaceOnSubmitIsRecheckedAndNeverOvertakes(t *testing.T) {
+	h := newTaskHarness(t, 1, 2)
+	a := h.submitOn("a", 600, 1)
+	if a.State != pb.TaskState_TASK_STATE_ASSIGNED || len(a.Attempts) != 1 || a.Attempts[0].WorkerId != 1 || a.Attempts[0].AssignedAtUnixNano != 1000 {
+		t.Fatalf("placed on submit: %v", a)
+	}
+	if u := h.m.ForScheduling().Used[1]; u.CPUMillis != 600 {
+		t.Fatalf("reserved %dm on worker 1, want 600m", u.CPUMillis)
+	}
+	if again := h.submitOn("a", 600, 2); again.Id != a.Id || len(again.Attempts) != 1 || again.Attempts[0].WorkerId != 1 {
+		t.Fatalf("retried submission placed again: %v", again)
+	}
+	if b := h.submitOn("b", 600, 1); b.State != pb.TaskState_TASK_STATE_PENDING {
+		t.Fatalf("over-committing placement on submit applied: %v", b)
+	}
+	// b waits; c would fit on worker 2 but must not overtake it.
+	if c := h.submitOn("c", 100, 2); c.State != pb.TaskState_TASK_STATE_PENDING {
+		t.Fatalf("c overtook the waiting b: %v", c)
+	}
+	if d := h.submitOn("d", 100, 9); d.State != pb.TaskState_TASK_STATE_PENDING {
+		t.Fatalf("placement on an unknown worker applied: %v", d)
+	}
+	if n := h.m.PendingCount(); n != 3 {
+		t.Fatalf("pending index holds %d tasks, want 3 (b, c, d)", n)
+	}
+}
+
 func TestResultsAreFencedAndRecordedOnce(t *testing.T) {
 	h := newTaskHarness(t, 1, 2)
 	a := h.submit("a", 100, 0)
