@@ -58,19 +58,34 @@ func (a *app) addrSource(cmd *cobra.Command) string {
 	return "--addr"
 }
 
-// dial checks --addr and opens a client connection to it. reached
-// records whether a TCP connection to the node was ever made, which tells
-// "nothing there" from an Unavailable sent by the node. The caller closes
-// the connection.
-func (a *app) dial(cmd *cobra.Command) (*grpc.ClientConn, *atomic.Bool, error) {
+// checkAddr reports a --addr (or $BLIXARD_ADDR) that is not HOST:PORT.
+func (a *app) checkAddr(cmd *cobra.Command) error {
 	if p := hostPortProblem(a.addr, false, false); p != "" {
 		src := a.addrSource(cmd)
 		hint := "pass --addr HOST:PORT of a running node, e.g. --addr 127.0.0.1:7000"
 		if src == envAddr {
 			hint = "fix " + envAddr + " or pass --addr HOST:PORT, e.g. --addr 127.0.0.1:7000"
 		}
-		return nil, nil, usageError(fmt.Sprintf("%s %s (got %q)", src, p, a.addr), hint)
+		return usageError(fmt.Sprintf("%s %s (got %q)", src, p, a.addr), hint)
 	}
+	return nil
+}
+
+// dial checks --addr and opens a client connection to it. reached
+// records whether a TCP connection to the node was ever made, which tells
+// "nothing there" from an Unavailable sent by the node. The caller closes
+// the connection.
+func (a *app) dial(cmd *cobra.Command) (*grpc.ClientConn, *atomic.Bool, error) {
+	if err := a.checkAddr(cmd); err != nil {
+		return nil, nil, err
+	}
+	return a.dialAddr(a.addr, "--addr")
+}
+
+// dialAddr opens a client connection to addr, a checked HOST:PORT, with
+// the global TLS, token and dial options; flag names where addr came from,
+// for the error message. reached is as for dial.
+func (a *app) dialAddr(addr, flag string) (*grpc.ClientConn, *atomic.Bool, error) {
 	reached := new(atomic.Bool)
 	dialer := func(ctx context.Context, target string) (net.Conn, error) {
 		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", target)
@@ -90,9 +105,9 @@ func (a *app) dial(cmd *cobra.Command) (*grpc.ClientConn, *atomic.Bool, error) {
 	if a.dialOptions != nil {
 		opts = append(opts, a.dialOptions()...)
 	}
-	conn, err := grpc.NewClient(a.addr, opts...)
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
-		return nil, nil, usageError(fmt.Sprintf("bad address %q: %v", a.addr, err), "pass --addr HOST:PORT of a running node")
+		return nil, nil, usageError(fmt.Sprintf("bad address %q: %v", addr, err), "pass "+flag+" HOST:PORT of a running node")
 	}
 	return conn, reached, nil
 }

@@ -116,6 +116,7 @@ Start a throwaway single-node cluster with 'blixard dev', then try
 		a.newImageCmd(),
 		a.newTLSCmd(),
 		a.newTokenCmd(),
+		a.newBenchCmd(),
 		newVMGuardCmd(),
 	)
 	return root
