@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"sort"
 	"strings"
 	"sync"
@@ -251,4 +252,33 @@ func report(b *testing.B, name string, d []time.Duration) {
 	}
 	b.ReportMetric(float64(d[len(d)/2].Microseconds())/1000, name+"-p50-ms")
 	b.ReportMetric(float64(d[len(d)*99/100].Microseconds())/1000, name+"-p99-ms")
+}
+
+// BenchmarkExecCeiling is the machine's own limit for the task benchmarks:
+// 64 goroutines of this process fork/exec /bin/true and wait for it, with
+// no cluster, no raft and no cgroups. No orchestrator on this machine can
+// complete /bin/true tasks faster than this.
+//
+//	go test -run '^$' -bench ExecCeiling -benchtime 4000x ./e2e/
+func BenchmarkExecCeiling(b *testing.B) {
+	const workers = 64
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(b.N) {
+				if err := exec.Command("/bin/true").Run(); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "execs/s")
 }
