@@ -1,14 +1,12 @@
 package executor
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -33,7 +31,8 @@ type v1Hierarchy struct {
 	mount      string // e.g. /sys/fs/cgroup/memory
 }
 
-// cgroupDriver creates per-attempt cgroups in one cgroup version.
+// cgroupDriver makes and tracks the attempts' cgroups in one cgroup
+// version: a pool of reusable slots (pool.go).
 type cgroupDriver struct {
 	version int
 	suffix  string // "-" + hash of DataDir: keeps executors' cgroups apart
@@ -46,6 +45,11 @@ type cgroupDriver struct {
 	// (co-mounted, it is the cpu hierarchy).
 	hier                  []v1Hierarchy
 	memIdx, cpuIdx, acIdx int // indexes into hier; acIdx -1 without cpuacct
+	// home maps each v1 controller to the worker's own cgroup, read once
+	// at New: launcher threads go back there before they exit.
+	home map[string]string
+
+	pool slotPool
 }
 
 // errNoCgroupHierarchy means root holds neither cgroup v2 nor a v1 memory
@@ -77,11 +81,11 @@ func detectCgroups(root, hash string) (*cgroupDriver, []string, error) {
 	// A probe proves we may create, enter-configure and remove cgroups
 	// (not root, read-only mount, delegation missing) before any attempt
 	// depends on it.
-	probe, err := d.create(".probe", 0, 0)
-	if err != nil {
+	probe := d.dirsFor(".probe" + d.suffix)
+	if err := makeCgroupDirs(probe, true); err != nil {
 		return nil, nil, fmt.Errorf("create probe cgroup: %w", err)
 	}
-	if err := probe.remove(); err != nil {
+	if err := removeCgroupDirs(probe); err != nil {
 		return nil, nil, fmt.Errorf("remove probe cgroup: %w", err)
 	}
 	return d, notes, nil
@@ -167,21 +171,18 @@ func detectV1(root string) (*cgroupDriver, error) {
 			return nil, fmt.Errorf("create %s: %w", p, err)
 		}
 	}
+	home, err := readCgroupPaths("/proc/self/cgroup")
+	if err != nil {
+		return nil, fmt.Errorf("read the worker's cgroups: %w", err)
+	}
+	d.home = home
 	return d, nil
-}
-
-// attemptCgroup is the cgroup (v2) or cgroups (v1) of one attempt.
-type attemptCgroup struct {
-	d    *cgroupDriver
-	dirs []string // v2: one; v1: one per hierarchy, indexed like d.hier
-	// sampledPeak is the highest memory.current seen, for v2 kernels
-	// without memory.peak; supervisor-owned.
-	sampledPeak int64
 }
 
 func (d *cgroupDriver) name(attemptID string) string { return attemptID + d.suffix }
 
-// dirsFor lists the directories an attempt's cgroup has (or would have).
+// dirsFor lists the directories a cgroup named name has (or would have):
+// v2 one, v1 one per hierarchy, indexed like d.hier.
 func (d *cgroupDriver) dirsFor(name string) []string {
 	if d.version == 2 {
 		return []string{filepath.Join(d.parent, name)}
@@ -193,262 +194,78 @@ func (d *cgroupDriver) dirsFor(name string) []string {
 	return dirs
 }
 
-// create makes the attempt's cgroup and applies the limits (0 = none).
-func (d *cgroupDriver) create(attemptID string, memoryMiB, cpuMillis int64) (*attemptCgroup, error) {
-	cg := &attemptCgroup{d: d, dirs: d.dirsFor(d.name(attemptID))}
-	for i, dir := range cg.dirs {
+// makeCgroupDirs creates the directories of one cgroup. A directory that
+// exists already is removed and made again if replace is set (left by a
+// crashed worker: rmdir succeeds only if it is empty), else it is an error
+// wrapping fs.ErrExist. On error nothing made here is left.
+func makeCgroupDirs(dirs []string, replace bool) error {
+	for i, dir := range dirs {
 		err := os.Mkdir(dir, 0o755)
-		if errors.Is(err, os.ErrExist) {
-			// Left over from a crashed worker: reusable only if empty,
-			// which rmdir checks for us.
+		if errors.Is(err, fs.ErrExist) {
+			if !replace {
+				_ = removeCgroupDirs(dirs[:i])
+				return fmt.Errorf("cgroup %s: %w", dir, fs.ErrExist)
+			}
 			if rmErr := unix.Rmdir(dir); rmErr != nil {
-				_ = removeCgroupDirs(cg.dirs[:i])
-				return nil, fmt.Errorf("cgroup %s already exists and cannot be removed: %w", dir, rmErr)
+				_ = removeCgroupDirs(dirs[:i])
+				return fmt.Errorf("cgroup %s already exists and cannot be removed: %w", dir, rmErr)
 			}
 			err = os.Mkdir(dir, 0o755)
 		}
 		if err != nil {
-			_ = removeCgroupDirs(cg.dirs[:i])
-			return nil, fmt.Errorf("create cgroup %s: %w", dir, err)
-		}
-	}
-	if err := cg.setLimits(memoryMiB, cpuMillis); err != nil {
-		if rmErr := cg.remove(); rmErr != nil {
-			err = errors.Join(err, rmErr)
-		}
-		return nil, err
-	}
-	return cg, nil
-}
-
-func (cg *attemptCgroup) setLimits(memoryMiB, cpuMillis int64) error {
-	quota := cpuMillis * cfsPeriodUS / 1000
-	if cpuMillis > 0 && quota < 1000 {
-		quota = 1000 // the kernel's minimum quota is 1 ms
-	}
-	mem := memoryMiB << 20
-	if cg.d.version == 2 {
-		dir := cg.dirs[0]
-		if cg.d.memoryOK {
-			// One OOM kill takes the whole attempt: a task half-killed
-			// by the OOM killer is rarely useful.
-			writeOptional(filepath.Join(dir, "memory.oom.group"), "1")
-			if memoryMiB > 0 {
-				if err := writeCgroupFile(filepath.Join(dir, "memory.max"), strconv.FormatInt(mem, 10)); err != nil {
-					return err
-				}
-				// No swapping past the limit, or it would not be one.
-				writeOptional(filepath.Join(dir, "memory.swap.max"), "0")
-			}
-		}
-		if cg.d.cpuOK && cpuMillis > 0 {
-			if err := writeCgroupFile(filepath.Join(dir, "cpu.max"), fmt.Sprintf("%d %d", quota, cfsPeriodUS)); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	if memoryMiB > 0 {
-		dir := cg.dirs[cg.d.memIdx]
-		if err := writeCgroupFile(filepath.Join(dir, "memory.limit_in_bytes"), strconv.FormatInt(mem, 10)); err != nil {
-			return err
-		}
-		// memsw exists only with swap accounting; it must be >= the limit
-		// and is what stops swapping past it.
-		writeOptional(filepath.Join(dir, "memory.memsw.limit_in_bytes"), strconv.FormatInt(mem, 10))
-	}
-	if cpuMillis > 0 {
-		dir := cg.dirs[cg.d.cpuIdx]
-		if err := writeCgroupFile(filepath.Join(dir, "cpu.cfs_period_us"), strconv.Itoa(cfsPeriodUS)); err != nil {
-			return err
-		}
-		if err := writeCgroupFile(filepath.Join(dir, "cpu.cfs_quota_us"), strconv.FormatInt(quota, 10)); err != nil {
-			return err
+			_ = removeCgroupDirs(dirs[:i])
+			return fmt.Errorf("create cgroup %s: %w", dir, err)
 		}
 	}
 	return nil
 }
 
-// start starts the process inside the cgroup; see the package doc for how
-// each version avoids running the child outside it.
-func (cg *attemptCgroup) start(path string, argv []string, attr *os.ProcAttr) (*os.Process, error) {
-	if cg.d.version == 2 {
-		return cg.startV2(path, argv, attr)
-	}
-	type started struct {
-		p   *os.Process
-		err error
-	}
-	ch := make(chan started, 1)
-	go func() {
-		// Never unlocked: this thread may still be in the attempt's
-		// cgroups if moving it back failed, so it must not run other
-		// goroutines; the runtime destroys it when this goroutine ends.
-		runtime.LockOSThread()
-		p, err := cg.startFromThread(path, argv, attr)
-		ch <- started{p, err}
-	}()
-	r := <-ch
-	return r.p, r.err
-}
-
-func (cg *attemptCgroup) startFromThread(path string, argv []string, attr *os.ProcAttr) (*os.Process, error) {
-	tid := unix.Gettid()
-	home, homeErr := threadCgroups(tid)
-	tidStr := strconv.Itoa(tid)
-	defer func() {
-		// Back home, so the cgroup can be removed at once if the start
-		// failed; best effort, the thread dies anyway.
-		if homeErr != nil {
-			return
-		}
-		for _, h := range cg.d.hier {
-			if rel, ok := home[h.controller]; ok {
-				writeOptional(filepath.Join(h.mount, rel, "tasks"), tidStr)
+// killCgroupDirs SIGKILLs every process in the cgroups, never the worker
+// itself, whose launcher threads are members of v1 slots. It reads every
+// hierarchy: it serves cgroups of earlier workers, whose processes may have
+// moved in one of them (slot.killListed is the per-attempt path). v2 says
+// the dirs are v2 cgroups, which may have cgroup.kill (v1 has none).
+func killCgroupDirs(dirs []string, v2 bool) {
+	self := os.Getpid()
+	for _, dir := range dirs {
+		pids, _ := cgroupPids(dir)
+		if v2 && len(pids) > 0 {
+			if err := writeCgroupFile(filepath.Join(dir, "cgroup.kill"), "1"); err == nil {
+				continue // Linux 5.14+
 			}
 		}
-	}()
-	for _, dir := range cg.dirs {
-		if err := writeCgroupFile(filepath.Join(dir, "tasks"), tidStr); err != nil {
-			return nil, fmt.Errorf("move launcher thread into cgroup: %w", err)
-		}
-	}
-	return os.StartProcess(path, argv, attr)
-}
-
-func (cg *attemptCgroup) startV2(path string, argv []string, attr *os.ProcAttr) (*os.Process, error) {
-	dir := cg.dirs[0]
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open cgroup %s: %w", dir, err)
-	}
-	sys := *attr.Sys
-	sys.UseCgroupFD, sys.CgroupFD = true, fd
-	withFD := *attr
-	withFD.Sys = &sys
-	p, err := os.StartProcess(path, argv, &withFD)
-	unix.Close(fd)
-	if err == nil || !(errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.E2BIG)) {
-		return p, err
-	}
-	// Kernel older than 5.7 (no CLONE_INTO_CGROUP): move the child right
-	// after the fork; the window is documented in the package doc.
-	p, err = os.StartProcess(path, argv, attr)
-	if err != nil {
-		return nil, err
-	}
-	if err := writeCgroupFile(filepath.Join(dir, "cgroup.procs"), strconv.Itoa(p.Pid)); err != nil {
-		_ = unix.Kill(-p.Pid, unix.SIGKILL)
-		_, _ = p.Wait()
-		return nil, fmt.Errorf("move process into cgroup: %w", err)
-	}
-	return p, nil
-}
-
-// threadCgroups maps each v1 controller to the thread's cgroup path.
-func threadCgroups(tid int) (map[string]string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/cgroup", tid))
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string]string)
-	for _, line := range strings.Split(string(b), "\n") {
-		parts := strings.SplitN(line, ":", 3)
-		if len(parts) != 3 {
-			continue
-		}
-		for _, c := range strings.Split(parts[1], ",") {
-			out[c] = parts[2]
-		}
-	}
-	return out, nil
-}
-
-// sample records memory.current on v2 kernels without memory.peak.
-func (cg *attemptCgroup) sample() {
-	if cg.d.version != 2 || !cg.d.memoryOK {
-		return
-	}
-	dir := cg.dirs[0]
-	if _, err := os.Stat(filepath.Join(dir, "memory.peak")); err == nil {
-		return
-	}
-	if v, err := readInt(filepath.Join(dir, "memory.current")); err == nil && v > cg.sampledPeak {
-		cg.sampledPeak = v
-	}
-}
-
-type cgroupStats struct {
-	peakMemory int64
-	cpuTime    time.Duration
-	oomKilled  bool
-}
-
-// stats reads what the cgroup accounted; zero values mean unknown.
-// sigkilled helps old v1 kernels without an oom_kill counter.
-func (cg *attemptCgroup) stats(sigkilled bool) cgroupStats {
-	var st cgroupStats
-	if cg.d.version == 2 {
-		dir := cg.dirs[0]
-		if v, err := readInt(filepath.Join(dir, "memory.peak")); err == nil {
-			st.peakMemory = v
-		} else {
-			cg.sample()
-			st.peakMemory = cg.sampledPeak
-		}
-		if kv, err := readKeyValues(filepath.Join(dir, "cpu.stat")); err == nil {
-			st.cpuTime = time.Duration(kv["usage_usec"]) * time.Microsecond
-		}
-		if kv, err := readKeyValues(filepath.Join(dir, "memory.events")); err == nil {
-			st.oomKilled = kv["oom_kill"] > 0 || kv["oom_group_kill"] > 0
-		}
-		return st
-	}
-	mem := cg.dirs[cg.d.memIdx]
-	if v, err := readInt(filepath.Join(mem, "memory.max_usage_in_bytes")); err == nil {
-		st.peakMemory = v
-	}
-	if cg.d.acIdx >= 0 {
-		if v, err := readInt(filepath.Join(cg.dirs[cg.d.acIdx], "cpuacct.usage")); err == nil {
-			st.cpuTime = time.Duration(v)
-		}
-	}
-	if kv, err := readKeyValues(filepath.Join(mem, "memory.oom_control")); err == nil {
-		if n, ok := kv["oom_kill"]; ok {
-			st.oomKilled = n > 0
-		} else {
-			// Before Linux 4.13: a SIGKILL while the limit was being hit
-			// is the best evidence there is.
-			fail, _ := readInt(filepath.Join(mem, "memory.failcnt"))
-			st.oomKilled = kv["under_oom"] > 0 || (sigkilled && fail > 0)
-		}
-	}
-	return st
-}
-
-func (cg *attemptCgroup) kill()           { killCgroupDirs(cg.dirs) }
-func (cg *attemptCgroup) populated() bool { return cgroupDirsPopulated(cg.dirs) }
-func (cg *attemptCgroup) remove() error   { return removeCgroupDirs(cg.dirs) }
-
-// killCgroupDirs SIGKILLs every process in the cgroups, never the worker
-// itself (a v1 launcher thread that failed to move back would list it).
-func killCgroupDirs(dirs []string) {
-	for _, dir := range dirs {
-		if err := writeCgroupFile(filepath.Join(dir, "cgroup.kill"), "1"); err == nil {
-			continue // v2, Linux 5.14+
-		}
-		pids, _ := cgroupPids(dir)
 		for _, pid := range pids {
-			if pid != os.Getpid() {
+			if pid != self {
 				_ = unix.Kill(pid, unix.SIGKILL)
 			}
 		}
 	}
 }
 
-func cgroupDirsPopulated(dirs []string) bool {
+// dirsPopulated reports whether a process other than the worker is in any
+// of the cgroups.
+func dirsPopulated(dirs []string) bool {
+	self := os.Getpid()
 	for _, dir := range dirs {
-		if pids, _ := cgroupPids(dir); len(pids) > 0 {
+		pids, _ := cgroupPids(dir)
+		for _, pid := range pids {
+			if pid != self {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// dirsHoldSelf reports whether the worker itself is in one of the cgroups:
+// only a live launcher thread of an Executor in this process puts it
+// there, so such a cgroup is no orphan even if no Executor of ours knows it
+// (two Executors over one DataDir, as in tests).
+func dirsHoldSelf(dirs []string) bool {
+	self := os.Getpid()
+	for _, dir := range dirs {
+		pids, _ := cgroupPids(dir)
+		if slices.Contains(pids, self) {
 			return true
 		}
 	}
@@ -460,13 +277,23 @@ func cgroupPids(dir string) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	var pids []int
-	for _, f := range strings.Fields(string(b)) {
-		if n, err := strconv.Atoi(f); err == nil {
+	return appendPids(nil, b), nil
+}
+
+// appendPids parses cgroup.procs content (one pid a line).
+func appendPids(pids []int, b []byte) []int {
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		if n, err := strconv.Atoi(string(bytes.TrimSpace(line))); err == nil {
 			pids = append(pids, n)
 		}
 	}
-	return pids, nil
+	return pids
 }
 
 // removeCgroupDirs removes cgroup directories, retrying briefly on EBUSY.
@@ -491,7 +318,29 @@ func removeCgroupDirs(dirs []string) error {
 	return errors.Join(errs...)
 }
 
-// listAttemptCgroups returns the cgroup names of this DataDir's attempts.
+// readCgroupPaths maps each v1 controller to its cgroup path in a
+// /proc/<pid>/cgroup file.
+func readCgroupPaths(file string) (map[string]string, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string)
+	for _, line := range strings.Split(string(b), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		for _, c := range strings.Split(parts[1], ",") {
+			out[c] = parts[2]
+		}
+	}
+	return out, nil
+}
+
+// listAttemptCgroups returns the names of this DataDir's cgroups: pool
+// slots (of this or an earlier worker), attempts' own cgroups (made by
+// workers before the pool) and the probe.
 func (d *cgroupDriver) listAttemptCgroups() ([]string, error) {
 	parents := []string{d.parent}
 	if d.version == 1 {
@@ -548,28 +397,6 @@ func readInt(path string) (int64, error) {
 		return 0, fmt.Errorf("parse %s: %w", path, err)
 	}
 	return v, nil
-}
-
-// readKeyValues parses "key value" lines (cpu.stat, memory.events,
-// memory.oom_control).
-func readKeyValues(path string) (map[string]int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	out := make(map[string]int64)
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) != 2 {
-			continue
-		}
-		if v, err := strconv.ParseInt(fields[1], 10, 64); err == nil {
-			out[fields[0]] = v
-		}
-	}
-	return out, sc.Err()
 }
 
 func readFields(path string) ([]string, error) {

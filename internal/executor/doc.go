@@ -42,17 +42,47 @@
 //
 // Unless disabled, New looks for cgroup v2 (cgroup.controllers at the root)
 // and then v1 (memory and cpu hierarchies, cpuacct separate or co-mounted).
-// Each attempt gets its own cgroup named "<attemptID>-<hash of DataDir>"
-// under a "blixard" directory (v2: <root>/blixard/...; v1: one directory per
-// hierarchy), with the memory limit (no swap beyond it) and a CFS CPU quota
-// over a 100 ms period. The cgroup is removed when the attempt ends.
+// Attempts run in pooled cgroups ("slots") named ".pool-<n>-<hash of
+// DataDir>" under a "blixard" directory (v2: <root>/blixard/...; v1: one
+// directory per hierarchy). The leading '.' keeps a slot's name from ever
+// being an attempt ID. Making and removing a cgroup is costly (a v1 memcg
+// most of all, and its removal goes on in kernel workers), so a slot is made
+// once and serves attempt after attempt: Start takes an idle slot (or makes
+// one), writes the memory limit (no swap beyond it) and CFS CPU quota (100
+// ms period) only where they differ from the slot's current ones, and takes
+// this attempt's baselines: v1 resets memory.max_usage_in_bytes (writing 0
+// sets it to the current usage), v2 resets memory.peak through a kept-open
+// file (Linux 6.12+), and the CPU usage is read so that the attempt's own
+// is the difference at its end. A slot's OOM-kill counter is only compared
+// with its value when the slot was made, as a slot that sees an OOM kill is
+// not reused. When the attempt ends, its slot goes back to the pool if
+// nothing of it is left in there; a slot that saw an OOM kill, whose limits
+// could not be set, whose files could not be read, or (v2 on Linux 5.19 to
+// 6.11, where memory.peak cannot be reset) that has served once, is removed
+// instead, and so are idle slots beyond 64. Files read or written per
+// attempt are kept open, so each is one syscall; v1 cgroup.procs cannot be
+// (the kernel caches its pid list per open file, so a re-read would be
+// stale) and is opened per read, in one hierarchy only: every process of an
+// attempt is born in all of the slot's cgroups. The page cache an attempt
+// leaves charged to its slot counts towards the next attempts' usage (and
+// limit, though the kernel reclaims it first) until reclaimed. Stop removes
+// the pool.
 //
 // Placement is race-free in both versions: on v2 the child is cloned
-// straight into its cgroup (clone3 with CLONE_INTO_CGROUP, via
-// SysProcAttr.UseCgroupFD). On v1 the launching OS thread moves itself into
-// the attempt's cgroups (v1 allows per-thread membership) before forking, so
-// the child is born there, and the thread is discarded afterwards (it is
-// locked and never unlocked, so the Go runtime destroys it). The only window
+// straight into its slot (clone3 with CLONE_INTO_CGROUP, via
+// SysProcAttr.UseCgroupFD, with the slot's directory kept open). On v1
+// (which allows per-thread membership) every slot has a launcher: a
+// goroutine locked to its own OS thread, which moved itself into the
+// slot's cgroups when the slot was made and forks each of the slot's
+// attempts, so the child is born there, with no thread created and nothing
+// written to the tasks files per attempt. The thread is never unlocked: it
+// must run nothing else while in the slot, and when the slot is removed the
+// thread moves back to the worker's own cgroups (read once at New) and its
+// goroutine returns, so the Go runtime destroys it. As the thread is in the
+// slot, the worker's own pid is listed in the slot's v1 cgroup.procs; every
+// check for processes left and every kill skips it (the OOM killer picks
+// processes by their main thread, which is not in the slot, and the
+// worker's memory is charged to its main thread's cgroup). The only window
 // left is on v2 kernels older than 5.7, where the pid is written to
 // cgroup.procs right after the fork; a child that forks within those
 // microseconds leaves that grandchild outside the cgroup (still in the
@@ -68,23 +98,30 @@
 // Result.ExitCode is the exit status, or -1 when the leader was killed by a
 // signal, whose name (e.g. "SIGKILL") is then in Result.Signal. TimedOut and
 // Cancelled say why the executor terminated it (the first reason wins).
-// OOMKilled comes from the cgroup's OOM-kill counter (v2 memory.events, v1
+// OOMKilled comes from the slot's OOM-kill counter (v2 memory.events, v1
 // memory.oom_control), so it is only known with cgroups. PeakMemoryBytes and
-// CPUTime come from the cgroup (v2 memory.peak or sampled memory.current and
-// cpu.stat; v1 memory.max_usage_in_bytes and cpuacct.usage), which covers
-// every process of the attempt; without them, or when a file cannot be read,
-// from the leader's rusage (max RSS; user+system time of the leader and the
-// children it waited for).
+// CPUTime come from the slot (v2 memory.peak or sampled memory.current and
+// cpu.stat; v1 memory.max_usage_in_bytes and cpuacct.usage), reset or
+// baselined when the attempt took it (see Cgroups), which covers every
+// process of the attempt and, on v1, the fork by the slot's launcher thread;
+// without cgroups, or when a file cannot be read, from the leader's rusage
+// (max RSS; user+system time of the leader and the children it waited for).
 //
 // # Restarts
 //
 // A worker that was killed and restarted calls Orphans and KillOrphans to
 // find and kill the attempts a previous incarnation left running. With
-// cgroups they are found by their cgroups (named after the attempt and the
-// DataDir), which every process of an attempt is born into, so nothing is
-// written per attempt. Without cgroups, DataDir/tasks/<attemptID>/pid
-// records the leader's pid and its start time (from /proc/<pid>/stat, to
-// tell it apart from a later process reusing the pid) while the attempt
-// runs. Prune deletes finished attempts' directories after
-// Config.Retention.
+// cgroups they are found through the pool slots that still hold processes
+// (other than the worker itself), which every process of an attempt is
+// born into. Each slot has a record, DataDir/tasks/.slots/<slot>, that
+// names the attempt it serves: a fixed-size pwrite of the attempt ID per
+// attempt, to a file made with the slot, so no file is created per attempt.
+// KillOrphans removes such slots and their records, and New removes a
+// previous incarnation's slots that are empty (new slots are numbered past
+// the others). Cgroups named "<attemptID>-<hash of DataDir>", as workers
+// before the pool made them, are found and cleaned up the same way. Without
+// cgroups, DataDir/tasks/<attemptID>/pid records the leader's pid and its
+// start time (from /proc/<pid>/stat, to tell it apart from a later process
+// reusing the pid) while the attempt runs. Prune deletes finished attempts'
+// directories after Config.Retention.
 package executor

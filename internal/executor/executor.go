@@ -89,10 +89,13 @@ type Result struct {
 // Orphan is an attempt left running by a previous incarnation of the
 // worker.
 type Orphan struct {
+	// AttemptID is the attempt's ID, or, for a cgroup slot whose record
+	// is missing or unreadable, the slot's name (which starts with '.', so
+	// it is never a valid attempt ID).
 	AttemptID string
 	// PID is the leader's pid, which is also its process group id; 0 when
-	// only the attempt's cgroup is known (the worker died before writing
-	// the pid file).
+	// only the attempt's cgroup is known (always with cgroups, which need
+	// no pid file; without, when the worker died before writing it).
 	PID int
 }
 
@@ -106,6 +109,8 @@ type Executor struct {
 	// monitorInterval is how often cgroup memory is sampled; a field so
 	// tests can change it.
 	monitorInterval time.Duration
+
+	users userCache
 
 	mu       sync.Mutex
 	attempts map[string]*Handle // starting and running
@@ -169,6 +174,9 @@ func New(cfg Config) (*Executor, error) {
 		e.log.Warn("cgroups unavailable: attempts run without CPU or memory limits; peak memory and CPU time come from rusage", "reason", err.Error())
 		return e, nil
 	}
+	if err := cg.initPool(filepath.Join(e.tasksDir, slotRecordsDir), e.log); err != nil {
+		return nil, fmt.Errorf("executor: cgroup slots: %w", err)
+	}
 	e.cg = cg
 	e.log.Info("using cgroups for attempts", "version", cg.version, "root", root)
 	for _, n := range notes {
@@ -206,8 +214,9 @@ func (e *Executor) Running() []string {
 }
 
 // Stop terminates every running attempt (SIGTERM to each group, SIGKILL
-// after its KillGrace; Result.Cancelled) and waits until all are gone.
-// Later Starts fail with ErrStopped. Stop is idempotent.
+// after its KillGrace; Result.Cancelled), waits until all are gone, and
+// removes the pool of cgroup slots (and their launcher threads). Later
+// Starts fail with ErrStopped. Stop is idempotent.
 func (e *Executor) Stop() {
 	e.mu.Lock()
 	e.stopped = true
@@ -220,6 +229,12 @@ func (e *Executor) Stop() {
 		h.Cancel()
 	}
 	e.wg.Wait()
+	// No Start is in progress and every attempt has given its slot back.
+	if e.cg != nil {
+		if err := e.cg.closePool(); err != nil {
+			e.log.Warn("removing cgroup slots failed", "err", err)
+		}
+	}
 }
 
 // Start launches an attempt. The attempt is cancelled (as by Cancel) when
@@ -317,7 +332,7 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 	defer stdin.Close()
 
 	sys := &syscall.SysProcAttr{Setpgid: true}
-	account, err := resolveUser(spec.User)
+	account, err := e.users.resolve(spec.User, time.Now())
 	if err != nil {
 		return err
 	}
@@ -356,16 +371,19 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 	}
 	argv := append([]string{spec.Command}, spec.Args...)
 
-	var cg *attemptCgroup
+	var cg *slot
+	slotOK := true // false when starting failed for a reason that may be the slot's
 	if e.cg != nil {
-		cg, err = e.cg.create(spec.AttemptID, spec.MemoryMiB, spec.CPUMillis)
+		cg, err = e.cg.acquire(spec.AttemptID, spec.MemoryMiB, spec.CPUMillis)
 		if err != nil {
-			return fmt.Errorf("create cgroup: %w", err)
+			return fmt.Errorf("prepare cgroup: %w", err)
 		}
 		defer func() {
 			if retErr != nil {
-				if removeErr := cg.remove(); removeErr != nil {
-					h.log.Warn("removing cgroup of attempt that failed to start", "err", removeErr)
+				// Nothing was started, or it was killed and reaped: the
+				// slot is reusable unless something is left in it.
+				if releaseErr := e.cg.release(cg, slotOK && !cg.killListed()); releaseErr != nil {
+					h.log.Warn("removing cgroup slot of attempt that failed to start", "err", releaseErr)
 				}
 			}
 		}()
@@ -384,7 +402,9 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 		proc, err = os.StartProcess(path, argv, attr)
 	}
 	if err != nil {
-		return classifyStartError(spec, err)
+		err = classifyStartError(spec, err)
+		slotOK = errors.Is(err, ErrSpec)
+		return err
 	}
 	startedAt := time.Now()
 
@@ -429,10 +449,10 @@ func (e *Executor) start(ctx context.Context, h *Handle) (retErr error) {
 }
 
 // killAndReap ends a process that was started but must not run.
-func killAndReap(proc *os.Process, cg *attemptCgroup) {
+func killAndReap(proc *os.Process, cg *slot) {
 	_ = unix.Kill(-proc.Pid, unix.SIGKILL)
 	if cg != nil {
-		cg.kill()
+		cg.killListed()
 	}
 	_, _ = proc.Wait()
 }
@@ -556,7 +576,55 @@ func checkExecutable(p string) error {
 	return nil
 }
 
+// userCacheTTL is how long a resolved Spec.User is reused. Looking a user
+// up reads /etc/passwd and /etc/group (or asks NSS) on every start, while
+// tasks mostly run as one user; a change to the account is seen after
+// this long.
+const userCacheTTL = 5 * time.Second
+
+// userCache remembers resolveUser's successes by name for userCacheTTL.
+// Failures are not cached: an unknown user gets the same error each time
+// and a user created meanwhile is found at once.
+type userCache struct {
+	mu      sync.Mutex
+	entries map[string]cachedAccount
+}
+
+type cachedAccount struct {
+	acc     account
+	expires time.Time
+}
+
+func (c *userCache) resolve(name string, now time.Time) (account, error) {
+	c.mu.Lock()
+	ent, ok := c.entries[name]
+	c.mu.Unlock()
+	if ok && now.Before(ent.expires) {
+		return ent.acc, nil
+	}
+	acc, err := resolveUser(name)
+	if err != nil {
+		return account{}, err
+	}
+	c.mu.Lock()
+	if c.entries == nil {
+		c.entries = make(map[string]cachedAccount)
+	}
+	// Expired entries go when a lookup misses, so the map holds at most
+	// the names used within one TTL.
+	for n, e := range c.entries {
+		if !now.Before(e.expires) {
+			delete(c.entries, n)
+		}
+	}
+	c.entries[name] = cachedAccount{acc: acc, expires: now.Add(userCacheTTL)}
+	c.mu.Unlock()
+	return acc, nil
+}
+
 type account struct {
+	// cred is shared by every attempt the cached account serves: read
+	// only.
 	cred       *syscall.Credential // nil: keep the worker's identity
 	name, home string
 }

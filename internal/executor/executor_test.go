@@ -579,24 +579,33 @@ func TestRunAsUser(t *testing.T) {
 	}
 }
 
+// The child is born in its pool slot's cgroups; the slot outlives the
+// attempt (for the next one) and Stop removes it.
 func TestCgroupPlacementAndCleanup(t *testing.T) {
 	t.Parallel()
 	e, _ := needCgroups(t)
-	name := e.cg.name("place.1")
-	r := run(t, e, Spec{AttemptID: "place.1", Command: "cat", Args: []string{"/proc/self/cgroup"}})
+	h := start(t, e, Spec{AttemptID: "place.1", Command: "cat", Args: []string{"/proc/self/cgroup"}})
+	r := wait(t, h)
+	name := h.cg.name
 	out := string(r.StdoutTail)
-	want := []string{"0::/" + cgroupParent + "/" + name}
+	want := []string{"0::/" + cgroupParent + "/" + name + "\n"}
 	if e.cg.version == 1 {
-		want = []string{"memory:/" + cgroupParent + "/" + name, "cpu:/" + cgroupParent + "/" + name}
+		want = []string{"memory:/" + cgroupParent + "/" + name + "\n", "cpu:/" + cgroupParent + "/" + name + "\n"}
 	}
 	for _, w := range want {
 		if !strings.Contains(out, w) {
 			t.Errorf("child's cgroups lack %q:\n%s", w, out)
 		}
 	}
+	for _, d := range e.cg.dirsFor(e.cg.name("place.1")) {
+		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("a cgroup named after the attempt exists: %s (%v)", d, err)
+		}
+	}
+	e.Stop()
 	for _, d := range e.cg.dirsFor(name) {
 		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
-			t.Errorf("cgroup %s not removed (%v)", d, err)
+			t.Errorf("slot cgroup %s not removed by Stop (%v)", d, err)
 		}
 	}
 }
@@ -623,17 +632,44 @@ func TestCgroupV2Placement(t *testing.T) {
 	if e.cg.version != 2 {
 		t.Fatalf("version %d at %s", e.cg.version, root)
 	}
-	name := e.cg.name("v2.1")
 	spec := sh("v2.1", "cat /proc/self/cgroup; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")
-	r := run(t, e, spec)
+	h := start(t, e, spec)
+	r := wait(t, h)
+	name := h.cg.name
 	if !strings.Contains(string(r.StdoutTail), "0::/"+cgroupParent+"/"+name+"\n") || r.ExitCode != 0 {
 		t.Fatalf("not placed in %s: %+v\n%s", name, r, r.StdoutTail)
 	}
 	if r.CPUTime <= 0 {
 		t.Fatalf("CPUTime = %v", r.CPUTime)
 	}
+	// The slot is reused (unless memory.peak cannot be reset), and the
+	// second attempt's CPU time is its own.
+	h2 := start(t, e, Spec{AttemptID: "v2.2", Command: "/bin/true"})
+	r2 := wait(t, h2)
+	if r2.ExitCode != 0 {
+		t.Fatalf("second attempt: %+v", r2)
+	}
+	if !e.cg.memoryOK || h.cg.peakReset {
+		if h2.cg != h.cg {
+			t.Fatalf("second attempt ran in slot %s, want %s reused", h2.cg.name, name)
+		}
+	} else if h2.cg == h.cg {
+		t.Fatalf("slot %s reused although its memory.peak cannot be reset", name)
+	}
+	if r2.CPUTime >= r.CPUTime {
+		t.Fatalf("CPU time of /bin/true %v not below the loop's %v: accumulated over the slot?", r2.CPUTime, r.CPUTime)
+	}
+	// A process that left the group is killed through the slot, whose
+	// cgroup.procs is read through an fd kept open since the slot was
+	// made: the reads must not be stale.
+	r3 := run(t, e, sh("v2.3", "setsid sleep 1000 & echo $!"))
+	escaped, _ := strconv.Atoi(strings.TrimSpace(string(r3.StdoutTail)))
+	if escaped == 0 || !gone(escaped) {
+		t.Fatalf("process %d in a new session survived the attempt (%+v)", escaped, r3)
+	}
+	e.Stop()
 	if _, err := os.Stat(e.cg.dirsFor(name)[0]); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("cgroup not removed: %v", err)
+		t.Fatalf("slot not removed by Stop: %v", err)
 	}
 }
 
@@ -767,6 +803,14 @@ func TestOrphansAfterWorkerKill(t *testing.T) {
 			if strings.HasPrefix(n, "orphan.1") {
 				t.Fatalf("cgroup %s left", n)
 			}
+		}
+		// The dead worker ran the attempt in a pool slot: it is gone, with
+		// its record.
+		if slots := slotNames(t, e); len(slots) != 0 {
+			t.Fatalf("slots left after KillOrphans: %v", slots)
+		}
+		if records, err := os.ReadDir(e.cg.pool.recordDir); err != nil || len(records) != 0 {
+			t.Fatalf("slot records left after KillOrphans: %v %v", records, err)
 		}
 	}
 }
@@ -929,18 +973,8 @@ func TestOrphanCgroupWithoutPidFile(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(first.tasksDir, "ghost.1"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cg, err := first.cg.create("ghost.1", 0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path, err := resolveCommand("sleep", "", first.basePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proc, err := cg.start(path, []string{"sleep", "1000"}, &os.ProcAttr{Sys: &syscall.SysProcAttr{Setpgid: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A cgroup named after the attempt, as workers made before the pool.
+	cg, proc := abandonedCgroup(t, first, first.cg.name("ghost.1"), "")
 	defer func() { _, _ = proc.Wait() }() // it is this test's child
 
 	e, _ := newExec(t, func(c *Config) { c.DataDir = first.cfg.DataDir })

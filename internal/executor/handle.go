@@ -29,7 +29,7 @@ type Handle struct {
 	// Set before Start returns and never changed afterwards.
 	pid       int
 	proc      *os.Process
-	cg        *attemptCgroup
+	cg        *slot // back in the pool (maybe another attempt's) once done is closed
 	startedAt time.Time
 	adir      *attemptDir
 	stdout    *logStream
@@ -87,7 +87,7 @@ func (h *Handle) supervise(ctx context.Context) {
 	}
 	var grace *time.Timer
 	var tickC <-chan time.Time
-	if h.cg != nil {
+	if h.cg != nil && h.cg.needsSampling() {
 		ticker := time.NewTicker(h.e.monitorInterval)
 		defer ticker.Stop()
 		tickC = ticker.C
@@ -143,7 +143,7 @@ loop:
 			h.log.Info("attempt outlived its kill grace; sending SIGKILL")
 			h.signalGroup(unix.SIGKILL)
 			if h.cg != nil {
-				h.cg.kill()
+				h.cg.killListed()
 			}
 		case <-tickC:
 			h.cg.sample()
@@ -188,8 +188,9 @@ func (h *Handle) finish(timedOut, cancelled bool) {
 		}
 	}
 	if h.cg != nil {
-		// Processes outside the group but inside the cgroup were killed
-		// with the group; make sure they are gone before removing it.
+		// Processes that left the group are still in the slot: kill them
+		// and wait until they are gone, so the slot is empty for the next
+		// attempt (or can be removed).
 		h.waitCgroupEmpty()
 		st := h.cg.stats(res.Signal == "SIGKILL")
 		if st.peakMemory > 0 {
@@ -199,8 +200,8 @@ func (h *Handle) finish(timedOut, cancelled bool) {
 			res.CPUTime = st.cpuTime
 		}
 		res.OOMKilled = st.oomKilled
-		if err := h.cg.remove(); err != nil {
-			h.log.Warn("removing attempt cgroup failed", "err", err)
+		if err := h.e.cg.release(h.cg, st.reusable); err != nil {
+			h.log.Warn("removing cgroup slot failed", "err", err)
 		}
 	}
 
@@ -232,10 +233,10 @@ func (h *Handle) finish(timedOut, cancelled bool) {
 func (h *Handle) killStragglers() {
 	if h.cg != nil {
 		// Every member of the group is also in the attempt's cgroup, and
-		// waitCgroupEmpty waits for that to drain; scanning all of /proc
-		// for group members would cost milliseconds per attempt.
+		// waitCgroupEmpty (after the reap) kills and waits for what is
+		// there; scanning all of /proc for group members would cost
+		// milliseconds per attempt.
 		h.signalGroup(unix.SIGKILL)
-		h.cg.kill()
 		return
 	}
 	start := time.Now()
@@ -243,9 +244,6 @@ func (h *Handle) killStragglers() {
 	backoff := time.Millisecond
 	for {
 		h.signalGroup(unix.SIGKILL)
-		if h.cg != nil {
-			h.cg.kill()
-		}
 		n, err := liveGroupMembers(h.pid)
 		if err != nil {
 			h.log.Warn("listing process group failed", "err", err)
@@ -261,12 +259,13 @@ func (h *Handle) killStragglers() {
 	}
 }
 
+// waitCgroupEmpty SIGKILLs what is in the attempt's slot until nothing is:
+// one read of cgroup.procs when the attempt left nothing behind.
 func (h *Handle) waitCgroupEmpty() {
 	start := time.Now()
 	warned := false
 	backoff := time.Millisecond
-	for h.cg.populated() {
-		h.cg.kill()
+	for h.cg.killListed() {
 		if !warned && time.Since(start) > stragglerWarnAfter {
 			warned = true
 			h.log.Warn("processes in a finished attempt's cgroup survive SIGKILL; still waiting")

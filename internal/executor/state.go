@@ -61,16 +61,19 @@ func readPidFile(dir string) (pidState, error) {
 // processes or cgroups behind.
 type candidate struct {
 	id     string
-	dir    string
+	dir    string    // the attempt's directory; "" for a slot
 	pid    *pidState // nil when only a cgroup was found
 	cgDirs []string
+	slot   string // the pool slot's name, when the cgroup is one
 }
 
-// candidates lists pid files and (with cgroups) attempt cgroups of this
-// DataDir that do not belong to attempts this Executor runs.
+// candidates lists pid files and (with cgroups) cgroups of this DataDir
+// that do not belong to attempts this Executor runs: pool slots of an
+// earlier worker, and attempts' own cgroups made by workers before the
+// pool.
 func (e *Executor) candidates() ([]candidate, error) {
 	var errs []error
-	var out []candidate
+	var out, slots []candidate
 	withPid := make(map[string]bool)
 	entries, err := os.ReadDir(e.tasksDir)
 	if err != nil {
@@ -99,6 +102,20 @@ func (e *Executor) candidates() ([]candidate, error) {
 			errs = append(errs, err)
 		}
 		for _, n := range names {
+			if _, ok := slotNumber(n, e.cg.suffix); ok {
+				dirs := e.cg.dirsFor(n)
+				if e.cg.ownsSlot(n) || dirsHoldSelf(dirs) {
+					continue // ours, or another live Executor's in this process
+				}
+				// Named after the attempt its record names; the slot's own
+				// name (never a valid attempt ID) if there is none.
+				id := readSlotRecord(e.cg.recordPath(n))
+				if id == "" {
+					id = n
+				}
+				slots = append(slots, candidate{id: id, cgDirs: dirs, slot: n})
+				continue
+			}
 			id := strings.TrimSuffix(n, e.cg.suffix)
 			if validAttemptID(id) != nil || withPid[id] {
 				continue // the probe, or handled through the pid file
@@ -108,7 +125,8 @@ func (e *Executor) candidates() ([]candidate, error) {
 	}
 	// Checked after listing: an attempt is reserved before its pid file
 	// or cgroup exists, so anything listed that is not reserved now is not
-	// being started by us.
+	// being started by us. (Slots are told apart by ownsSlot instead: a
+	// slot is registered before its directories exist.)
 	e.mu.Lock()
 	kept := out[:0]
 	for _, c := range out {
@@ -117,7 +135,7 @@ func (e *Executor) candidates() ([]candidate, error) {
 		}
 	}
 	e.mu.Unlock()
-	return kept, errors.Join(errs...)
+	return append(kept, slots...), errors.Join(errs...)
 }
 
 // status reports whether anything of the candidate still runs, and
@@ -142,7 +160,7 @@ func (c candidate) status() (alive, groupOurs bool) {
 			alive = n > 0
 		}
 	}
-	if cgroupDirsPopulated(c.cgDirs) {
+	if dirsPopulated(c.cgDirs) {
 		alive = true
 	}
 	return alive, groupOurs
@@ -207,19 +225,29 @@ func (e *Executor) killOrphan(c candidate) error {
 				return fmt.Errorf("kill process group %d: %w", c.pid.PID, err)
 			}
 		}
-		killCgroupDirs(c.cgDirs)
+		killCgroupDirs(c.cgDirs, e.cg != nil && e.cg.version == 2)
 		waitBackoff(&backoff)
 	}
-	if c.pid != nil {
+	switch {
+	case c.pid != nil:
 		e.log.Info("killed orphaned attempt", "attempt", c.id, "pid", c.pid.PID)
-	} else {
+	case c.slot != "":
+		e.log.Info("cleaned up an earlier worker's cgroup slot", "attempt", c.id, "slot", c.slot)
+	default:
 		e.log.Info("cleaned up orphaned attempt cgroup", "attempt", c.id)
 	}
 	if err := removeCgroupDirs(c.cgDirs); err != nil {
 		return err
 	}
-	if err := os.Remove(filepath.Join(c.dir, pidFileName)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove pid file: %w", err)
+	if c.slot != "" {
+		if err := os.Remove(e.cg.recordPath(c.slot)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove slot record: %w", err)
+		}
+	}
+	if c.dir != "" {
+		if err := os.Remove(filepath.Join(c.dir, pidFileName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove pid file: %w", err)
+		}
 	}
 	return nil
 }
