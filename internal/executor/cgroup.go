@@ -257,21 +257,6 @@ func dirsPopulated(dirs []string) bool {
 	return false
 }
 
-// dirsHoldSelf reports whether the worker itself is in one of the cgroups:
-// only a live launcher thread of an Executor in this process puts it
-// there, so such a cgroup is no orphan even if no Executor of ours knows it
-// (two Executors over one DataDir, as in tests).
-func dirsHoldSelf(dirs []string) bool {
-	self := os.Getpid()
-	for _, dir := range dirs {
-		pids, _ := cgroupPids(dir)
-		if slices.Contains(pids, self) {
-			return true
-		}
-	}
-	return false
-}
-
 func cgroupPids(dir string) ([]int, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 	if err != nil {

@@ -42,31 +42,35 @@
 //
 // Unless disabled, New looks for cgroup v2 (cgroup.controllers at the root)
 // and then v1 (memory and cpu hierarchies, cpuacct separate or co-mounted).
-// Attempts run in pooled cgroups ("slots") named ".pool-<n>-<hash of
-// DataDir>" under a "blixard" directory (v2: <root>/blixard/...; v1: one
-// directory per hierarchy). The leading '.' keeps a slot's name from ever
-// being an attempt ID. Making and removing a cgroup is costly (a v1 memcg
-// most of all, and its removal goes on in kernel workers), so a slot is made
-// once and serves attempt after attempt: Start takes an idle slot (or makes
-// one), writes the memory limit (no swap beyond it) and CFS CPU quota (100
-// ms period) only where they differ from the slot's current ones, and takes
-// this attempt's baselines: v1 resets memory.max_usage_in_bytes (writing 0
-// sets it to the current usage), v2 resets memory.peak through a kept-open
-// file (Linux 6.12+), and the CPU usage is read so that the attempt's own
-// is the difference at its end. A slot's OOM-kill counter is only compared
-// with its value when the slot was made, as a slot that sees an OOM kill is
-// not reused. When the attempt ends, its slot goes back to the pool if
-// nothing of it is left in there; a slot that saw an OOM kill, whose limits
-// could not be set, whose files could not be read, or (v2 on Linux 5.19 to
-// 6.11, where memory.peak cannot be reset) that has served once, is removed
-// instead, and so are idle slots beyond 64. Files read or written per
-// attempt are kept open, so each is one syscall; v1 cgroup.procs cannot be
-// (the kernel caches its pid list per open file, so a re-read would be
-// stale) and is opened per read, in one hierarchy only: every process of an
-// attempt is born in all of the slot's cgroups. The page cache an attempt
-// leaves charged to its slot counts towards the next attempts' usage (and
-// limit, though the kernel reclaims it first) until reclaimed. Stop removes
-// the pool.
+// Attempts run in pooled cgroups ("slots") named ".pool-<worker pid>-<its
+// start time>-<n>-<hash of DataDir>" under a "blixard" directory (v2:
+// <root>/blixard/...; v1: one directory per hierarchy). The leading '.'
+// keeps a slot's name from ever being an attempt ID; the worker's pid and
+// start time tell whether the slot's maker is still alive. Making and
+// removing a cgroup is costly (a v1 memcg most of all, and its removal goes
+// on in kernel workers), so a slot is made once and serves attempt after
+// attempt. Start takes an idle slot (or makes one) and writes the memory
+// limit (no swap beyond it) only when it differs from the slot's; a CPU
+// quota (CFS, 100 ms period) is written even when it is the same, as that
+// refills the period's budget, so an attempt does not start throttled by
+// what earlier attempts in the slot used. Then it takes this attempt's
+// baselines: v1 resets memory.max_usage_in_bytes (writing 0 sets it to the
+// current usage), v2 resets memory.peak through a kept-open file (Linux
+// 6.12+), and the CPU usage is read so that the attempt's own is the
+// difference at its end. The OOM-kill counter is compared with its value
+// when the slot was made, as a slot that sees an OOM kill is not reused.
+// When the attempt ends, its slot goes back to the pool if nothing of it is
+// left in there; a slot that saw an OOM kill, whose limits could not be set,
+// whose files could not be read, or (v2 on Linux 5.19 to 6.11, where
+// memory.peak cannot be reset) that has served once, is removed instead,
+// and so are idle slots beyond 64. Files read or written per attempt are
+// kept open, so each is one syscall; v1 cgroup.procs cannot be (the kernel
+// caches its pid list per open file, so a re-read would be stale) and is
+// opened per read, in one hierarchy only: every process of an attempt is
+// born in all of the slot's cgroups. The page cache an attempt leaves
+// charged to its slot counts towards the next attempts' usage (and limit,
+// though the kernel reclaims it first) until reclaimed. Stop removes the
+// pool.
 //
 // Placement is race-free in both versions: on v2 the child is cloned
 // straight into its slot (clone3 with CLONE_INTO_CGROUP, via
@@ -111,17 +115,19 @@
 //
 // A worker that was killed and restarted calls Orphans and KillOrphans to
 // find and kill the attempts a previous incarnation left running. With
-// cgroups they are found through the pool slots that still hold processes
-// (other than the worker itself), which every process of an attempt is
-// born into. Each slot has a record, DataDir/tasks/.slots/<slot>, that
-// names the attempt it serves: a fixed-size pwrite of the attempt ID per
-// attempt, to a file made with the slot, so no file is created per attempt.
-// KillOrphans removes such slots and their records, and New removes a
-// previous incarnation's slots that are empty (new slots are numbered past
-// the others). Cgroups named "<attemptID>-<hash of DataDir>", as workers
-// before the pool made them, are found and cleaned up the same way. Without
-// cgroups, DataDir/tasks/<attemptID>/pid records the leader's pid and its
-// start time (from /proc/<pid>/stat, to tell it apart from a later process
-// reusing the pid) while the attempt runs. Prune deletes finished attempts'
-// directories after Config.Retention.
+// cgroups they are found through the slots of dead workers over this
+// DataDir that still hold processes, which every process of an attempt is
+// born into. Each slot has a record, DataDir/tasks/.slots/<slot>, naming
+// the attempt it serves: a fixed-size pwrite of the attempt ID per attempt
+// to a file made with the slot, so no file is created per attempt.
+// KillOrphans removes such slots and their records. New removes the empty
+// slots of every dead worker, whatever its DataDir (a worker killed with -9
+// leaves all its idle slots, and where DataDirs are temporary, as in tests,
+// no restart would ever come for them), and leaves those of live workers
+// and populated ones. Cgroups named "<attemptID>-<hash of DataDir>", as
+// workers before the pool made them, are found and cleaned up the same way.
+// Without cgroups, DataDir/tasks/<attemptID>/pid records the leader's pid
+// and its start time (from /proc/<pid>/stat, to tell it apart from a later
+// process reusing the pid) while the attempt runs. Prune deletes finished
+// attempts' directories after Config.Retention.
 package executor

@@ -18,9 +18,13 @@ import (
 )
 
 const (
-	// slotPrefix starts the names of pool slots. validAttemptID rejects a
-	// leading '.', so a slot can never be mistaken for an attempt's own
-	// cgroup (as made by workers before the pool), and cgroupfs accepts it.
+	// slotPrefix starts the names of pool slots, which are
+	// ".pool-<owner pid>-<owner start time>-<n>-<hash of DataDir>". The
+	// leading '.' (which validAttemptID rejects and cgroupfs accepts) keeps
+	// a slot from ever being mistaken for an attempt's own cgroup, as made
+	// by workers before the pool. The owner is the worker process: its pid
+	// and start time (in clock ticks, against pid reuse) tell whether a
+	// slot's maker is still alive, whatever its DataDir.
 	slotPrefix = ".pool-"
 	// defaultMaxIdleSlots caps the idle slots kept for reuse: each costs a
 	// few open files and, on v1, a sleeping OS thread. Busy slots are not
@@ -38,9 +42,9 @@ const (
 	// slot reads are far smaller, cgroup.procs only grows it when an
 	// attempt has hundreds of processes.
 	slotReadBuf = 4096
-	// maxSlotNameTries bounds the search for a free slot name past those
-	// held by an earlier worker's leftover (populated) slots.
-	maxSlotNameTries = 1000
+	// maxSlotNameTries bounds the search for a free slot name: names
+	// carry the owner's pid and start time, so a taken one is unexpected.
+	maxSlotNameTries = 100
 )
 
 // slotPool is a driver's set of attempt cgroups ("slots"). Making a cgroup
@@ -51,7 +55,8 @@ type slotPool struct {
 	mu        sync.Mutex
 	idle      []*slot          // LIFO: the last slot used is the warmest
 	live      map[string]*slot // every slot not yet retired, idle or busy, by name
-	seq       int              // numbers slot names; not reused by one Executor
+	owner     string           // "<pid>-<start ticks>" of this process, in slot names
+	seq       int              // numbers slot names; never reused by one Executor
 	closed    bool             // Stop ran: released slots are retired
 	maxIdle   int
 	recordDir string
@@ -117,61 +122,123 @@ type launchResult struct {
 	err error
 }
 
-// initPool readies the pool and removes empty slots an earlier worker over
-// this DataDir left behind (populated ones are orphans, for KillOrphans).
+// initPool readies the pool and removes the empty slots that dead workers
+// left behind, over any DataDir: on a CI host whose workers are killed and
+// whose DataDirs are temporary, nothing else would, and every memcg left
+// costs kernel memory and one of the 65535 memcg IDs. Slots of live workers
+// (other Executors in this process included) are left alone; populated
+// slots of dead ones are orphans, for KillOrphans over their DataDir.
 func (d *cgroupDriver) initPool(recordDir string, log *slog.Logger) error {
-	d.pool = slotPool{live: make(map[string]*slot), maxIdle: defaultMaxIdleSlots, recordDir: recordDir, log: log}
-	if err := os.MkdirAll(recordDir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", recordDir, err)
+	self, err := readProcStat(os.Getpid())
+	if err != nil {
+		return fmt.Errorf("read the worker's start time: %w", err)
 	}
-	names, err := d.listAttemptCgroups()
+	d.pool = slotPool{
+		live: make(map[string]*slot), maxIdle: defaultMaxIdleSlots, recordDir: recordDir, log: log,
+		owner: strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(self.startTicks, 10),
+	}
+	if mkErr := os.MkdirAll(recordDir, 0o755); mkErr != nil {
+		return fmt.Errorf("create %s: %w", recordDir, mkErr)
+	}
+	names, err := d.listSlots()
 	if err != nil {
 		return err
 	}
-	present := make(map[string]bool)
 	for _, n := range names {
-		num, ok := slotNumber(n, d.suffix)
-		if !ok {
+		sn, ok := parseSlotName(n)
+		if !ok || sn.ownerAlive() {
 			continue
 		}
-		present[n] = true
-		// New names start above every leftover one: a populated
-		// leftover keeps its name until KillOrphans.
-		d.pool.seq = max(d.pool.seq, num)
 		dirs := d.dirsFor(n)
-		if dirsHoldSelf(dirs) || dirsPopulated(dirs) {
+		if dirsPopulated(dirs) {
 			continue
 		}
 		if rmErr := removeCgroupDirs(dirs); rmErr != nil {
-			log.Warn("removing an earlier worker's idle cgroup slot failed", "slot", n, "err", rmErr)
-			continue
+			log.Warn("removing a dead worker's idle cgroup slot failed", "slot", n, "err", rmErr)
 		}
-		delete(present, n)
 	}
+	// Records whose slot is gone (removed above, or by a KillOrphans that
+	// died before removing the record).
 	entries, err := os.ReadDir(recordDir)
 	if err != nil {
 		return fmt.Errorf("list %s: %w", recordDir, err)
 	}
 	for _, ent := range entries {
-		if !present[ent.Name()] {
+		if _, statErr := os.Stat(d.dirsFor(ent.Name())[0]); errors.Is(statErr, fs.ErrNotExist) {
 			_ = os.Remove(filepath.Join(recordDir, ent.Name()))
 		}
 	}
 	return nil
 }
 
-// slotNumber parses ".pool-<n><suffix>".
-func slotNumber(name, suffix string) (int, bool) {
+// listSlots lists the names of every pool slot in the hierarchy, of any
+// DataDir.
+func (d *cgroupDriver) listSlots() ([]string, error) {
+	parents := []string{d.parent}
+	if d.version == 1 {
+		parents = parents[:0]
+		for _, h := range d.hier {
+			parents = append(parents, filepath.Join(h.mount, cgroupParent))
+		}
+	}
+	seen := make(map[string]bool)
+	var names []string
+	for _, p := range parents {
+		entries, err := os.ReadDir(p)
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", p, err)
+		}
+		for _, e := range entries {
+			if n := e.Name(); e.IsDir() && strings.HasPrefix(n, slotPrefix) && !seen[n] {
+				seen[n] = true
+				names = append(names, n)
+			}
+		}
+	}
+	return names, nil
+}
+
+// slotName is a parsed slot directory name.
+type slotName struct {
+	ownerPID   int
+	ownerTicks uint64
+	n          int
+	hash       string
+}
+
+func parseSlotName(name string) (slotName, bool) {
 	rest, ok := strings.CutPrefix(name, slotPrefix)
 	if !ok {
-		return 0, false
+		return slotName{}, false
 	}
-	rest, ok = strings.CutSuffix(rest, suffix)
-	if !ok {
-		return 0, false
+	f := strings.Split(rest, "-")
+	if len(f) != 4 {
+		return slotName{}, false
 	}
-	n, err := strconv.Atoi(rest)
-	return n, err == nil && n >= 0
+	pid, err1 := strconv.Atoi(f[0])
+	ticks, err2 := strconv.ParseUint(f[1], 10, 64)
+	n, err3 := strconv.Atoi(f[2])
+	if err1 != nil || err2 != nil || err3 != nil || pid <= 0 || f[3] == "" {
+		return slotName{}, false
+	}
+	return slotName{ownerPID: pid, ownerTicks: ticks, n: n, hash: f[3]}, true
+}
+
+// isSlotOf reports whether name is a slot of the DataDir with suffix.
+func isSlotOf(name, suffix string) bool {
+	sn, ok := parseSlotName(name)
+	return ok && "-"+sn.hash == suffix
+}
+
+// ownerAlive reports whether the worker process that made the slot still
+// runs. When in doubt (/proc unreadable) it says yes, which only leaves a
+// slot in place.
+func (sn slotName) ownerAlive() bool {
+	st, err := readProcStat(sn.ownerPID)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	return err != nil || (st.startTicks == sn.ownerTicks && !st.dead())
 }
 
 func (d *cgroupDriver) recordPath(slotName string) string {
@@ -264,7 +331,7 @@ func (d *cgroupDriver) newSlot() (*slot, error) {
 			return nil, ErrStopped
 		}
 		d.pool.seq++
-		s := d.slotNamed(slotPrefix + strconv.Itoa(d.pool.seq) + d.suffix)
+		s := d.slotNamed(slotPrefix + d.pool.owner + "-" + strconv.Itoa(d.pool.seq) + d.suffix)
 		d.pool.live[s.name] = s
 		d.pool.mu.Unlock()
 		err := s.create()
@@ -275,7 +342,7 @@ func (d *cgroupDriver) newSlot() (*slot, error) {
 		if !errors.Is(err, fs.ErrExist) || tries >= maxSlotNameTries {
 			return nil, err
 		}
-		// An earlier worker's slot with processes in it: another name.
+		// Taken (by a process that had our pid and start time?): another.
 	}
 }
 

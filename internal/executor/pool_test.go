@@ -54,7 +54,7 @@ func slotNames(t *testing.T, e *Executor) []string {
 	}
 	var out []string
 	for _, n := range names {
-		if _, ok := slotNumber(n, e.cg.suffix); ok {
+		if isSlotOf(n, e.cg.suffix) {
 			out = append(out, n)
 		}
 	}
@@ -66,6 +66,10 @@ func idleSlots(e *Executor) int {
 	defer e.cg.pool.mu.Unlock()
 	return len(e.cg.pool.idle)
 }
+
+// deadOwner is a slot owner that cannot be alive: a pid above the
+// kernel's maximum.
+const deadOwner = "2147483647-1"
 
 func exists(path string) bool {
 	_, err := os.Stat(path)
@@ -239,11 +243,11 @@ func TestSlotPoolCap(t *testing.T) {
 }
 
 // A slot an earlier worker left with a process in it is found (under the
-// attempt its record names), killed and removed.
+// attempt its record names), killed and removed. Not parallel: another
+// test's New could remove the dead owner's slot while it is being made.
 func TestOrphanInPoolSlot(t *testing.T) {
-	t.Parallel()
 	first, _ := needCgroups(t)
-	name := slotPrefix + "77" + first.cg.suffix
+	name := slotPrefix + deadOwner + "-77" + first.cg.suffix
 	s, proc := abandonedCgroup(t, first, name, "lost.1")
 	defer func() { _, _ = proc.Wait() }() // it is this test's child
 
@@ -264,13 +268,13 @@ func TestOrphanInPoolSlot(t *testing.T) {
 	if exists(e.cg.recordPath(name)) {
 		t.Errorf("record of orphaned slot %s left", name)
 	}
-	// The new executor's slots are named past the leftover's.
+	// The new executor's slots are named after this process.
 	h := start(t, e, Spec{AttemptID: "after.1", Command: "/bin/true"})
 	if r := wait(t, h); r.ExitCode != 0 {
 		t.Fatalf("attempt after KillOrphans: %+v", r)
 	}
-	if n, _ := slotNumber(h.cg.name, e.cg.suffix); n <= 77 {
-		t.Fatalf("new slot %s, want a number above the leftover's 77", h.cg.name)
+	if sn, ok := parseSlotName(h.cg.name); !ok || sn.ownerPID != os.Getpid() || !sn.ownerAlive() {
+		t.Fatalf("new slot %s is not named after this process (%d)", h.cg.name, os.Getpid())
 	}
 	if orphans, err := e.Orphans(); err != nil || len(orphans) != 0 {
 		t.Fatalf("Orphans after kill = %+v, %v (our own slots are no orphans)", orphans, err)
@@ -285,24 +289,56 @@ func TestOrphanInPoolSlot(t *testing.T) {
 	}
 }
 
-// An empty slot left by an earlier worker is removed by New.
-func TestNewRemovesIdleLeftoverSlots(t *testing.T) {
-	t.Parallel()
+// New removes the empty slots of dead workers, over any DataDir, and
+// leaves those of live ones (here: this process) and populated ones. Not
+// parallel: the New of any other test would remove the dead owner's slots
+// too, even while abandonedCgroup is making one.
+func TestNewRemovesDeadWorkersIdleSlots(t *testing.T) {
 	first, _ := needCgroups(t)
-	name := slotPrefix + "5" + first.cg.suffix
-	s := first.cg.slotNamed(name)
-	if err := s.create(); err != nil {
-		t.Fatal(err)
+	// Only directories and a record, nothing in it: a New elsewhere (any
+	// process) may remove a dead owner's slot even before ours runs.
+	leftover := func(name string) *slot {
+		t.Helper()
+		s := first.cg.slotNamed(name)
+		if err := makeCgroupDirs(s.dirs, false); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = removeCgroupDirs(s.dirs) })
+		if err := os.WriteFile(first.cg.recordPath(name), []byte("x.1\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return s
 	}
-	s.detach() // a dead worker's idle slot: dirs and record, nothing in it
+	dead := leftover(slotPrefix + deadOwner + "-5" + first.cg.suffix)
+	deadOther := leftover(slotPrefix + deadOwner + "-6-0ther0dd")
+	live := leftover(slotPrefix + first.cg.pool.owner + "-7-0ther0dd")
+	_, proc := abandonedCgroup(t, first, slotPrefix+deadOwner+"-8-0ther0dd", "")
+	t.Cleanup(func() {
+		_ = proc.Kill()
+		_, _ = proc.Wait()
+		waitFor(t, "the sleep to leave its slot", func() bool { return !dirsPopulated(first.cg.dirsFor(slotPrefix + deadOwner + "-8-0ther0dd")) })
+		_ = removeCgroupDirs(first.cg.dirsFor(slotPrefix + deadOwner + "-8-0ther0dd"))
+	})
+
 	e, _ := newExec(t, func(c *Config) { c.DataDir = first.cfg.DataDir })
-	for _, d := range s.dirs {
-		if exists(d) {
-			t.Errorf("idle leftover slot %s not removed", d)
+	for _, s := range []*slot{dead, deadOther} {
+		for _, d := range s.dirs {
+			if exists(d) {
+				t.Errorf("dead worker's idle slot %s not removed", d)
+			}
 		}
 	}
-	if exists(e.cg.recordPath(name)) {
-		t.Errorf("record of leftover slot %s not removed", name)
+	if exists(e.cg.recordPath(dead.name)) {
+		t.Errorf("record of removed slot %s kept", dead.name)
+	}
+	for _, d := range append(live.dirs, first.cg.dirsFor(slotPrefix+deadOwner+"-8-0ther0dd")...) {
+		if !exists(d) {
+			t.Errorf("slot %s removed: its owner lives, or it has a process", d)
+		}
+	}
+	// Neither is an orphan of this DataDir.
+	if o, err := e.Orphans(); err != nil || len(o) != 0 {
+		t.Fatalf("Orphans = %+v, %v", o, err)
 	}
 }
 

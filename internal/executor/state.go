@@ -102,11 +102,13 @@ func (e *Executor) candidates() ([]candidate, error) {
 			errs = append(errs, err)
 		}
 		for _, n := range names {
-			if _, ok := slotNumber(n, e.cg.suffix); ok {
-				dirs := e.cg.dirsFor(n)
-				if e.cg.ownsSlot(n) || dirsHoldSelf(dirs) {
-					continue // ours, or another live Executor's in this process
+			if sn, ok := parseSlotName(n); ok {
+				if !isSlotOf(n, e.cg.suffix) || e.cg.ownsSlot(n) || sn.ownerAlive() {
+					// Another DataDir's, ours, or a live worker's (such as
+					// another Executor in this process): no orphan.
+					continue
 				}
+				dirs := e.cg.dirsFor(n)
 				// Named after the attempt its record names; the slot's own
 				// name (never a valid attempt ID) if there is none.
 				id := readSlotRecord(e.cg.recordPath(n))
