@@ -327,6 +327,12 @@ func readCgroupPaths(file string) (map[string]string, error) {
 // slots (of this or an earlier worker), attempts' own cgroups (made by
 // workers before the pool) and the probe.
 func (d *cgroupDriver) listAttemptCgroups() ([]string, error) {
+	return d.listCgroups(func(n string) bool { return strings.HasSuffix(n, d.suffix) })
+}
+
+// listCgroups returns the names of the cgroup directories under blixard's
+// parent (in any hierarchy, once each) that keep accepts.
+func (d *cgroupDriver) listCgroups(keep func(name string) bool) ([]string, error) {
 	parents := []string{d.parent}
 	if d.version == 1 {
 		parents = parents[:0]
@@ -342,8 +348,7 @@ func (d *cgroupDriver) listAttemptCgroups() ([]string, error) {
 			return nil, fmt.Errorf("list %s: %w", p, err)
 		}
 		for _, e := range entries {
-			n := e.Name()
-			if e.IsDir() && strings.HasSuffix(n, d.suffix) && !seen[n] {
+			if n := e.Name(); e.IsDir() && keep(n) && !seen[n] {
 				seen[n] = true
 				names = append(names, n)
 			}

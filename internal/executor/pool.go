@@ -174,28 +174,7 @@ func (d *cgroupDriver) initPool(recordDir string, log *slog.Logger) error {
 // listSlots lists the names of every pool slot in the hierarchy, of any
 // DataDir.
 func (d *cgroupDriver) listSlots() ([]string, error) {
-	parents := []string{d.parent}
-	if d.version == 1 {
-		parents = parents[:0]
-		for _, h := range d.hier {
-			parents = append(parents, filepath.Join(h.mount, cgroupParent))
-		}
-	}
-	seen := make(map[string]bool)
-	var names []string
-	for _, p := range parents {
-		entries, err := os.ReadDir(p)
-		if err != nil {
-			return nil, fmt.Errorf("list %s: %w", p, err)
-		}
-		for _, e := range entries {
-			if n := e.Name(); e.IsDir() && strings.HasPrefix(n, slotPrefix) && !seen[n] {
-				seen[n] = true
-				names = append(names, n)
-			}
-		}
-	}
-	return names, nil
+	return d.listCgroups(func(n string) bool { return strings.HasPrefix(n, slotPrefix) })
 }
 
 // slotName is a parsed slot directory name.
