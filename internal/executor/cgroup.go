@@ -267,13 +267,7 @@ func cgroupPids(dir string) ([]int, error) {
 
 // appendPids parses cgroup.procs content (one pid a line).
 func appendPids(pids []int, b []byte) []int {
-	for len(b) > 0 {
-		line := b
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			line, b = b[:i], b[i+1:]
-		} else {
-			b = nil
-		}
+	for line := range bytes.Lines(b) {
 		if n, err := strconv.Atoi(string(bytes.TrimSpace(line))); err == nil {
 			pids = append(pids, n)
 		}

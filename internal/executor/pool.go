@@ -907,13 +907,7 @@ func v2OOMKills(b []byte) int64 {
 
 // lookupKV finds "key value" in a flat-keyed cgroup file.
 func lookupKV(b []byte, key string) (int64, bool) {
-	for len(b) > 0 {
-		line := b
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			line, b = b[:i], b[i+1:]
-		} else {
-			b = nil
-		}
+	for line := range bytes.Lines(b) {
 		k, v, ok := bytes.Cut(line, []byte{' '})
 		if ok && string(k) == key {
 			n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
